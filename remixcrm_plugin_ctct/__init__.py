@@ -1,0 +1,20 @@
+"""Constant Contact plugin for RemixCRM.
+
+Importing this package starts nothing: no threads, sockets, files or config reads.
+The hookimpls live in :mod:`remixcrm_plugin_ctct.hooks`; the work starts on the first event.
+"""
+
+__version__ = "0.1.0"
+
+__all__ = ["__version__", "flush"]
+
+
+def flush(timeout: float = 5.0) -> bool:
+    """Wait up to ``timeout`` seconds until every queued send is done.
+
+    Returns True when nothing is left queued or in flight. Hosts call this before a
+    planned shutdown, tests call it before leaving a ``responses`` block.
+    """
+    from .dispatch import flush as _flush  # lazy: keeps `import remixcrm_plugin_ctct` free
+
+    return _flush(timeout)

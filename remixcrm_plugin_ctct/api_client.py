@@ -1,0 +1,142 @@
+"""The one place that talks HTTP to Constant Contact's V3 API.
+
+One lazily created ``requests.Session`` is shared by every sender thread (connection reuse),
+every call carries explicit (connect, read) timeouts, and the Authorization header is set
+per call and never logged or put into an exception.
+"""
+
+import logging
+import threading
+from dataclasses import dataclass
+
+from . import __version__
+
+log = logging.getLogger("remixcrm_plugin_ctct")
+
+CONNECT_TIMEOUT = 3.05  # seconds; just over a TCP retransmit window
+READ_TIMEOUT = 10.0
+USER_AGENT = f"remixcrm-plugin-ctct/{__version__}"
+
+# What an admin should do about each status (Constant Contact's own guidance, plus ours).
+FIXES = {
+    400: "Constant Contact rejected the data: check that list_id is set in Settings → Integrations → "
+    "Email Marketing → List ID and that the client's fields are valid; resending as-is will fail again",
+    401: "the access token is invalid or expired (they last 24 h): paste a new token in Settings → "
+    "Integrations → Email Marketing, or run `remixcrm-ctct login`",
+    403: "the token lacks the contact_data scope or the user lacks the contacts:write privilege: log in "
+    "again with `remixcrm-ctct login` as an account administrator",
+    404: "the list or endpoint was not found: check List ID in Settings → Integrations → Email Marketing "
+    "(run `remixcrm-ctct check`) and api_base_url",
+}
+
+_session = None
+_session_lock = threading.Lock()
+
+
+class ApiError(Exception):
+    """A failed call: HTTP status (None for a transport error) and Constant Contact's words."""
+
+    def __init__(self, status: int | None, error_key: str, error_message: str):
+        self.status, self.error_key, self.error_message = status, error_key, error_message
+        super().__init__(f"{status or 'no response'} {error_key}: {error_message}")
+
+    @property
+    def fix(self) -> str | None:
+        return FIXES.get(self.status)
+
+    @property
+    def transient(self) -> bool:
+        """Worth sending again later: no answer, timeouts, 408/409/429 and 5xx (409 here means
+        two simultaneous writes to one contact, not a permanent conflict)."""
+        return self.status is None or self.status in (408, 409, 429) or self.status >= 500
+
+
+@dataclass(frozen=True)
+class SignUpResult:
+    status: int  # 201 created, 200 updated: the status is the documented signal, not `action`
+    contact_id: str | None
+    action: str | None
+
+    @property
+    def created(self) -> bool:
+        return self.status == 201
+
+
+def session():
+    """The process-wide session, created on first use (importing this module opens nothing)."""
+    global _session
+    with _session_lock:
+        if _session is None:
+            import requests  # lazy: keeps plugin import cheap
+
+            s = requests.Session()
+            s.headers["User-Agent"] = f"{USER_AGENT} {s.headers['User-Agent']}"
+            s.headers["Accept"] = "application/json"
+            _session = s
+        return _session
+
+
+def reset_session() -> None:
+    """Forget the session (after fork, or between tests) so the next call makes a new one."""
+    global _session
+    with _session_lock:
+        _session = None
+
+
+def parse_error(response) -> tuple[str, str]:
+    """``(error_key, error_message)`` from a body that may be a list, an object or not JSON."""
+    try:
+        body = response.json()
+    except ValueError:
+        text = (response.text or "").strip().replace("\n", " ")
+        return f"http_{response.status_code}", text[:200] or (response.reason or "no body")
+    if isinstance(body, list) and body and isinstance(body[0], dict):
+        first = body[0]
+        more = f" (+{len(body) - 1} more)" if len(body) > 1 else ""
+        return str(first.get("error_key", f"http_{response.status_code}")), str(first.get("error_message", "")) + more
+    if isinstance(body, dict):
+        key = body.get("error_key") or body.get("error") or f"http_{response.status_code}"
+        message = body.get("error_message") or body.get("error_description") or body.get("message") or ""
+        return str(key), str(message)
+    return f"http_{response.status_code}", str(body)[:200]
+
+
+class CtctClient:
+    """Calls Constant Contact with one access token. Cheap to create; shares the session."""
+
+    def __init__(self, api_base_url: str, access_token: str):
+        self.api_base_url = api_base_url.rstrip("/")
+        self._access_token = access_token
+
+    def __repr__(self) -> str:
+        return f"CtctClient(api_base_url={self.api_base_url!r}, access_token=<hidden>)"
+
+    def sign_up(self, body: dict) -> SignUpResult:
+        """``POST /contacts/sign_up_form``: create or update one contact. Raises ApiError."""
+        response = self._request("POST", "/contacts/sign_up_form", json=body)
+        data = _json_or_empty(response)
+        return SignUpResult(response.status_code, data.get("contact_id"), data.get("action"))
+
+    def _request(self, method: str, path: str, **kwargs):
+        import requests
+
+        headers = {"Authorization": f"Bearer {self._access_token}"}
+        try:
+            response = session().request(
+                method, self.api_base_url + path, headers=headers, timeout=(CONNECT_TIMEOUT, READ_TIMEOUT), **kwargs
+            )
+        except requests.Timeout as e:
+            raise ApiError(None, "timeout", f"no answer from {self.api_base_url} in time ({type(e).__name__})") from None
+        except requests.RequestException as e:
+            raise ApiError(None, "connection_error", f"cannot reach {self.api_base_url} ({type(e).__name__})") from None
+        if response.status_code >= 400:
+            raise ApiError(response.status_code, *parse_error(response))
+        return response
+
+
+def _json_or_empty(response) -> dict:
+    try:
+        data = response.json()
+    except ValueError:
+        return {}
+    return data if isinstance(data, dict) else {}

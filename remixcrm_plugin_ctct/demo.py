@@ -1,0 +1,105 @@
+"""``remixcrm-ctct demo``: the whole path, end to end, on the built-in sandbox.
+
+Uses a throwaway config and data dir (never the user's), loads the plugin through its
+installed entry point into a real ``pluggy.PluginManager`` as RemixCRM does, fires the hooks
+for a few sample clients and shows what reached the sandbox list.
+"""
+
+import logging
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from . import dispatch
+from .hookspecs import make_plugin_manager
+from .sandbox import SEEDED_LIST_ID, SEEDED_TOKEN, Sandbox
+
+# (what it shows, hook, hook kwargs, expected: "in list" or "not sent")
+SAMPLES = [
+    ("new client", "on_client_created",
+     {"client": {"id": 101, "email": "ada@example.com", "first_name": "Ada", "last_name": "Lovelace", "phone": "+44 20 7946 0001", "company": "Analytical Engines", "email_opt_in": True}}, "in list"),
+    ("new client, consent assumed", "on_client_created",
+     {"client": {"id": 102, "email": "  grace@example.org ", "first_name": "Grace", "last_name": "Hopper", "job_title": "Rear Admiral"}}, "in list"),
+    ("lead converted", "on_lead_converted",
+     {"lead": {"id": 7}, "client": {"id": 103, "email": "alan@example.net", "first_name": "Alan", "last_name": "Turing"}}, "in list"),
+    ("bad email", "on_client_created",
+     {"client": {"id": 104, "email": "not-an-email", "first_name": "Nobody"}}, "not sent"),
+    ("declined marketing", "on_client_created",
+     {"client": {"id": 105, "email": "private@example.com", "first_name": "Pat", "email_opt_in": False}}, "not sent"),
+]
+
+
+def run(out=sys.stdout) -> int:
+    def say(text=""):
+        print(text, file=out, flush=True)
+
+    workdir = Path(tempfile.mkdtemp(prefix="remixcrm-ctct-demo-"))
+    os.environ["REMIXCRM_CONFIG"] = str(workdir / "config.toml")
+    os.environ["REMIXCRM_DATA_DIR"] = str(workdir / "data")
+    _show_plugin_log(out)
+    dispatch.reset()
+    with Sandbox() as sandbox:
+        _write_config(Path(os.environ["REMIXCRM_CONFIG"]), sandbox.api_base_url)
+        say(f"sandbox Constant Contact at {sandbox.api_base_url}, list {SEEDED_LIST_ID}")
+        say(f"throwaway config {os.environ['REMIXCRM_CONFIG']}")
+        pm = make_plugin_manager()
+        if pm.get_plugin("constant_contact") is None:
+            say("✗ the plugin's entry point was not found: is remixcrm-plugin-ctct installed in this Python?")
+            return 1
+        pm.check_pending()
+        say("plugin loaded through entry point remixcrm:constant_contact\n")
+
+        for label, hook, kwargs, _ in SAMPLES:
+            started = time.perf_counter_ns()
+            getattr(pm.hook, hook)(**kwargs)
+            took_us = (time.perf_counter_ns() - started) / 1000
+            say(f"  {hook}({_describe(kwargs)}) returned in {took_us:,.0f} µs   [{label}]")
+        drained = dispatch.flush(10)
+        say("" if drained else "✗ sends still running after 10 s")
+
+        members = {c["email_address"].lower(): c for c in sandbox.members()}
+        say(f"contacts in sandbox list ({len(members)}):")
+        for c in members.values():
+            say(f"  {c['email_address']:<24} {c.get('first_name', ''):<8} {c.get('last_name', ''):<10} {c['contact_id']}")
+
+        say("\nsummary:")
+        ok = drained
+        for label, _, kwargs, expected in SAMPLES:
+            email = kwargs["client"]["email"].strip().lower()
+            actual = "in list" if email in members else "not sent"
+            mark = "✓" if actual == expected else "✗"
+            ok &= actual == expected
+            say(f"  {mark} client {kwargs['client']['id']:<4} {label:<28} expected {expected:<9} got {actual}")
+    say("\nall sample clients handled as expected" if ok else "\nsome sample clients were not handled as expected")
+    dispatch.reset()
+    return 0 if ok else 1
+
+
+def _describe(kwargs) -> str:
+    client = kwargs["client"]
+    lead = f"lead {kwargs['lead']['id']}, " if "lead" in kwargs else ""
+    return f"{lead}client {client['id']}"
+
+
+def _write_config(path: Path, api_base_url: str) -> None:
+    path.write_text(
+        "[email_marketing]\n"
+        'provider = "constant_contact"\n\n'
+        "[email_marketing.constant_contact]\n"
+        f'access_token = "{SEEDED_TOKEN}"\n'
+        f'list_id = "{SEEDED_LIST_ID}"\n'
+        f'api_base_url = "{api_base_url}"\n',
+        encoding="utf-8",
+    )
+    path.chmod(0o600)
+
+
+def _show_plugin_log(out) -> None:
+    logger = logging.getLogger("remixcrm_plugin_ctct")
+    if not logger.handlers:
+        handler = logging.StreamHandler(out)
+        handler.setFormatter(logging.Formatter("    log %(levelname)-7s %(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)

@@ -33,15 +33,19 @@ ACTIVE, INACTIVE, INVALID = "active", "inactive", "invalid"
 
 
 @functools.cache
-def _default_config_dir() -> str:
-    # cached: platformdirs builds objects on every call and this runs once per event
-    return platformdirs.user_config_dir(APP_NAME, appauthor=False)
+def _default_config_file() -> str:
+    # cached: platformdirs builds objects on every call, and this runs once per event
+    return os.path.join(platformdirs.user_config_dir(APP_NAME, appauthor=False), "config.toml")
+
+
+def _config_file() -> str:
+    # a str, not a Path: this is on the hook's hot path, and Path() costs microseconds
+    return os.environ.get("REMIXCRM_CONFIG") or _default_config_file()
 
 
 def config_path() -> Path:
     """``$REMIXCRM_CONFIG`` if set, else ``config.toml`` in RemixCRM's platform config dir."""
-    override = os.environ.get("REMIXCRM_CONFIG")
-    return Path(override) if override else Path(_default_config_dir(), "config.toml")
+    return Path(_config_file())
 
 
 def data_dir() -> Path:
@@ -181,14 +185,14 @@ class ConfigWatcher:
         self._announced: tuple[str, str] | None = None
 
     def current(self) -> LoadedConfig:
-        path = config_path()
+        path = _config_file()
         key = _stat_key(path)
         snapshot = self._snapshot  # one read: key and config always belong together
         if snapshot is not None and snapshot[0] == key:
             return snapshot[1]
         with self._lock:
             if self._snapshot is None or self._snapshot[0] != key:
-                loaded = load(path)
+                loaded = load(Path(path))
                 self._announce(loaded)
                 self._snapshot = (key, loaded)
             return self._snapshot[1]
@@ -206,11 +210,11 @@ class ConfigWatcher:
             log.info("constant contact sync is on: %s", loaded.message)
 
 
-def _stat_key(path: Path) -> tuple:
+def _stat_key(path: str) -> tuple:
     try:
         st = os.stat(path)
     except FileNotFoundError:
-        return (str(path), None)
+        return (path, None)
     except OSError as e:
-        return (str(path), "error", e.errno)
-    return (str(path), st.st_mtime_ns, st.st_size, st.st_ino)
+        return (path, "error", e.errno)
+    return (path, st.st_mtime_ns, st.st_size, st.st_ino)

@@ -35,11 +35,24 @@ def run(out=sys.stdout) -> int:
     def say(text=""):
         print(text, file=out, flush=True)
 
-    workdir = Path(tempfile.mkdtemp(prefix="remixcrm-ctct-demo-"))
-    os.environ["REMIXCRM_CONFIG"] = str(workdir / "config.toml")
-    os.environ["REMIXCRM_DATA_DIR"] = str(workdir / "data")
+    saved = {k: os.environ.get(k) for k in ("REMIXCRM_CONFIG", "REMIXCRM_DATA_DIR")}
     _show_plugin_log(out)
-    dispatch.reset()
+    try:
+        with tempfile.TemporaryDirectory(prefix="remixcrm-ctct-demo-") as workdir:
+            os.environ["REMIXCRM_CONFIG"] = str(Path(workdir, "config.toml"))
+            os.environ["REMIXCRM_DATA_DIR"] = str(Path(workdir, "data"))
+            dispatch.reset()
+            return _run(say)
+    finally:
+        dispatch.reset()
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def _run(say) -> int:
     with Sandbox() as sandbox:
         _write_config(Path(os.environ["REMIXCRM_CONFIG"]), sandbox.api_base_url)
         say(f"sandbox Constant Contact at {sandbox.api_base_url}, list {SEEDED_LIST_ID}")
@@ -73,7 +86,6 @@ def run(out=sys.stdout) -> int:
             ok &= actual == expected
             say(f"  {mark} client {kwargs['client']['id']:<4} {label:<28} expected {expected:<9} got {actual}")
     say("\nall sample clients handled as expected" if ok else "\nsome sample clients were not handled as expected")
-    dispatch.reset()
     return 0 if ok else 1
 
 

@@ -7,6 +7,7 @@ thread except :func:`deliver`, which runs on a sender thread.
 
 import logging
 import threading
+import time
 from collections import deque
 from functools import partial
 
@@ -16,12 +17,14 @@ from .sender import BackgroundSender
 log = logging.getLogger("remixcrm_plugin_ctct")
 
 HOLD_LIMIT = 10_000  # contacts kept in memory while the config is broken
+DROP_LOG_INTERVAL = 60.0  # seconds between "queue full" reports
 
 _watcher = config.ConfigWatcher()
 _sender: BackgroundSender | None = None
 _sender_lock = threading.Lock()
 _held: deque = deque()
-_full_logged = False
+_dropped = 0
+_drop_logged_at = -DROP_LOG_INTERVAL
 
 
 def handle_event(event: str, client, lead=None) -> None:
@@ -44,16 +47,18 @@ def handle_event(event: str, client, lead=None) -> None:
 
 
 def _submit(contact: payload.Contact, settings: config.Settings, event: str) -> None:
-    global _full_logged
-    if _get_sender().submit(partial(deliver, contact, settings, event)):
-        _full_logged = False
+    global _dropped, _drop_logged_at
+    sender = _get_sender()
+    if sender.submit(partial(deliver, contact, settings, event)):
         return
-    if not _full_logged:  # once per overflow episode, not once per client
-        _full_logged = True
+    _dropped += 1
+    now = time.monotonic()
+    if now - _drop_logged_at >= DROP_LOG_INTERVAL:  # a flood of lines would not help anyone
         log.error(
-            "send queue is full (%d waiting, Constant Contact is slow or down); client %s and further "
-            "clients are not sent until it drains", _get_sender().queue_size, contact.client_id
+            "send queue is full (%d sends waiting: Constant Contact is slow or down); %d client(s) not sent "
+            "since the last report, the latest client %s", sender.queue_size, _dropped, contact.client_id,
         )
+        _dropped, _drop_logged_at = 0, now
 
 
 def _hold(contact: payload.Contact) -> None:
@@ -118,11 +123,11 @@ def flush(timeout: float = 5.0) -> bool:
 
 def reset(timeout: float = 5.0) -> None:
     """Drain and forget the sender, the held contacts and the config cache (tests, demo)."""
-    global _sender, _watcher, _full_logged
+    global _sender, _watcher, _dropped, _drop_logged_at
     with _sender_lock:
         sender, _sender = _sender, None
     if sender is not None:
         sender.close(timeout)
     _held.clear()
     _watcher = config.ConfigWatcher()
-    _full_logged = False
+    _dropped, _drop_logged_at = 0, -DROP_LOG_INTERVAL

@@ -19,6 +19,8 @@ _STOP = object()
 
 
 class BackgroundSender:
+    """``workers`` daemon threads; at most ``queue_size`` jobs queued or running at once."""
+
     def __init__(self, workers: int = 4, queue_size: int = 10_000, exit_budget: float = 2.0):
         self.workers, self.queue_size, self.exit_budget = workers, queue_size, exit_budget
         self._atexit_registered = False
@@ -27,8 +29,11 @@ class BackgroundSender:
     def _reset(self) -> None:
         # also the after-fork path: locks held by parent threads at fork time would never be
         # released in the child, and the parent still owns (and sends) the jobs it had queued
-        self._queue: queue.Queue = queue.Queue(self.queue_size)
-        self._cond = threading.Condition()
+        # SimpleQueue (C, unbounded) with our own bound: queue.Queue's Python-level
+        # Conditions cost the host several microseconds per put
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._done = threading.Condition(self._lock)  # notified when pending drops to 0
         self._pending = 0  # queued + running
         self._threads: list[threading.Thread] = []
         self._pid = os.getpid()
@@ -42,12 +47,11 @@ class BackgroundSender:
             return False
         if not self._threads:
             self._start()
-        with self._cond:
-            try:
-                self._queue.put_nowait(job)
-            except queue.Full:
+        with self._lock:
+            if self._pending >= self.queue_size:
                 return False
             self._pending += 1
+        self._queue.put(job)
         return True
 
     @property
@@ -58,12 +62,12 @@ class BackgroundSender:
     def flush(self, timeout: float) -> bool:
         """Wait until every job submitted so far has finished, at most ``timeout`` seconds."""
         deadline = time.monotonic() + timeout
-        with self._cond:
+        with self._done:
             while self._pending:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     return False
-                self._cond.wait(remaining)
+                self._done.wait(remaining)
         return True
 
     def close(self, timeout: float) -> int:
@@ -71,14 +75,11 @@ class BackgroundSender:
         self._closed = True
         self.flush(timeout)
         for _ in self._threads:
-            try:
-                self._queue.put_nowait(_STOP)
-            except queue.Full:
-                break  # daemon threads die with the process anyway
+            self._queue.put(_STOP)  # after the jobs: a stopped worker first finishes the queue
         return self._pending
 
     def _start(self) -> None:
-        with self._cond:
+        with self._lock:
             if self._threads:
                 return
             for n in range(self.workers):
@@ -101,10 +102,10 @@ class BackgroundSender:
             except Exception:  # a fire-and-forget job's exception would otherwise vanish
                 log.exception("a background send failed unexpectedly")
             finally:
-                with self._cond:
+                with self._done:
                     self._pending -= 1
                     if not self._pending:
-                        self._cond.notify_all()
+                        self._done.notify_all()
 
     def _at_exit(self) -> None:
         if self._pid != os.getpid() or not self._pending:

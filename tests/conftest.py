@@ -1,0 +1,105 @@
+"""Every test runs with its own config and data dir and a fresh plugin state."""
+
+import logging
+import os
+
+import pytest
+import responses
+
+from remixcrm_plugin_ctct import api_client, config, dispatch
+from remixcrm_plugin_ctct.hookspecs import make_plugin_manager
+from remixcrm_plugin_ctct.sandbox import SEEDED_LIST_ID
+
+LIST_ID = SEEDED_LIST_ID
+ACCESS_TOKEN = "SECRET-access-0123456789"
+REFRESH_TOKEN = "SECRET-refresh-0123456789"
+CLIENT_SECRET = "SECRET-client-secret-0123"
+SECRETS = (ACCESS_TOKEN, REFRESH_TOKEN, CLIENT_SECRET)
+API = "https://api.cc.email/v3"
+SIGN_UP_URL = f"{API}/contacts/sign_up_form"
+
+
+@pytest.fixture(autouse=True)
+def isolated(tmp_path, monkeypatch):
+    """Point RemixCRM's config and data dir at tmp_path; never touch the real ones."""
+    monkeypatch.setenv("REMIXCRM_CONFIG", str(tmp_path / "config.toml"))
+    monkeypatch.setenv("REMIXCRM_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg-config"))
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg-data"))
+    config._default_config_file.cache_clear()
+    dispatch.reset()
+    api_client.reset_session()
+    yield tmp_path
+    dispatch.reset(timeout=5)
+    api_client.reset_session()
+
+
+def render_config(provider="constant_contact", **values) -> str:
+    """config.toml text; ``values`` become keys of [email_marketing.constant_contact]
+    (a value of None leaves the key out; strings are quoted unless wrapped in RAW())."""
+    section = {
+        "access_token": ACCESS_TOKEN,
+        "refresh_token": REFRESH_TOKEN,
+        "client_id": "app-key-1",
+        "client_secret": CLIENT_SECRET,
+        "list_id": LIST_ID,
+    }
+    section.update(values)
+    lines = ["[email_marketing]", f'provider = "{provider}"', "", "[email_marketing.constant_contact]"]
+    for key, value in section.items():
+        if value is None:
+            continue
+        lines.append(f"{key} = {value.text if isinstance(value, RAW) else repr(value) if not isinstance(value, str) else _q(value)}")
+    return "\n".join(lines) + "\n"
+
+
+class RAW:
+    def __init__(self, text):
+        self.text = text
+
+
+def _q(s: str) -> str:
+    return '"' + s.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+@pytest.fixture
+def write_config(isolated):
+    """write_config(provider=..., **keys): (re)write the config so the watcher sees a change."""
+    path = isolated / "config.toml"
+
+    def write(provider="constant_contact", text=None, **values):
+        path.write_text(text if text is not None else render_config(provider, **values), encoding="utf-8")
+        # a rewrite within the same clock tick must still look changed to the stat check
+        st = path.stat()
+        os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000))
+        return path
+
+    return write
+
+
+@pytest.fixture
+def pm():
+    """A plugin manager set up as RemixCRM does: specs, then the installed entry points."""
+    manager = make_plugin_manager()
+    manager.check_pending()
+    return manager
+
+
+@pytest.fixture
+def mocked():
+    """``responses`` that fails the test if a registered call was not made.
+
+    Tests flush the sender inside the block: a send that outlived it would reach the network."""
+    with responses.RequestsMock(assert_all_requests_are_fired=True) as rsps:
+        yield rsps
+
+
+@pytest.fixture
+def logs(caplog):
+    caplog.set_level(logging.DEBUG)
+    return caplog
+
+
+def assert_no_secrets(text: str) -> None:
+    for secret in SECRETS:
+        assert secret not in text

@@ -1,0 +1,196 @@
+"""The hookimpls through a real PluginManager: what is sent, what is not, and what is logged."""
+
+import json
+import logging
+import threading
+
+import pytest
+import requests
+
+from conftest import ACCESS_TOKEN, LIST_ID, SIGN_UP_URL, assert_no_secrets
+from remixcrm_plugin_ctct import api_client, dispatch, flush
+from remixcrm_plugin_ctct.sandbox import Sandbox
+
+ADA = {"id": 101, "email": "ada@example.com", "first_name": "Ada", "last_name": "Lovelace", "phone": "555-0101"}
+CREATED = {"contact_id": "c-101", "action": "created"}
+
+
+def sent_bodies(mocked):
+    return [json.loads(call.request.body) for call in mocked.calls]
+
+
+def test_created_client_is_pushed_once(pm, write_config, mocked, logs):
+    write_config()
+    mocked.post(SIGN_UP_URL, status=201, json=CREATED)
+    assert pm.hook.on_client_created(client=ADA) == []  # pluggy's list of non-None results
+    assert flush(5)
+    assert sent_bodies(mocked) == [{
+        "email_address": "ada@example.com", "first_name": "Ada", "last_name": "Lovelace",
+        "phone_number": "555-0101", "list_memberships": [LIST_ID],
+    }]
+    assert "client 101 (a***@example.com) created contact c-101" in logs.text
+    assert "ada@example.com" not in logs.text
+
+
+def test_converted_lead_pushes_the_new_client(pm, write_config, mocked, logs):
+    write_config()
+    mocked.post(SIGN_UP_URL, status=200, json={"contact_id": "c-7"})
+    pm.hook.on_lead_converted(lead={"id": 7}, client=ADA)
+    assert flush(5)
+    assert sent_bodies(mocked)[0]["email_address"] == "ada@example.com"
+    assert "updated contact c-7" in logs.text and "lead_converted from lead 7" in logs.text
+
+
+def test_the_provider_radio_takes_effect_on_the_next_event(pm, write_config, mocked):
+    mocked.post(SIGN_UP_URL, status=201, json=CREATED)
+    write_config()
+    pm.hook.on_client_created(client={**ADA, "id": 1})
+    write_config(provider="mailchimp")
+    pm.hook.on_client_created(client={**ADA, "id": 2})
+    write_config(provider="none")
+    pm.hook.on_client_created(client={**ADA, "id": 3})
+    write_config()
+    pm.hook.on_client_created(client={**ADA, "id": 4, "email": "four@example.com"})
+    assert flush(5)
+    assert [b["email_address"] for b in sent_bodies(mocked)] == ["ada@example.com", "four@example.com"]
+
+
+def test_no_config_file_means_no_request_and_one_info(pm, mocked, logs):
+    for n in range(3):
+        pm.hook.on_client_created(client={**ADA, "id": n})
+    assert flush(5)
+    assert len(mocked.calls) == 0
+    infos = [r for r in logs.records if "sync is off" in r.getMessage()]
+    assert len(infos) == 1 and infos[0].levelno == logging.INFO
+
+
+def test_broken_config_logs_one_error_and_holds_clients_until_fixed(pm, write_config, mocked, logs):
+    write_config(list_id=None)
+    for n in range(3):
+        pm.hook.on_client_created(client={**ADA, "id": n, "email": f"c{n}@example.com"})
+    assert flush(5) and len(mocked.calls) == 0
+    errors = [r.getMessage() for r in logs.records if r.levelno == logging.ERROR]
+    assert len(errors) == 1 and "Settings → Integrations → Email Marketing → List ID" in errors[0]
+    mocked.post(SIGN_UP_URL, status=201, json=CREATED)
+    write_config()
+    pm.hook.on_client_created(client={**ADA, "id": 9, "email": "c9@example.com"})
+    assert flush(5)
+    assert sorted(b["email_address"] for b in sent_bodies(mocked)) == ["c0@example.com", "c1@example.com", "c2@example.com", "c9@example.com"]
+    assert "config fixed: sending 3 client(s) held while it was broken" in logs.text
+
+
+def test_a_declined_client_is_never_sent(pm, write_config, mocked, logs):
+    write_config()
+    pm.hook.on_client_created(client={**ADA, "email_opt_in": False})
+    assert flush(5) and len(mocked.calls) == 0
+    assert "client 101 declined marketing email" in logs.text
+
+
+@pytest.mark.parametrize(
+    "status, body, level, expected",
+    [
+        (400, [{"error_key": "json.field.invalid", "error_message": "list_id is required"}], logging.ERROR,
+         "not sent: Constant Contact answered 400 json.field.invalid: list_id is required. Fix: Constant Contact rejected the data: check that list_id is set"),
+        (401, {"error_key": "unauthorized", "error_message": "Unauthorized"}, logging.ERROR,
+         "not sent: Constant Contact answered 401 unauthorized: Unauthorized. Fix: the access token is invalid or expired"),
+        (500, "Internal Server Error", logging.WARNING, "not sent: 500 http_500: Internal Server Error"),
+    ],
+)
+def test_api_errors_are_logged_with_constant_contacts_words_and_the_fix(pm, write_config, mocked, logs, status, body, level, expected):
+    write_config()
+    kwargs = {"body": body} if isinstance(body, str) else {"json": body}
+    mocked.post(SIGN_UP_URL, status=status, **kwargs)
+    assert pm.hook.on_client_created(client=ADA) == []
+    assert flush(5)
+    (record,) = [r for r in logs.records if "not sent" in r.getMessage()]
+    assert record.levelno == level and expected in record.getMessage()
+
+
+def test_api_down_still_returns_and_logs(pm, write_config, mocked, logs):
+    write_config()
+    mocked.post(SIGN_UP_URL, body=requests.ConnectionError("connection refused"))
+    assert pm.hook.on_client_created(client=ADA) == []
+    assert flush(5)
+    assert "not sent: no response connection_error: cannot reach https://api.cc.email/v3" in logs.text
+
+
+def test_a_hanging_api_never_holds_the_hook(pm, write_config, logs, monkeypatch):
+    monkeypatch.setattr(api_client, "READ_TIMEOUT", 0.3)
+    with Sandbox(access_token=ACCESS_TOKEN) as sandbox:
+        sandbox.hang.set()
+        write_config(api_base_url=sandbox.api_base_url)
+        assert pm.hook.on_client_created(client=ADA) == []
+        # the hook is back while the send is still waiting on the API
+        assert dispatch._get_sender().pending == 1
+        assert flush(5)
+    assert "not sent: no response timeout: no answer from" in logs.text
+
+
+def test_a_record_that_explodes_never_reaches_the_host(pm, write_config, logs):
+    write_config()
+
+    class Weird:
+        def __getattr__(self, name):
+            raise RuntimeError("boom")
+
+    assert pm.hook.on_client_created(client=Weird()) == []
+    assert pm.hook.on_lead_converted(lead=None, client=Weird()) == []
+    assert "on_client_created failed inside the plugin; the CRM is unaffected" in logs.text
+
+
+def test_secrets_never_reach_the_logs_or_output(pm, write_config, mocked, logs, capfd):
+    logging.getLogger("urllib3").setLevel(logging.DEBUG)
+    write_config()
+    for status in (201, 400, 401, 403, 404, 409, 429, 500):
+        mocked.post(SIGN_UP_URL, status=status, json={"error_key": "k", "error_message": "m", "contact_id": "c"})
+    mocked.post(SIGN_UP_URL, body=requests.ConnectionError("down"))
+    for n in range(9):
+        pm.hook.on_client_created(client={**ADA, "id": n, "email": f"c{n}@example.com"})
+        assert flush(5)
+    write_config(list_id="not-a-uuid")
+    pm.hook.on_client_created(client=ADA)
+    write_config(text="[email_marketing\naccess_token = 'SECRET-access-0123456789'")
+    pm.hook.on_client_created(client=ADA)
+    out, err = capfd.readouterr()
+    assert_no_secrets(logs.text + out + err)
+    assert "Bearer" not in logs.text
+
+
+def test_many_threads_firing_hooks_at_once_lose_nothing(pm, write_config):
+    with Sandbox(access_token=ACCESS_TOKEN) as sandbox:
+        write_config(api_base_url=sandbox.api_base_url)
+        go = threading.Barrier(16)
+
+        def host_thread(t):
+            go.wait()
+            for n in range(25):
+                client = {"id": f"{t}-{n}", "email": f"t{t}n{n}@example.com", "first_name": f"T{t}"}
+                if n % 2:
+                    pm.hook.on_lead_converted(lead={"id": n}, client=client)
+                else:
+                    pm.hook.on_client_created(client=client)
+
+        threads = [threading.Thread(target=host_thread, args=(t,)) for t in range(16)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert flush(30)
+        assert len(sandbox.members()) == 16 * 25
+        assert len(sandbox.requests) == 16 * 25
+
+
+def test_an_overflowing_queue_is_reported_once_with_a_count(pm, write_config, logs, monkeypatch):
+    from remixcrm_plugin_ctct.sender import BackgroundSender
+
+    monkeypatch.setattr(api_client, "READ_TIMEOUT", 0.5)
+    with Sandbox(access_token=ACCESS_TOKEN) as sandbox:
+        sandbox.hang.set()
+        write_config(api_base_url=sandbox.api_base_url)
+        monkeypatch.setattr(dispatch, "_sender", BackgroundSender(workers=1, queue_size=2))
+        for n in range(10):
+            assert pm.hook.on_client_created(client={**ADA, "id": n, "email": f"c{n}@example.com"}) == []
+        errors = [r.getMessage() for r in logs.records if "send queue is full" in r.getMessage()]
+        assert len(errors) == 1 and "1 client(s) not sent since the last report, the latest client 2" in errors[0]
+        assert dispatch._dropped == 7  # counted for the next report, not logged one by one
+        assert flush(5)

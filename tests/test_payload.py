@@ -1,0 +1,121 @@
+import logging
+import os
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from conftest import LIST_ID
+from remixcrm_plugin_ctct import payload
+from remixcrm_plugin_ctct.payload import Contact, Skipped, contact_from_client, mask_email, sign_up_body
+
+FULL = {
+    "id": 7, "email": "ada@example.com", "first_name": "Ada", "last_name": "Lovelace",
+    "phone": "+44 20 7946 0001", "company": "Analytical Engines", "job_title": "Analyst", "email_opt_in": True,
+}
+
+
+def body_for(client):
+    contact = contact_from_client(client)
+    assert isinstance(contact, Contact), contact
+    return sign_up_body(contact, LIST_ID)
+
+
+def test_every_field_is_mapped():
+    assert body_for(FULL) == {
+        "email_address": "ada@example.com", "first_name": "Ada", "last_name": "Lovelace",
+        "phone_number": "+44 20 7946 0001", "company_name": "Analytical Engines", "job_title": "Analyst",
+        "list_memberships": [LIST_ID],
+    }
+
+
+def test_empty_values_are_omitted_and_whitespace_stripped():
+    client = {"id": 1, "email": "  bob@example.com\n", "first_name": "  Bob ", "last_name": "", "phone": None, "company": "   "}
+    assert body_for(client) == {"email_address": "bob@example.com", "first_name": "Bob", "list_memberships": [LIST_ID]}
+
+
+def test_an_object_with_attributes_works_like_a_mapping():
+    assert body_for(SimpleNamespace(**FULL)) == body_for(FULL)
+
+
+def test_unknown_keys_are_ignored_and_non_strings_are_stringified():
+    body = body_for({"id": 1, "email": "x@example.com", "phone": 5551234, "favourite_colour": "teal", "tags": ["vip"]})
+    assert body == {"email_address": "x@example.com", "phone_number": "5551234", "list_memberships": [LIST_ID]}
+
+
+@pytest.mark.parametrize("key, body_key, limit", [("first_name", "first_name", 50), ("last_name", "last_name", 50), ("company", "company_name", 50), ("job_title", "job_title", 50), ("phone", "phone_number", 25)])
+def test_overlong_fields_are_truncated_with_a_warning(caplog, key, body_key, limit):
+    caplog.set_level(logging.WARNING)
+    body = body_for({"id": 9, "email": "x@example.com", key: "é" * (limit + 10)})
+    assert body[body_key] == "é" * limit  # characters, not bytes: the schema counts characters
+    assert f"client 9: {key} is {limit + 10} characters, Constant Contact allows {limit}" in caplog.text
+
+
+def test_unicode_within_limits_is_untouched():
+    body = body_for({"id": 1, "email": "zoë@exämple.de", "first_name": "Zoë", "last_name": "Ångström-李"})
+    assert (body["email_address"], body["first_name"], body["last_name"]) == ("zoë@exämple.de", "Zoë", "Ångström-李")
+
+
+@pytest.mark.parametrize("email, why", [
+    (None, "has no email address"), ("", "has no email address"), ("   ", "has no email address"),
+    ("not-an-email", "is not a valid address"), ("a@b", "is not a valid address"), ("a b@example.com", "is not a valid address"),
+    ("a" * 40 + "@example.com", "is longer than 50 characters"),
+])
+def test_unsendable_emails_are_skipped_with_a_warning_and_masked(email, why):
+    result = contact_from_client({"id": 3, "email": email})
+    assert isinstance(result, Skipped) and result.level == logging.WARNING
+    assert result.reason.startswith("client 3") and why in result.reason
+    if email and "@" in email:
+        assert email not in result.reason
+
+
+def test_email_of_exactly_fifty_characters_is_sent():
+    email = "a" * 38 + "@example.com"
+    assert len(email) == 50 and body_for({"id": 1, "email": email})["email_address"] == email
+
+
+def test_declined_marketing_is_never_sent():
+    result = contact_from_client({**FULL, "email_opt_in": False})
+    assert isinstance(result, Skipped) and result.level == logging.INFO
+    assert "declined marketing email (email_opt_in is False)" in result.reason
+
+
+@pytest.mark.parametrize("opt_in, kept", [(True, True), (None, None), ("yes", None)])
+def test_consent_is_carried_along(opt_in, kept):
+    assert contact_from_client({**FULL, "email_opt_in": opt_in}).email_opt_in is kept
+
+
+def test_missing_client_or_id():
+    assert isinstance(contact_from_client(None), Skipped)
+    assert contact_from_client({"email": "x@example.com"}).client_id == "?"
+
+
+@pytest.mark.parametrize("email, masked", [("ada@example.com", "a***@example.com"), (" b@x.org ", "b***@x.org"), ("nope", "<no valid email>"), (None, "<no valid email>")])
+def test_mask_email(email, masked):
+    assert mask_email(email) == masked
+
+
+def _vendor_spec() -> Path | None:
+    """The vendor's swagger.yaml from ../shared (beside the checkout, as in CI)."""
+    if os.environ.get("CTCT_SWAGGER"):
+        return Path(os.environ["CTCT_SWAGGER"])
+    for parent in Path(__file__).resolve().parents:
+        candidate = parent / "shared" / "ctct-openapi" / "swagger.yaml"
+        if candidate.exists():
+            return candidate
+    return None
+
+
+def test_we_send_only_fields_the_vendor_schema_defines_within_its_limits():
+    spec_path = _vendor_spec()
+    if spec_path is None:
+        pytest.skip("vendor swagger.yaml not found beside the checkout (set CTCT_SWAGGER)")
+    yaml = pytest.importorskip("yaml")
+    schema = yaml.safe_load(spec_path.read_text(encoding="utf-8"))["definitions"]["ContactCreateOrUpdateInput"]
+    props = schema["properties"]
+    assert set(body_for(FULL)) <= set(props)
+    assert set(schema["required"]) <= set(body_for(FULL))
+    assert props["email_address"]["maxLength"] == payload.EMAIL_MAX
+    for body_key, (_, limit) in payload.TEXT_FIELDS.items():
+        assert props[body_key]["maxLength"] == limit, body_key
+    assert props["list_memberships"]["items"]["format"] == "uuid"

@@ -59,11 +59,13 @@ def test_submit_never_blocks_and_says_no_when_full():
 
 
 def test_threads_start_on_first_submit_only():
-    before = threading.active_count()
+    def ours():
+        return [t for t in threading.enumerate() if t in s._threads]
+
     s = BackgroundSender(workers=3)
-    assert threading.active_count() == before
+    assert s._threads == [] and ours() == []
     s.submit(lambda: None)
-    assert threading.active_count() == before + 3
+    assert len(ours()) == 3 and all(t.daemon for t in ours())
     s.close(2)
 
 

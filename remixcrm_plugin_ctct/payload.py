@@ -23,6 +23,7 @@ TEXT_FIELDS = {
 }
 # deliberately loose: Constant Contact is the judge of deliverability; we only refuse
 # what can never be an address (and would come back as a 400 that no retry fixes)
+_BY_HAND = "fix the address in RemixCRM, then add the client to the list in Constant Contact by hand: editing a client fires no hook"
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s.]+(\.[^@\s.]+)+$")
 
 
@@ -82,10 +83,10 @@ def contact_from_client(client) -> Contact | Skipped:
     raw_email = get("email")
     email = raw_email.strip() if isinstance(raw_email, str) else ""
     if not email:
-        return Skipped(client_id, f"client {client_id} has no email address; not sent (add one in RemixCRM and save the client again)")
+        return Skipped(client_id, f"client {client_id} has no email address; not sent ({_BY_HAND})")
     if len(email) > EMAIL_MAX or not _EMAIL.match(email):
         why = f"is longer than {EMAIL_MAX} characters, Constant Contact's limit" if len(email) > EMAIL_MAX else "is not a valid address"
-        return Skipped(client_id, f"client {client_id}: email {mask_email(email)} {why}; not sent (correct it in RemixCRM and save the client again)")
+        return Skipped(client_id, f"client {client_id}: email {mask_email(email)} {why}; not sent ({_BY_HAND})")
 
     fields = {}
     for body_key, (client_key, limit) in TEXT_FIELDS.items():

@@ -77,7 +77,8 @@ def one_row(impl: str, api: str, ctct_url: str, segment_url: str, calls: int) ->
         workdir = Path(tempfile.mkdtemp())
         (workdir / "config.toml").write_text(
             f'[email_marketing]\nprovider = "constant_contact"\n[email_marketing.constant_contact]\n'
-            f'access_token = "{SEEDED_TOKEN}"\nlist_id = "{SEEDED_LIST_ID}"\napi_base_url = "{ctct_url}"\n'
+            f'access_token = "{SEEDED_TOKEN}"\ntoken_expires_at = 2099-01-01T00:00:00Z\n'
+            f'list_id = "{SEEDED_LIST_ID}"\napi_base_url = "{ctct_url}"\n'
         )
         os.environ["REMIXCRM_CONFIG"] = str(workdir / "config.toml")
         os.environ["REMIXCRM_DATA_DIR"] = str(workdir / "data")

@@ -1,6 +1,7 @@
 """``remixcrm-ctct``: the admin's command line (also ``python -m remixcrm_plugin_ctct``)."""
 
 import argparse
+import dataclasses
 import sys
 
 from . import __version__
@@ -9,7 +10,7 @@ from . import __version__
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="remixcrm-ctct",
-        description="Constant Contact plugin for RemixCRM: try it, check it, operate it.",
+        description="Constant Contact plugin for RemixCRM: try it, log in, operate it.",
     )
     parser.add_argument("--version", action="version", version=f"remixcrm-plugin-ctct {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -19,7 +20,32 @@ def build_parser() -> argparse.ArgumentParser:
         description="Start a local Constant Contact sandbox, load the plugin through its entry point, "
         "fire the hooks for sample clients and show what arrived. Never touches your real config.",
     )
+    login = commands.add_parser(
+        "login",
+        help="connect to Constant Contact (device code, or --browser) and store the tokens",
+        description="Log in to Constant Contact with the OAuth2 Device Authorization flow (works on a "
+        "headless server) or, with --browser, Authorization Code with PKCE on a loopback redirect. "
+        "The tokens go to the plugin's token store (0600) and win over the ones in config.toml until "
+        "new ones are pasted in Settings. Prints the expiry, never a token.",
+    )
+    login.add_argument("--browser", action="store_true", help="use Authorization Code with PKCE and a browser")
+    login.add_argument("--port", type=int, default=8765, help="loopback port for --browser's redirect URI (default 8765; 0 picks a free one)")
+    login.add_argument("--no-open", action="store_true", help="with --browser: print the URL, do not open a browser")
+    _token_options(login)
+    refresh = commands.add_parser(
+        "refresh",
+        help="refresh the access token now and print its new expiry",
+        description="Refresh the access token now with the stored refresh token (taking the same "
+        "cross-process lock as the plugin), save the new pair, and print the new expiry.",
+    )
+    _token_options(refresh)
     return parser
+
+
+def _token_options(command) -> None:
+    command.add_argument("--client-id", help="the app's API key (default: client_id from config.toml)")
+    command.add_argument("--token-url", help="token endpoint; the device and authorize endpoints live beside it "
+                         "(default: token_url from config.toml, else Constant Contact's)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -29,8 +55,43 @@ def main(argv: list[str] | None = None) -> int:
         from . import demo
 
         return demo.run()
+    if args.command in ("login", "refresh"):
+        return _tokens_command(args)
     parser.print_help()
     return 2
+
+
+def _tokens_command(args) -> int:
+    from . import config, dispatch, login, oauth
+    from .auth import NeedsReauth, TokenUnavailable, describe_expiry
+
+    def say(text: str) -> None:
+        print(text, flush=True)
+
+    settings, problem = config.load_for_tokens(config.config_path())
+    if settings is None:
+        say(f"✗ {problem}")
+        return 1
+    overrides = {k: v for k, v in (("client_id", args.client_id), ("token_url", args.token_url)) if v}
+    settings = dataclasses.replace(settings, **overrides)
+    if not settings.client_id:
+        say("✗ no client_id: set client_id (your Constant Contact app's API key) in config.toml, or pass --client-id")
+        return 1
+    manager = dispatch.tokens()
+    try:
+        if args.command == "refresh":
+            manager.refresh(settings, force=True)
+            say(f"refreshed; the access token expires at {describe_expiry(manager.state(settings).expires_at)}")
+            return 0
+        if args.browser:
+            expires = login.browser_login(manager, settings, say, port=args.port, open_browser=not args.no_open)
+        else:
+            expires = login.device_login(manager, settings, say)
+    except (oauth.OAuthError, NeedsReauth, TokenUnavailable) as e:
+        say(f"✗ {args.command} failed: {e}")
+        return 1
+    login.report(say, expires)
+    return 0
 
 
 if __name__ == "__main__":

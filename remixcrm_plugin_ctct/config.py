@@ -60,7 +60,7 @@ class Settings:
     """The ``[email_marketing.constant_contact]`` table, validated. Secrets stay out of repr."""
 
     list_id: str
-    access_token: str = field(repr=False)
+    access_token: str | None = field(default=None, repr=False)
     refresh_token: str | None = field(default=None, repr=False)
     token_expires_at: dt.datetime | None = None
     client_id: str | None = None
@@ -108,7 +108,26 @@ def load(path: Path) -> LoadedConfig:
     return LoadedConfig(ACTIVE, f"sending new clients to list {settings.list_id} via {settings.api_base_url}", path, settings)
 
 
-def _parse_section(section: dict, problems: list[str]) -> Settings | None:
+def load_for_tokens(path: Path) -> tuple[Settings | None, str]:
+    """The config as ``login`` and ``refresh`` need it: the list and the provider radio may still
+    be unset (an admin often logs in first). Returns (settings, "") or (None, the problem)."""
+    loaded = load(path)
+    if loaded.settings is not None:
+        return loaded.settings, ""
+    try:
+        with open(path, "rb") as f:
+            doc = tomllib.load(f)
+    except FileNotFoundError:
+        doc = {}
+    except (OSError, tomllib.TOMLDecodeError):
+        return None, loaded.message
+    section = doc.get("email_marketing", {}).get("constant_contact", {}) if isinstance(doc.get("email_marketing"), dict) else {}
+    problems: list[str] = []
+    settings = _parse_section(section if isinstance(section, dict) else {}, problems, require_list=False)
+    return (settings, "") if settings else (None, f"{path}: " + "; ".join(problems))
+
+
+def _parse_section(section: dict, problems: list[str], require_list: bool = True) -> Settings | None:
     def text(key: str, secret: bool = False) -> str | None:
         value = section.get(key)
         if value is None or (isinstance(value, str) and not value.strip()):
@@ -120,13 +139,14 @@ def _parse_section(section: dict, problems: list[str]) -> Settings | None:
         return value.strip()
 
     list_id = text("list_id")
-    if list_id is None:
+    if not require_list:
+        list_id = list_id or ""
+    elif list_id is None:
         problems.append(f"{_SECTION}.list_id is missing: set it in {SETTINGS_PATH} → List ID (the list's UUID from Constant Contact)")
     elif not _UUID.match(list_id):
         problems.append(f"{_SECTION}.list_id {list_id!r} is not a UUID: copy the list's id from Constant Contact into {SETTINGS_PATH} → List ID")
+    # a missing token is not a config error: `remixcrm-ctct login` may have put one in the token store
     access_token = text("access_token", secret=True)
-    if access_token is None:
-        problems.append(f"{_SECTION}.access_token is missing: run `remixcrm-ctct login` or paste a token in {SETTINGS_PATH}")
     api_base_url = _url(text("api_base_url") or DEFAULT_API_BASE_URL, "api_base_url", problems)
     token_url = _url(text("token_url") or DEFAULT_TOKEN_URL, "token_url", problems)
     expires_at = _datetime(section.get("token_expires_at"), problems)
@@ -196,6 +216,11 @@ class ConfigWatcher:
                 self._announce(loaded)
                 self._snapshot = (key, loaded)
             return self._snapshot[1]
+
+    def signature(self):
+        """The stat of the file as last read (changes when the file does)."""
+        snapshot = self._snapshot
+        return snapshot[0] if snapshot else None
 
     def _announce(self, loaded: LoadedConfig) -> None:
         said = (loaded.status, loaded.message)

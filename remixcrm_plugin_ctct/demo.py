@@ -5,6 +5,7 @@ installed entry point into a real ``pluggy.PluginManager`` as RemixCRM does, fir
 for a few sample clients and shows what reached the sandbox list.
 """
 
+import datetime as dt
 import logging
 import os
 import sys
@@ -14,7 +15,7 @@ from pathlib import Path
 
 from . import dispatch
 from .hookspecs import make_plugin_manager
-from .sandbox import SEEDED_LIST_ID, SEEDED_TOKEN, Sandbox
+from .sandbox import SANDBOX_CLIENT_ID, SEEDED_LIST_ID, Sandbox
 
 # (what it shows, hook, hook kwargs, expected: "in list" or "not sent")
 SAMPLES = [
@@ -29,6 +30,9 @@ SAMPLES = [
     ("declined marketing", "on_client_created",
      {"client": {"id": 105, "email": "private@example.com", "first_name": "Pat", "email_opt_in": False}}, "not sent"),
 ]
+
+
+EXPIRE_AFTER = 2  # the sandbox expires the access token before this sample
 
 
 def run(out=sys.stdout) -> int:
@@ -53,9 +57,9 @@ def run(out=sys.stdout) -> int:
 
 
 def _run(say) -> int:
-    with Sandbox() as sandbox:
-        _write_config(Path(os.environ["REMIXCRM_CONFIG"]), sandbox.api_base_url)
-        say(f"sandbox Constant Contact at {sandbox.api_base_url}, list {SEEDED_LIST_ID}")
+    with Sandbox(access_token=None) as sandbox:  # only tokens its authorization server issued
+        _write_config(Path(os.environ["REMIXCRM_CONFIG"]), sandbox)
+        say(f"sandbox Constant Contact at {sandbox.base_url}, list {SEEDED_LIST_ID}")
         say(f"throwaway config {os.environ['REMIXCRM_CONFIG']}")
         pm = make_plugin_manager()
         if pm.get_plugin("constant_contact") is None:
@@ -64,7 +68,11 @@ def _run(say) -> int:
         pm.check_pending()
         say("plugin loaded through entry point remixcrm:constant_contact\n")
 
-        for label, hook, kwargs, _ in SAMPLES:
+        for n, (label, hook, kwargs, _) in enumerate(SAMPLES):
+            if n == EXPIRE_AFTER:
+                dispatch.flush(10)
+                sandbox.authz.expire_all_access_tokens()
+                say("  -- the sandbox expires the access token, as Constant Contact does after 24 h --")
             started = time.perf_counter_ns()
             getattr(pm.hook, hook)(**kwargs)
             took_us = (time.perf_counter_ns() - started) / 1000
@@ -85,6 +93,10 @@ def _run(say) -> int:
             mark = "✓" if actual == expected else "✗"
             ok &= actual == expected
             say(f"  {mark} client {kwargs['client']['id']:<4} {label:<28} expected {expected:<9} got {actual}")
+        refreshed = sandbox.authz.token_calls == 1 and sandbox.authz.invalid_grants == 0
+        ok &= refreshed
+        say(f"  {'✓' if refreshed else '✗'} token refreshed without a human: {sandbox.authz.token_calls} refresh call(s), "
+            f"{sandbox.authz.invalid_grants} invalid_grant")
     say("\nall sample clients handled as expected" if ok else "\nsome sample clients were not handled as expected")
     return 0 if ok else 1
 
@@ -95,14 +107,21 @@ def _describe(kwargs) -> str:
     return f"{lead}client {client['id']}"
 
 
-def _write_config(path: Path, api_base_url: str) -> None:
+def _write_config(path: Path, sandbox: Sandbox) -> None:
+    """The config an admin would have after logging in: a token pair, its expiry, the app's id."""
+    issued = sandbox.authz.seed()
+    expires = dt.datetime.now(dt.timezone.utc) + dt.timedelta(seconds=issued["expires_in"])
     path.write_text(
         "[email_marketing]\n"
         'provider = "constant_contact"\n\n'
         "[email_marketing.constant_contact]\n"
-        f'access_token = "{SEEDED_TOKEN}"\n'
+        f'access_token = "{issued["access_token"]}"\n'
+        f'refresh_token = "{issued["refresh_token"]}"\n'
+        f"token_expires_at = {expires.replace(microsecond=0).isoformat().replace('+00:00', 'Z')}\n"
+        f'client_id = "{SANDBOX_CLIENT_ID}"\n'
         f'list_id = "{SEEDED_LIST_ID}"\n'
-        f'api_base_url = "{api_base_url}"\n',
+        f'api_base_url = "{sandbox.api_base_url}"\n'
+        f'token_url = "{sandbox.token_url}"\n',
         encoding="utf-8",
     )
     path.chmod(0o600)

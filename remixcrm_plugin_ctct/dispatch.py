@@ -1,28 +1,31 @@
 """Turns one hook event into one queued ``sign_up_form`` push, and logs how it ended.
 
 The path of a client: hooks → config (is Constant Contact chosen, and how) → payload (what to
-send) → sender (a background thread) → api_client (HTTP). Everything here runs in the host's
-thread except :func:`deliver`, which runs on a sender thread.
+send) → sender (a background thread) → auth (which token) → api_client (HTTP). Everything here
+runs in the host's thread except :func:`deliver`, which runs on a sender thread.
 """
 
 import logging
 import threading
 import time
-from collections import deque
 from functools import partial
 
 from . import api_client, config, payload
+from .auth import NeedsReauth, TokenManager, TokenUnavailable
+from .holding import Holding
 from .sender import BackgroundSender
+from .token_store import TokenStore
 
 log = logging.getLogger("remixcrm_plugin_ctct")
 
-HOLD_LIMIT = 10_000  # contacts kept in memory while the config is broken
 DROP_LOG_INTERVAL = 60.0  # seconds between "queue full" reports
+TOKEN_RETRY_AFTER = 60.0  # seconds before clients held by a token-endpoint outage are tried again
 
 _watcher = config.ConfigWatcher()
 _sender: BackgroundSender | None = None
-_sender_lock = threading.Lock()
-_held: deque = deque()
+_tokens: TokenManager | None = None
+_lock = threading.Lock()
+_held = Holding()
 _dropped = 0
 _drop_logged_at = -DROP_LOG_INTERVAL
 
@@ -37,13 +40,19 @@ def handle_event(event: str, client, lead=None) -> None:
         log.log(contact.level, "%s", contact.reason)
         return
     if loaded.status == config.INVALID:
-        _hold(contact)
+        _held.add(contact, "the config is broken", _signature())
         return
-    if _held:
-        _release_held(loaded.settings)
+    if _held and _held.due(_signature()):
+        for waiting in _held.take():
+            _submit(waiting, loaded.settings, "held")
     if lead is not None:
         event = f"{event} from lead {payload.read(lead, 'id')}"
     _submit(contact, loaded.settings, event)
+
+
+def _signature() -> tuple:
+    """What, when changed, may have fixed the reason clients are held: the config, the tokens."""
+    return (_watcher.signature(), tokens().store.signature())
 
 
 def _submit(contact: payload.Contact, settings: config.Settings, event: str) -> None:
@@ -61,34 +70,29 @@ def _submit(contact: payload.Contact, settings: config.Settings, event: str) -> 
         _dropped, _drop_logged_at = 0, now
 
 
-def _hold(contact: payload.Contact) -> None:
-    # the config error was logged once by the watcher; keep the contact until it is fixed
-    if len(_held) >= HOLD_LIMIT:
-        dropped = _held.popleft()
-        log.error("config still broken and %d clients held; dropping client %s", HOLD_LIMIT, dropped.client_id)
-    _held.append(contact)
-    log.debug("client %s held until the config is fixed (%d held)", contact.client_id, len(_held))
-
-
-def _release_held(settings: config.Settings) -> None:
-    count = 0
-    while True:
-        try:
-            contact = _held.popleft()
-        except IndexError:
-            break
-        _submit(contact, settings, "held")
-        count += 1
-    if count:
-        log.info("config fixed: sending %d client(s) held while it was broken", count)
-
-
 def deliver(contact: payload.Contact, settings: config.Settings, event: str) -> None:
     """Push one contact and log the outcome. Runs on a sender thread; never raises ApiError."""
-    client = api_client.CtctClient(settings.api_base_url, settings.access_token)
     who = f"client {contact.client_id} ({payload.mask_email(contact.email)})"
+    body = payload.sign_up_body(contact, settings.list_id)
+    manager = tokens()
     try:
-        result = client.sign_up(payload.sign_up_body(contact, settings.list_id))
+        token = manager.access_token(settings)
+        try:
+            result = api_client.CtctClient(settings.api_base_url, token).sign_up(body)
+        except api_client.ApiError as e:
+            if e.status != 401:
+                raise
+            # expired or revoked early: refresh once (or take another process's new token), resend once
+            log.info("%s: Constant Contact rejected the access token (401); refreshing it and sending again", who)
+            token = manager.after_unauthorized(settings, token)
+            result = api_client.CtctClient(settings.api_base_url, token).sign_up(body)
+    except NeedsReauth:
+        _held.add(contact, "Constant Contact needs re-authorisation", _signature())
+        return
+    except TokenUnavailable as e:
+        log.warning("%s waits: %s; trying again in %.0f s", who, e, TOKEN_RETRY_AFTER)
+        _held.add(contact, "the token endpoint failed", _signature(), retry_after=TOKEN_RETRY_AFTER)
+        return
     except api_client.ApiError as e:
         _log_failure(who, e)
         return
@@ -110,10 +114,20 @@ def _log_failure(who: str, e: api_client.ApiError) -> None:
 def _get_sender() -> BackgroundSender:
     global _sender
     if _sender is None:
-        with _sender_lock:
+        with _lock:
             if _sender is None:
                 _sender = BackgroundSender()
     return _sender
+
+
+def tokens() -> TokenManager:
+    """This process's token manager, for the data dir in force when it was first needed."""
+    global _tokens
+    if _tokens is None:
+        with _lock:
+            if _tokens is None:
+                _tokens = TokenManager(TokenStore(config.data_dir()))
+    return _tokens
 
 
 def flush(timeout: float = 5.0) -> bool:
@@ -122,12 +136,13 @@ def flush(timeout: float = 5.0) -> bool:
 
 
 def reset(timeout: float = 5.0) -> None:
-    """Drain and forget the sender, the held contacts and the config cache (tests, demo)."""
-    global _sender, _watcher, _dropped, _drop_logged_at
-    with _sender_lock:
+    """Drain and forget the sender, held clients, tokens and config cache (tests, the demo)."""
+    global _sender, _tokens, _watcher, _dropped, _drop_logged_at
+    with _lock:
         sender, _sender = _sender, None
     if sender is not None:
         sender.close(timeout)
     _held.clear()
+    _tokens = None
     _watcher = config.ConfigWatcher()
     _dropped, _drop_logged_at = 0, -DROP_LOG_INTERVAL

@@ -28,7 +28,8 @@ def test_demo_runs_end_to_end_on_the_sandbox(tmp_path):
     assert "contacts in sandbox list (3):" in out
     for email in ("ada@example.com", "grace@example.org", "alan@example.net"):
         assert email in out
-    assert out.count("✓") == 5 and "✗" not in out
+    assert out.count("✓") == 6 and "✗" not in out
+    assert "token refreshed without a human: 1 refresh call(s), 0 invalid_grant" in out
     assert "all sample clients handled as expected" in out
     assert not (tmp_path / "home").exists()  # nothing written to the user's dirs
 

@@ -74,7 +74,6 @@ def test_inactive_states(tmp_path, text, reason):
         ({"list_id": None}, "list_id is missing: set it in Settings → Integrations → Email Marketing → List ID"),
         ({"list_id": "my-list"}, "list_id 'my-list' is not a UUID"),
         ({"list_id": "  "}, "list_id is missing"),
-        ({"access_token": None}, "access_token is missing: run `remixcrm-ctct login`"),
         ({"api_base_url": "http://api.cc.email/v3"}, "api_base_url 'http://api.cc.email/v3' must be an https:// URL"),
         ({"token_url": "ftp://x"}, "token_url 'ftp://x' must be an https:// URL"),
         ({"token_expires_at": "tomorrow"}, "token_expires_at must be a date-time"),

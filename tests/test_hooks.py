@@ -76,7 +76,7 @@ def test_broken_config_logs_one_error_and_holds_clients_until_fixed(pm, write_co
     pm.hook.on_client_created(client={**ADA, "id": 9, "email": "c9@example.com"})
     assert flush(5)
     assert sorted(b["email_address"] for b in sent_bodies(mocked)) == ["c0@example.com", "c1@example.com", "c2@example.com", "c9@example.com"]
-    assert "config fixed: sending 3 client(s) held while it was broken" in logs.text
+    assert "sending 3 client(s) that were held" in logs.text
 
 
 def test_a_declined_client_is_never_sent(pm, write_config, mocked, logs):
@@ -91,8 +91,10 @@ def test_a_declined_client_is_never_sent(pm, write_config, mocked, logs):
     [
         (400, [{"error_key": "json.field.invalid", "error_message": "list_id is required"}], logging.ERROR,
          "not sent: Constant Contact answered 400 json.field.invalid: list_id is required. Fix: Constant Contact rejected the data: check that list_id is set"),
-        (401, {"error_key": "unauthorized", "error_message": "Unauthorized"}, logging.ERROR,
-         "not sent: Constant Contact answered 401 unauthorized: Unauthorized. Fix: the access token is invalid or expired"),
+        (403, [{"error_key": "forbidden", "error_message": "Forbidden"}], logging.ERROR,
+         "not sent: Constant Contact answered 403 forbidden: Forbidden. Fix: the token lacks the contact_data scope"),
+        (404, [{"error_key": "contacts.api.not_found", "error_message": "list not found"}], logging.ERROR,
+         "Fix: the list or endpoint was not found: check List ID"),
         (500, "Internal Server Error", logging.WARNING, "not sent: 500 http_500: Internal Server Error"),
     ],
 )
@@ -177,7 +179,7 @@ def test_many_threads_firing_hooks_at_once_lose_nothing(pm, write_config):
             t.join()
         assert flush(30)
         assert len(sandbox.members()) == 16 * 25
-        assert len(sandbox.requests) == 16 * 25
+        assert len(sandbox.api.sign_ups) == 16 * 25
 
 
 def test_an_overflowing_queue_is_reported_once_with_a_count(pm, write_config, logs, monkeypatch):

@@ -1,0 +1,183 @@
+"""Which access token to send now, and refreshing it without ever burning a refresh token.
+
+Rules (Constant Contact access tokens last 24 h; rotating refresh tokens are single-use and
+every refresh expires all earlier ones):
+- refresh before sending when the expiry is unknown or near; refresh once after a 401;
+- one refresh at a time across threads *and* processes: take the lock, re-read the store, and
+  use another process's fresh token instead of calling the endpoint again;
+- save the new pair before using the new access token; at most one token call per second;
+- ``invalid_grant`` (or any other refusal) means "needs re-authorisation": one ERROR with the
+  fix, and no more token calls until the config's tokens or the store change.
+"""
+
+import datetime as dt
+import logging
+import os
+import threading
+import time
+
+from . import oauth
+from .token_store import TokenState, TokenStore, fingerprint
+
+log = logging.getLogger("remixcrm_plugin_ctct")
+
+PROACTIVE_MARGIN = 300.0  # refresh when the token expires within 5 minutes
+MIN_REFRESH_INTERVAL = 1.0  # never more than one token-endpoint call per second
+REAUTH_FIX = "run `remixcrm-ctct login`, or paste a new access and refresh token in Settings → Integrations → Email Marketing"
+
+
+class NeedsReauth(Exception):
+    """No usable token and no way to get one without a human."""
+
+
+class TokenUnavailable(Exception):
+    """The token endpoint could not be reached or failed; worth trying again later."""
+
+
+def describe_expiry(expires_at: float | None) -> str:
+    if expires_at is None:
+        return "an unknown time"
+    when = dt.datetime.fromtimestamp(expires_at, dt.timezone.utc).replace(microsecond=0)
+    return f"{when.isoformat().replace('+00:00', 'Z')} (in {_duration(expires_at - time.time())})"
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(seconds)
+    if seconds < 0:
+        return "the past"
+    hours, rest = divmod(seconds, 3600)
+    return f"{hours} h {rest // 60} min" if hours else f"{rest // 60} min {rest % 60} s"
+
+
+class TokenManager:
+    def __init__(self, store: TokenStore, clock=time.time, sleep=time.sleep):
+        self.store, self._clock, self._sleep = store, clock, sleep
+        self._lock = threading.Lock()
+        self._announced: str | None = None
+        os.register_at_fork(after_in_child=self._after_fork)
+
+    def __repr__(self) -> str:
+        return f"TokenManager({self.store!r})"
+
+    def _after_fork(self) -> None:
+        self._lock = threading.Lock()  # a parent thread may have held it at fork time
+
+    # --- what the sender calls ---
+    def access_token(self, settings) -> str:
+        """A token good for the next call; refreshes first when the expiry is unknown or near."""
+        state = self.store.read()
+        if state is None or state.seeded_from != _seed(settings):
+            state = self._reseed(settings)
+        self._check_reauth(state, settings)
+        if self._fresh(state):
+            return state.access_token
+        return self.refresh(settings, stale=state.access_token)
+
+    def after_unauthorized(self, settings, rejected: str) -> str:
+        """The API said 401 to ``rejected``: a newer token from the store, or a refresh."""
+        return self.refresh(settings, stale=rejected)
+
+    def refresh(self, settings, stale: str | None = None, force: bool = False) -> str:
+        """Refresh under the cross-process lock, unless someone already did. Returns the token."""
+        with self._lock, self.store.lock():
+            state = self.store.read()
+            if state is None or state.seeded_from != _seed(settings):
+                state = self._seed_locked(settings, state)
+            if not force:  # an admin's explicit `remixcrm-ctct refresh` may try a dead token once more
+                self._check_reauth(state, settings)
+            if not force and state.access_token and state.access_token != stale and self._fresh(state):
+                return state.access_token  # another thread or process refreshed meanwhile
+            if not state.refresh_token or not settings.client_id:
+                missing = "refresh_token" if not state.refresh_token else "client_id"
+                raise self._reauth(f"the access token is expired or unknown and there is no {missing} to refresh it")
+            wait = state.last_refresh_call + MIN_REFRESH_INTERVAL - self._clock()
+            if wait > 0:
+                self._sleep(wait)
+            state = state.with_(last_refresh_call=self._clock())
+            self.store.write(state)  # the attempt counts even if this process dies mid-call
+            try:
+                tokens = oauth.refresh(settings.token_url, state.refresh_token, settings.client_id, settings.client_secret)
+            except oauth.OAuthError as e:
+                if e.transient:
+                    raise TokenUnavailable(f"token refresh failed: {e}") from None
+                latest = self.store.read()  # rotated by someone who did not take the lock (a login)?
+                if latest and latest.refresh_token != state.refresh_token and latest.access_token:
+                    return latest.access_token
+                failed = state.with_(needs_reauth=f"Constant Contact refused the refresh token ({e})", reauth_credentials=_credentials(settings, state))
+                self.store.write(failed)
+                raise self._reauth(failed.needs_reauth) from None
+            new = state.with_(
+                access_token=tokens.access_token, refresh_token=tokens.refresh_token or state.refresh_token,
+                expires_at=tokens.expires_at, lifetime=tokens.lifetime, needs_reauth=None, reauth_credentials="",
+            )
+            self.store.write(new)  # saved before the new access token is used: never lose a rotated pair
+        self._announced = None
+        log.info("access token refreshed; it expires at %s", describe_expiry(new.expires_at))
+        return new.access_token
+
+    def save_login(self, settings, tokens: oauth.Tokens) -> TokenState:
+        """Store the tokens a login produced; they win over the config's current pair."""
+        with self._lock, self.store.lock():
+            old = self.store.read() or TokenState()
+            state = TokenState(
+                tokens.access_token, tokens.refresh_token, tokens.expires_at, tokens.lifetime,
+                seeded_from=_seed(settings), last_refresh_call=old.last_refresh_call,
+            )
+            self.store.write(state)
+        self._announced = None
+        return state
+
+    def state(self, settings) -> TokenState:
+        """The current state (seeded from the config if needed), for status and check."""
+        state = self.store.read()
+        return state if state is not None and state.seeded_from == _seed(settings) else self._reseed(settings)
+
+    # --- helpers ---
+    def _fresh(self, state: TokenState) -> bool:
+        if not state.access_token or state.expires_at is None:
+            return False
+        # a quarter of the lifetime for short-lived tokens (sandbox, tests), else 5 minutes
+        margin = min(PROACTIVE_MARGIN, state.lifetime / 4) if state.lifetime else PROACTIVE_MARGIN
+        return state.expires_at - self._clock() > margin
+
+    def _reseed(self, settings) -> TokenState:
+        with self._lock, self.store.lock():
+            return self._seed_locked(settings, self.store.read())
+
+    def _seed_locked(self, settings, current: TokenState | None) -> TokenState:
+        seed = _seed(settings)
+        if current is not None and current.seeded_from == seed:
+            return current  # another process seeded it while we waited for the lock
+        if current is not None and not (settings.access_token or settings.refresh_token):
+            state = current.with_(seeded_from=seed)  # config holds no tokens (a login-only setup): keep ours
+            self.store.write(state)
+            return state
+        expires = settings.token_expires_at.timestamp() if settings.token_expires_at else None
+        state = TokenState(
+            settings.access_token, settings.refresh_token, expires, None, seeded_from=seed,
+            last_refresh_call=current.last_refresh_call if current else 0.0,
+        )
+        self.store.write(state)
+        if current is not None:
+            log.info("new tokens found in the config (pasted in Settings); they replace the stored ones")
+        return state
+
+    def _check_reauth(self, state: TokenState, settings) -> None:
+        if not state.access_token and not state.refresh_token:
+            raise self._reauth("there is no access token")
+        if state.needs_reauth and state.reauth_credentials == _credentials(settings, state):
+            raise self._reauth(state.needs_reauth)
+
+    def _reauth(self, reason: str) -> NeedsReauth:
+        if self._announced != reason:  # one ERROR per cause, not one per send
+            self._announced = reason
+            log.error("constant contact needs re-authorisation: %s. Fix: %s", reason, REAUTH_FIX)
+        return NeedsReauth(f"{reason}; {REAUTH_FIX}")
+
+
+def _seed(settings) -> str:
+    return fingerprint(settings.access_token, settings.refresh_token)
+
+
+def _credentials(settings, state: TokenState) -> str:
+    return fingerprint(state.refresh_token, settings.client_id, settings.client_secret)

@@ -1,0 +1,155 @@
+"""The sandbox's HTTP face: Constant Contact's API under ``/v3`` and its authorization server
+under ``/oauth2/default/v1``, on a loopback port, with a ``hang`` switch for an API that never
+answers. Standard library only (``http.server``): nothing to install for the demo.
+"""
+
+import base64
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qsl, urlsplit
+
+from .authz import AuthServer
+from .contacts import ContactsApi
+
+SEEDED_TOKEN = "sandbox-access-token"  # a static token that never expires (tests, benchmarks)
+OAUTH_PREFIX = "/oauth2/default/v1"
+_UNAUTHORIZED = {"error_key": "unauthorized", "error_message": "Unauthorized"}
+
+
+class Sandbox:
+    """``with Sandbox() as sb:`` serves on ``sb.api_base_url`` / ``sb.token_url`` until the block ends."""
+
+    def __init__(self, access_token: str | None = SEEDED_TOKEN, host: str = "127.0.0.1", port: int = 0, **authz_options):
+        self.static_token = access_token
+        self.api = ContactsApi()
+        self.authz = AuthServer(**authz_options)
+        self.hang = threading.Event()  # set: accept requests, never answer (until stop)
+        self._stopping = threading.Event()
+        self._server = ThreadingHTTPServer((host, port), _handler(self))
+        self._server.daemon_threads = True
+
+    @property
+    def base_url(self) -> str:
+        host, port = self._server.server_address[:2]
+        return f"http://{host}:{port}"
+
+    @property
+    def api_base_url(self) -> str:
+        return f"{self.base_url}/v3"
+
+    @property
+    def token_url(self) -> str:
+        return f"{self.base_url}{OAUTH_PREFIX}/token"
+
+    def start(self) -> "Sandbox":
+        threading.Thread(target=self._server.serve_forever, name="ctct-sandbox", daemon=True).start()
+        return self
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self._server.shutdown()
+        self._server.server_close()
+
+    def __enter__(self) -> "Sandbox":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def members(self, list_id: str | None = None) -> list[dict]:
+        return self.api.members(list_id) if list_id else self.api.members()
+
+    def token_ok(self, token: str | None) -> bool:
+        return (self.static_token is not None and token == self.static_token) or self.authz.access_ok(token)
+
+
+def _handler(sandbox: Sandbox):
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, *args):  # quiet: the demo prints its own view
+            pass
+
+        def _reply(self, status: int, body, headers: dict | None = None) -> None:
+            data = json.dumps(body).encode() if not isinstance(body, bytes) else body
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json" if not isinstance(body, bytes) else "text/html")
+            self.send_header("Content-Length", str(len(data)))
+            for key, value in (headers or {}).items():
+                self.send_header(key, value)
+            self.end_headers()
+            self.wfile.write(data)
+
+        def _body(self) -> bytes:
+            length = int(self.headers.get("Content-Length") or 0)
+            return self.rfile.read(length) if length else b""
+
+        def _bearer_ok(self) -> bool:
+            auth = self.headers.get("Authorization") or ""
+            if auth.startswith("Bearer ") and sandbox.token_ok(auth[7:]):
+                return True
+            self._reply(401, _UNAUTHORIZED, {"WWW-Authenticate": "Bearer realm=api.cc.email"})
+            return False
+
+        def _basic(self) -> tuple[str, str] | None:
+            auth = self.headers.get("Authorization") or ""
+            if not auth.startswith("Basic "):
+                return None
+            user, _, password = base64.b64decode(auth[6:]).decode().partition(":")
+            return user, password
+
+        def _hanging(self) -> bool:
+            if sandbox.hang.is_set():
+                sandbox._stopping.wait()
+                return True
+            return False
+
+        def do_POST(self):
+            raw = self._body()
+            if self._hanging():
+                return
+            url = urlsplit(self.path)
+            if url.path.startswith(OAUTH_PREFIX):
+                form = dict(parse_qsl(raw.decode()))
+                form.update(parse_qsl(url.query))  # Constant Contact's own examples use the query string
+                if url.path == f"{OAUTH_PREFIX}/token":
+                    return self._reply(*sandbox.authz.token(form, self._basic()))
+                if url.path == f"{OAUTH_PREFIX}/device/authorize":
+                    return self._reply(*sandbox.authz.device_authorize(form, sandbox.base_url + OAUTH_PREFIX))
+                return self._reply(404, {"error": "not_found", "error_description": "no such endpoint"})
+            if url.path != "/v3/contacts/sign_up_form":
+                return self._reply(404, [{"error_key": "not_found", "error_message": "no such endpoint"}])
+            if not self._bearer_ok():
+                return
+            if not (self.headers.get("Content-Type") or "").startswith("application/json"):
+                return self._reply(415, [{"error_key": "unsupported_media_type", "error_message": "Content-Type must be application/json"}])
+            try:
+                body = json.loads(raw)
+            except ValueError:
+                return self._reply(400, [{"error_key": "json.parse.error", "error_message": "malformed JSON"}])
+            self._reply(*sandbox.api.sign_up(body))
+
+        def do_GET(self):
+            if self._hanging():
+                return
+            url = urlsplit(self.path)
+            query = dict(parse_qsl(url.query))
+            if url.path == f"{OAUTH_PREFIX}/authorize":
+                status, location = sandbox.authz.authorize(query)
+                if status == 302:
+                    return self._reply(302, b"", {"Location": location})
+                return self._reply(400, location.encode())
+            if url.path == f"{OAUTH_PREFIX}/device":
+                ok = sandbox.authz.approve_device(query.get("user_code", ""))
+                return self._reply(200 if ok else 404, b"approved" if ok else b"unknown code")
+            if not self._bearer_ok():
+                return
+            if url.path == "/v3/contacts":
+                return self._reply(200, {"contacts": sandbox.api.find(query.get("email", ""))})
+            found = sandbox.api.get_list(url.path.removeprefix("/v3/contact_lists/"))
+            if found is not None:
+                return self._reply(200, found)
+            self._reply(404, [{"error_key": "not_found", "error_message": "Resource not found"}])
+
+    return Handler

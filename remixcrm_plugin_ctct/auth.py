@@ -54,7 +54,8 @@ class TokenManager:
         self.store, self._clock, self._sleep = store, clock, sleep
         self._lock = threading.Lock()
         self._announced: str | None = None
-        os.register_at_fork(after_in_child=self._after_fork)
+        if hasattr(os, "register_at_fork"):  # POSIX only; Windows has no fork
+            os.register_at_fork(after_in_child=self._after_fork)
 
     def __repr__(self) -> str:
         return f"TokenManager({self.store!r})"

@@ -89,7 +89,8 @@ class BackgroundSender:
             if not self._atexit_registered:
                 self._atexit_registered = True
                 atexit.register(self._at_exit)
-                os.register_at_fork(after_in_child=self._reset)
+                if hasattr(os, "register_at_fork"):  # POSIX only; Windows has no fork
+                    os.register_at_fork(after_in_child=self._reset)
 
     def _run(self) -> None:
         q = self._queue

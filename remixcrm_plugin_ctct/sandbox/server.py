@@ -25,6 +25,7 @@ class Sandbox:
         self.api = ContactsApi()
         self.authz = AuthServer(**authz_options)
         self.hang = threading.Event()  # set: accept requests, never answer (until stop)
+        self.unauthorized = 0  # 401s answered by the API
         self._stopping = threading.Event()
         self._server = ThreadingHTTPServer((host, port), _handler(self))
         self._server.daemon_threads = True
@@ -89,6 +90,7 @@ def _handler(sandbox: Sandbox):
             auth = self.headers.get("Authorization") or ""
             if auth.startswith("Bearer ") and sandbox.token_ok(auth[7:]):
                 return True
+            sandbox.unauthorized += 1
             self._reply(401, _UNAUTHORIZED, {"WWW-Authenticate": "Bearer realm=api.cc.email"})
             return False
 

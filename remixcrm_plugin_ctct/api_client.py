@@ -36,8 +36,9 @@ _session_lock = threading.Lock()
 class ApiError(Exception):
     """A failed call: HTTP status (None for a transport error) and Constant Contact's words."""
 
-    def __init__(self, status: int | None, error_key: str, error_message: str):
+    def __init__(self, status: int | None, error_key: str, error_message: str, retry_after: str | None = None):
         self.status, self.error_key, self.error_message = status, error_key, error_message
+        self.retry_after = retry_after  # the Retry-After header, if Constant Contact ever sends one
         super().__init__(f"{status or 'no response'} {error_key}: {error_message}")
 
     @property
@@ -130,7 +131,7 @@ class CtctClient:
         except requests.RequestException as e:
             raise ApiError(None, "connection_error", f"cannot reach {self.api_base_url} ({type(e).__name__})") from None
         if response.status_code >= 400:
-            raise ApiError(response.status_code, *parse_error(response))
+            raise ApiError(response.status_code, *parse_error(response), retry_after=response.headers.get("Retry-After"))
         return response
 
 

@@ -67,6 +67,10 @@ class Settings:
     client_secret: str | None = field(default=None, repr=False)
     api_base_url: str = DEFAULT_API_BASE_URL
     token_url: str = DEFAULT_TOKEN_URL
+    max_age_hours: float = 72.0
+    retention_days: float = 30.0
+    requests_per_second: float = 4.0
+    daily_quota: int = 10_000
 
 
 @dataclass(frozen=True)
@@ -153,9 +157,23 @@ def _parse_section(section: dict, problems: list[str], require_list: bool = True
     refresh_token = text("refresh_token", secret=True)
     client_id = text("client_id")
     client_secret = text("client_secret", secret=True)
+    numbers = {key: _number(section, key, default, problems) for key, default in NUMBERS.items()}
     if problems:
         return None
-    return Settings(list_id, access_token, refresh_token, expires_at, client_id, client_secret, api_base_url, token_url)
+    return Settings(list_id, access_token, refresh_token, expires_at, client_id, client_secret, api_base_url, token_url,
+                    numbers["max_age_hours"], numbers["retention_days"], numbers["requests_per_second"], int(numbers["daily_quota"]))
+
+
+# optional numeric keys and their defaults (all must be > 0)
+NUMBERS = {"max_age_hours": 72.0, "retention_days": 30.0, "requests_per_second": 4.0, "daily_quota": 10_000}
+
+
+def _number(section: dict, key: str, default, problems: list[str]) -> float:
+    value = section.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+        problems.append(f"{_SECTION}.{key} must be a number above 0 (got {value!r}; default {default})")
+        return default
+    return value
 
 
 def _url(value: str, key: str, problems: list[str]) -> str:
@@ -217,10 +235,14 @@ class ConfigWatcher:
                 self._snapshot = (key, loaded)
             return self._snapshot[1]
 
-    def signature(self):
-        """The stat of the file as last read (changes when the file does)."""
-        snapshot = self._snapshot
-        return snapshot[0] if snapshot else None
+    def forget(self) -> None:
+        """Drop what was read and announced (tests, the demo): the next event reads afresh."""
+        with self._lock:
+            self._snapshot, self._announced = None, None
+
+    def signature(self) -> tuple:
+        """The file's stat now (one stat call): changes when the file does."""
+        return _stat_key(_config_file())
 
     def _announce(self, loaded: LoadedConfig) -> None:
         said = (loaded.status, loaded.message)

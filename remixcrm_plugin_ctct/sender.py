@@ -1,85 +1,137 @@
-"""A small pool of background threads that runs send jobs, so the hook never waits.
+"""A few background threads that work the outbox, so the hook never waits.
 
-Modelled on sentry-python's BackgroundWorker rather than ThreadPoolExecutor: at interpreter
-exit ThreadPoolExecutor drains its *whole* queue before atexit handlers run, which would keep
-RemixCRM alive for as long as the API takes. Ours are daemon threads with a bounded queue;
-at exit we wait at most ``exit_budget`` seconds and report what was left.
+Modelled on sentry-python's BackgroundWorker rather than ThreadPoolExecutor: at interpreter exit
+ThreadPoolExecutor drains its *whole* queue before atexit handlers run, which would keep
+RemixCRM alive for as long as the API takes. Ours are daemon threads that take one leased row
+at a time from the durable outbox; at exit we wait at most ``exit_budget`` seconds for the
+sends in flight, hand back the leases, and everything unsent stays recorded for the next run.
 """
 
 import atexit
 import logging
 import os
-import queue
+import secrets
+import socket
 import threading
 import time
+from collections import deque
+from typing import Callable, NamedTuple
 
 log = logging.getLogger("remixcrm_plugin_ctct")
 
-_STOP = object()
+IDLE_POLL = 2.0  # seconds: also notices rows other processes left (retries, expired leases)
+ERROR_RETRY = 60.0  # seconds before a row whose send crashed is tried again
+HOUSEKEEPING_EVERY = 10.0  # seconds between WAL checkpoints (and hourly purges, see delivery)
 
 
-class BackgroundSender:
-    """``workers`` daemon threads; at most ``queue_size`` jobs queued or running at once."""
+class Pause(NamedTuple):
+    """Stop taking rows: until an epoch time, or until ``changed()`` says the cause may be fixed."""
 
-    def __init__(self, workers: int = 4, queue_size: int = 10_000, exit_budget: float = 2.0):
-        self.workers, self.queue_size, self.exit_budget = workers, queue_size, exit_budget
+    reason: str
+    until: float | None = None
+    changed: Callable[[], bool] | None = None
+
+    def over(self, now: float) -> bool:
+        if self.until is not None and now >= self.until:
+            return True
+        return self.changed is not None and self.changed()
+
+
+class OutboxSender:
+    def __init__(self, outbox, work_row, work_memory, housekeeping=None, shared_pause=None, workers: int = 2,
+                 exit_budget: float = 2.0, memory_limit: int = 10_000):
+        self.outbox, self.work_row, self.work_memory = outbox, work_row, work_memory
+        self.housekeeping, self.shared_pause = housekeeping, shared_pause
+        self.workers, self.exit_budget, self.memory_limit = workers, exit_budget, memory_limit
         self._atexit_registered = False
         self._reset()
 
     def _reset(self) -> None:
-        # also the after-fork path: locks held by parent threads at fork time would never be
-        # released in the child, and the parent still owns (and sends) the jobs it had queued
-        # SimpleQueue (C, unbounded) with our own bound: queue.Queue's Python-level
-        # Conditions cost the host several microseconds per put
-        self._queue: queue.SimpleQueue = queue.SimpleQueue()
-        self._lock = threading.Lock()
-        self._done = threading.Condition(self._lock)  # notified when pending drops to 0
-        self._pending = 0  # queued + running
+        # also the after-fork path: locks held by parent threads would never be released here
+        self.owner = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
+        self._cond = threading.Condition()
+        self._wake = threading.Event()
+        self._memory: deque = deque()
+        self._in_flight = 0
         self._threads: list[threading.Thread] = []
+        self._stopping = False
+        self._pause: Pause | None = None
         self._pid = os.getpid()
-        self._closed = False
+        self._housekept_at = 0.0
 
-    def submit(self, job) -> bool:
-        """Queue ``job`` (a callable) without blocking. False when the queue is full or closed."""
+    # --- called from the host's threads ---
+    def wake(self) -> None:
+        """New work is in the outbox (starts the threads on first use)."""
         if self._pid != os.getpid():
             self._reset()
-        if self._closed:
-            return False
         if not self._threads:
             self._start()
-        with self._lock:
-            if self._pending >= self.queue_size:
-                return False
-            self._pending += 1
-        self._queue.put(job)
+        self._wake.set()
+
+    def submit_memory(self, item) -> bool:
+        """The fallback when the outbox cannot be written: keep ``item`` in memory (bounded)."""
+        if len(self._memory) >= self.memory_limit:
+            return False
+        self._memory.append(item)
+        self.wake()
         return True
 
     @property
-    def pending(self) -> int:
-        """Jobs queued or running right now."""
-        return self._pending
+    def paused(self) -> Pause | None:
+        return self._pause
+
+    def pause(self, pause: Pause) -> None:
+        """Stop taking rows until ``pause`` is over (called by delivery before it hands a row back)."""
+        self._pause = pause
 
     def flush(self, timeout: float) -> bool:
-        """Wait until every job submitted so far has finished, at most ``timeout`` seconds."""
+        """Wait until nothing is in flight and nothing due can be sent (a pause counts as
+        settled: its cause needs a fix, not time). False after ``timeout`` seconds."""
         deadline = time.monotonic() + timeout
-        with self._done:
-            while self._pending:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    return False
-                self._done.wait(remaining)
-        return True
+        while True:
+            if self._settled():
+                return True
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            self._wake.set()
+            with self._cond:
+                self._cond.wait(min(remaining, 0.05))  # woken when a row finishes; re-check at least every 50 ms
+
+    def _settled(self) -> bool:
+        # read the outbox *before* the in-flight count: a worker counts itself in before it
+        # claims, so a row claimed after this read is still due in it, and one claimed before
+        # is still counted in flight below (or finished)
+        if self._pause is not None and not self._pause.over(time.time()):
+            due = 0  # nothing due can go until the cause is fixed
+        else:
+            try:
+                due = self.outbox.due_count()
+            except Exception:  # an unreadable outbox has nothing we could send
+                due = 0
+        return due == 0 and not self._in_flight and not self._memory
 
     def close(self, timeout: float) -> int:
-        """Stop taking jobs, wait up to ``timeout`` for the queued ones; return how many were left."""
-        self._closed = True
-        self.flush(timeout)
-        for _ in self._threads:
-            self._queue.put(_STOP)  # after the jobs: a stopped worker first finishes the queue
-        return self._pending
+        """Stop, wait up to ``timeout`` for sends in flight, hand back our leases; returns how
+        many events are left in the outbox (they go out with the next run)."""
+        self._stopping = True
+        self._wake.set()
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while self._in_flight and time.monotonic() < deadline:
+                self._cond.wait(deadline - time.monotonic())
+        for t in self._threads:  # idle workers leave at once; one stuck in a send is left behind
+            if t is not threading.current_thread():
+                t.join(max(0.0, deadline - time.monotonic()))
+        try:
+            self.outbox.release(self.owner)
+            return self.outbox.due_count(float("inf")) + len(self._memory)
+        except Exception:
+            return len(self._memory)
 
+    # --- the worker threads ---
     def _start(self) -> None:
-        with self._lock:
+        with self._cond:
             if self._threads:
                 return
             for n in range(self.workers):
@@ -93,27 +145,81 @@ class BackgroundSender:
                     os.register_at_fork(after_in_child=self._reset)
 
     def _run(self) -> None:
-        q = self._queue
-        while True:
-            job = q.get()
-            if job is _STOP:
-                return
+        while not self._stopping:
             try:
-                job()
-            except Exception:  # a fire-and-forget job's exception would otherwise vanish
-                log.exception("a background send failed unexpectedly")
-            finally:
-                with self._done:
-                    self._pending -= 1
-                    if not self._pending:
-                        self._done.notify_all()
+                self._step()
+            except Exception:  # never let a worker die silently; the row's lease will expire
+                log.exception("the outbox sender hit an unexpected error; it carries on")
+                self._wait(IDLE_POLL)
+
+    def _step(self) -> None:
+        if self._memory:
+            try:
+                item = self._memory.popleft()
+            except IndexError:
+                return
+            self._run_job(self.work_memory, item)
+            return
+        now = time.time()
+        if self._pause is None and self.shared_pause is not None:
+            shared = self.shared_pause()  # e.g. another process hit the daily quota
+            if shared is not None:  # never write None: another worker may have just paused
+                self._pause = shared
+        if self._pause is not None:
+            if not self._pause.over(now):
+                self._wait(1.0)
+                return
+            log.info("sending resumes (%s no longer holds it back)", self._pause.reason)
+            self._pause = None
+        with self._cond:
+            self._in_flight += 1  # before the claim, so flush() never sees a row in between
+        try:
+            row = self.outbox.claim(self.owner)
+            if row is not None:
+                try:
+                    pause = self.work_row(row)
+                except Exception:  # a bug, not an API answer: log it, try the row again in a minute
+                    log.exception("sending client %s hit an unexpected error; it is tried again in %.0f s", row.client_id, ERROR_RETRY)
+                    self.outbox.retry_later(row.id, time.time() + ERROR_RETRY, "unexpected error in the plugin (see the log)")
+                    return
+                if pause is not None:
+                    self._pause = pause
+                return
+        finally:
+            with self._cond:
+                self._in_flight -= 1
+                self._cond.notify_all()
+        if self._stopping:
+            return
+        self._housekeep(now)
+        due = self.outbox.next_due_at()
+        self._wait(IDLE_POLL if due is None else min(IDLE_POLL, max(0.01, due - now)))
+
+    def _run_job(self, job, item) -> None:
+        with self._cond:
+            self._in_flight += 1
+        try:
+            job(item)
+        finally:
+            with self._cond:
+                self._in_flight -= 1
+                self._cond.notify_all()
+
+    def _housekeep(self, now: float) -> None:
+        if now - self._housekept_at < HOUSEKEEPING_EVERY:
+            return
+        self._housekept_at = now
+        self.outbox.checkpoint()
+        if self.housekeeping is not None:
+            self.housekeeping(now)
+
+    def _wait(self, seconds: float) -> None:
+        if self._wake.wait(seconds) and not self._stopping:  # stopping: leave it set for every worker
+            self._wake.clear()
 
     def _at_exit(self) -> None:
-        if self._pid != os.getpid() or not self._pending:
+        if self._pid != os.getpid() or not self._threads:
             return
         left = self.close(self.exit_budget)
         if left:
-            log.warning(
-                "exiting with %d send(s) to Constant Contact not done after %.1f s; they are abandoned "
-                "(the durable outbox will keep them in a later release)", left, self.exit_budget
-            )
+            log.info("exiting: %d event(s) wait in the outbox and go out with the next run (or `remixcrm-ctct flush`)", left)

@@ -100,14 +100,16 @@ def test_a_401_refreshes_once_and_resends_once(pm, write_config, mocked, logs):
     assert_no_secrets(logs.text)
 
 
-def test_a_second_401_after_a_refresh_is_not_retried_again(pm, write_config, mocked, logs):
+def test_a_second_401_after_a_refresh_pauses_instead_of_looping(pm, write_config, mocked, logs):
     write_config(token_expires_at=LATER)
     mocked.post(SIGN_UP_URL, status=401, json={"error_key": "unauthorized", "error_message": "Unauthorized"})
     mocked.post(TOKEN_URL, json=issued(1))
     pm.hook.on_client_created(client={"id": 1, "email": "ada@example.com"})
     assert flush(5)
-    assert len([c for c in mocked.calls if c.request.url == SIGN_UP_URL]) == 2
-    assert "not sent: Constant Contact answered 401 unauthorized" in logs.text
+    assert len([c for c in mocked.calls if c.request.url == SIGN_UP_URL]) == 2  # one send, one resend, no more
+    assert "Constant Contact refuses even a freshly refreshed token (401 unauthorized: Unauthorized)" in logs.text
+    assert dispatch.runtime().outbox.due_count() == 1  # kept, not dropped
+    assert dispatch.runtime().sender.paused is not None
 
 
 def test_another_process_already_refreshed(setup, mocked):
@@ -199,14 +201,14 @@ def test_clients_wait_while_reauthorisation_is_needed_and_go_after_a_login(pm, w
     for n in range(3):
         pm.hook.on_client_created(client={"id": n, "email": f"c{n}@example.com"})
     assert flush(5)
-    assert "1 client(s) held in memory because Constant Contact needs re-authorisation" in logs.text  # then once a minute
-    assert len(dispatch._held) == 3
-    settings = config.load(config.config_path()).settings
-    dispatch.tokens().save_login(settings, Tokens("logged-in", "r", time.time() + 86400, 86400))
-    for n in range(4):
+    rt = dispatch.runtime()
+    assert rt.outbox.due_count() == 3 and "needs re-authorisation" in rt.sender.paused.reason
+    assert len(mocked.calls) == 1  # one refresh attempt, then no more token calls
+    for n in range(3):
         mocked.post(SIGN_UP_URL, status=201, json={"contact_id": f"c-{n}"})
-    pm.hook.on_client_created(client={"id": 3, "email": "c3@example.com"})
-    assert flush(5)
+    settings = config.load(config.config_path()).settings
+    rt.tokens.save_login(settings, Tokens("logged-in", "r", time.time() + 86400, 86400))  # `remixcrm-ctct login`
+    assert flush(5)  # resumes by itself: the token store changed
     sent = sorted(json.loads(c.request.body)["email_address"] for c in mocked.calls if c.request.url == SIGN_UP_URL)
-    assert sent == ["c0@example.com", "c1@example.com", "c2@example.com", "c3@example.com"]
-    assert len(dispatch._held) == 0
+    assert sent == ["c0@example.com", "c1@example.com", "c2@example.com"]
+    assert rt.outbox.due_count() == 0

@@ -2,13 +2,16 @@
 
 import json
 import logging
+import sqlite3
 import threading
+import time
 
 import pytest
 import requests
 
 from conftest import ACCESS_TOKEN, LIST_ID, SIGN_UP_URL, assert_no_secrets
-from remixcrm_plugin_ctct import api_client, dispatch, flush
+from remixcrm_plugin_ctct import api_client, dispatch, flush, outbox_admin
+from remixcrm_plugin_ctct.outbox import Outbox
 from remixcrm_plugin_ctct.sandbox import Sandbox
 
 ADA = {"id": 101, "email": "ada@example.com", "first_name": "Ada", "last_name": "Lovelace", "phone": "555-0101"}
@@ -52,31 +55,33 @@ def test_the_provider_radio_takes_effect_on_the_next_event(pm, write_config, moc
     write_config()
     pm.hook.on_client_created(client={**ADA, "id": 4, "email": "four@example.com"})
     assert flush(5)
-    assert [b["email_address"] for b in sent_bodies(mocked)] == ["ada@example.com", "four@example.com"]
+    assert sorted(b["email_address"] for b in sent_bodies(mocked)) == ["ada@example.com", "four@example.com"]
 
 
-def test_no_config_file_means_no_request_and_one_info(pm, mocked, logs):
+def test_no_config_file_means_no_request_and_one_info(pm, mocked, logs, isolated):
     for n in range(3):
         pm.hook.on_client_created(client={**ADA, "id": n})
     assert flush(5)
     assert len(mocked.calls) == 0
+    assert not (isolated / "data").exists()  # nothing recorded either: the plugin is off
     infos = [r for r in logs.records if "sync is off" in r.getMessage()]
     assert len(infos) == 1 and infos[0].levelno == logging.INFO
 
 
-def test_broken_config_logs_one_error_and_holds_clients_until_fixed(pm, write_config, mocked, logs):
+def test_broken_config_logs_one_error_and_keeps_clients_until_fixed(pm, write_config, mocked, logs):
     write_config(list_id=None)
     for n in range(3):
         pm.hook.on_client_created(client={**ADA, "id": n, "email": f"c{n}@example.com"})
     assert flush(5) and len(mocked.calls) == 0
+    assert dispatch.runtime().outbox.due_count() == 3  # recorded, waiting for the fix
     errors = [r.getMessage() for r in logs.records if r.levelno == logging.ERROR]
     assert len(errors) == 1 and "Settings → Integrations → Email Marketing → List ID" in errors[0]
-    mocked.post(SIGN_UP_URL, status=201, json=CREATED)
-    write_config()
-    pm.hook.on_client_created(client={**ADA, "id": 9, "email": "c9@example.com"})
+    for n in range(3):
+        mocked.post(SIGN_UP_URL, status=201, json=CREATED)
+    write_config()  # fixed in Settings: sending resumes by itself, no new event needed
     assert flush(5)
-    assert sorted(b["email_address"] for b in sent_bodies(mocked)) == ["c0@example.com", "c1@example.com", "c2@example.com", "c9@example.com"]
-    assert "sending 3 client(s) that were held" in logs.text
+    assert sorted(b["email_address"] for b in sent_bodies(mocked)) == ["c0@example.com", "c1@example.com", "c2@example.com"]
+    assert "sending resumes" in logs.text
 
 
 def test_a_declined_client_is_never_sent(pm, write_config, mocked, logs):
@@ -87,33 +92,43 @@ def test_a_declined_client_is_never_sent(pm, write_config, mocked, logs):
 
 
 @pytest.mark.parametrize(
-    "status, body, level, expected",
+    "status, body, expected",
     [
-        (400, [{"error_key": "json.field.invalid", "error_message": "list_id is required"}], logging.ERROR,
-         "not sent: Constant Contact answered 400 json.field.invalid: list_id is required. Fix: Constant Contact rejected the data: check that list_id is set"),
-        (403, [{"error_key": "forbidden", "error_message": "Forbidden"}], logging.ERROR,
-         "not sent: Constant Contact answered 403 forbidden: Forbidden. Fix: the token lacks the contact_data scope"),
-        (404, [{"error_key": "contacts.api.not_found", "error_message": "list not found"}], logging.ERROR,
+        (400, [{"error_key": "json.field.invalid", "error_message": "list_id is required"}],
+         "not sent, given up: Constant Contact answered 400 json.field.invalid: list_id is required. Fix: Constant Contact rejected the data: check that list_id is set"),
+        (403, [{"error_key": "forbidden", "error_message": "Forbidden"}],
+         "not sent, given up: Constant Contact answered 403 forbidden: Forbidden. Fix: the token lacks the contact_data scope"),
+        (404, [{"error_key": "contacts.api.not_found", "error_message": "list not found"}],
          "Fix: the list or endpoint was not found: check List ID"),
-        (500, "Internal Server Error", logging.WARNING, "not sent: 500 http_500: Internal Server Error"),
     ],
 )
-def test_api_errors_are_logged_with_constant_contacts_words_and_the_fix(pm, write_config, mocked, logs, status, body, level, expected):
+def test_permanent_errors_are_dead_at_once_with_constant_contacts_words_and_the_fix(pm, write_config, mocked, logs, status, body, expected):
     write_config()
-    kwargs = {"body": body} if isinstance(body, str) else {"json": body}
-    mocked.post(SIGN_UP_URL, status=status, **kwargs)
+    mocked.post(SIGN_UP_URL, status=status, json=body)
     assert pm.hook.on_client_created(client=ADA) == []
     assert flush(5)
     (record,) = [r for r in logs.records if "not sent" in r.getMessage()]
-    assert record.levelno == level and expected in record.getMessage()
+    assert record.levelno == logging.ERROR and expected in record.getMessage()
+    assert outbox_admin.summary(dispatch.runtime().outbox).counts == {"dead": 1}
 
 
-def test_api_down_still_returns_and_logs(pm, write_config, mocked, logs):
+@pytest.mark.parametrize("failure", [
+    {"status": 500, "body": "Internal Server Error"},
+    {"status": 503, "json": [{"error_key": "service_unavailable", "error_message": "try later"}]},
+    {"status": 409, "json": [{"error_key": "conflict", "error_message": "You sent simultaneous requests"}]},
+    {"status": 429, "json": {"error_key": "throttled", "error_message": "Too Many Requests"}},
+    {"body": requests.ConnectionError("connection refused")},
+])
+def test_transient_failures_are_kept_and_retried_later(pm, write_config, mocked, logs, failure):
     write_config()
-    mocked.post(SIGN_UP_URL, body=requests.ConnectionError("connection refused"))
+    mocked.post(SIGN_UP_URL, **failure)
     assert pm.hook.on_client_created(client=ADA) == []
     assert flush(5)
-    assert "not sent: no response connection_error: cannot reach https://api.cc.email/v3" in logs.text
+    (record,) = [r for r in logs.records if "not sent yet" in r.getMessage()]
+    assert record.levelno == logging.WARNING and "attempt 1, next in" in record.getMessage()
+    outbox = dispatch.runtime().outbox
+    assert outbox_admin.summary(outbox).counts == {"pending": 1}
+    assert outbox.due_count() == 0 and outbox.due_count(time.time() + 2) == 1  # backoff from ~1 s
 
 
 def test_a_hanging_api_never_holds_the_hook(pm, write_config, logs, monkeypatch):
@@ -122,10 +137,9 @@ def test_a_hanging_api_never_holds_the_hook(pm, write_config, logs, monkeypatch)
         sandbox.hang.set()
         write_config(api_base_url=sandbox.api_base_url)
         assert pm.hook.on_client_created(client=ADA) == []
-        # the hook is back while the send is still waiting on the API
-        assert dispatch._get_sender().pending == 1
+        assert flush(0) is False  # the hook is back while the send still waits on the API
         assert flush(5)
-    assert "not sent: no response timeout: no answer from" in logs.text
+    assert "not sent yet: no response timeout: no answer from" in logs.text
 
 
 def test_a_record_that_explodes_never_reaches_the_host(pm, write_config, logs):
@@ -182,17 +196,19 @@ def test_many_threads_firing_hooks_at_once_lose_nothing(pm, write_config):
         assert len(sandbox.api.sign_ups) == 16 * 25
 
 
-def test_an_overflowing_queue_is_reported_once_with_a_count(pm, write_config, logs, monkeypatch):
-    from remixcrm_plugin_ctct.sender import BackgroundSender
+def test_an_unwritable_outbox_falls_back_to_memory_and_says_so_once(pm, write_config, mocked, logs, monkeypatch):
+    write_config()
 
-    monkeypatch.setattr(api_client, "READ_TIMEOUT", 0.5)
-    with Sandbox(access_token=ACCESS_TOKEN) as sandbox:
-        sandbox.hang.set()
-        write_config(api_base_url=sandbox.api_base_url)
-        monkeypatch.setattr(dispatch, "_sender", BackgroundSender(workers=1, queue_size=2))
-        for n in range(10):
-            assert pm.hook.on_client_created(client={**ADA, "id": n, "email": f"c{n}@example.com"}) == []
-        errors = [r.getMessage() for r in logs.records if "send queue is full" in r.getMessage()]
-        assert len(errors) == 1 and "1 client(s) not sent since the last report, the latest client 2" in errors[0]
-        assert dispatch._dropped == 7  # counted for the next report, not logged one by one
-        assert flush(5)
+    def broken(*args, **kwargs):
+        raise sqlite3.OperationalError("database or disk is full")
+
+    monkeypatch.setattr(Outbox, "add", broken)
+    for n in range(3):
+        mocked.post(SIGN_UP_URL, status=201, json={"contact_id": f"c-{n}"})
+    for n in range(3):
+        assert pm.hook.on_client_created(client={**ADA, "id": n, "email": f"c{n}@example.com"}) == []
+    assert flush(5)
+    errors = [r.getMessage() for r in logs.records if "cannot write the outbox" in r.getMessage()]
+    assert len(errors) == 1 and "database or disk is full" in errors[0] and "kept in memory only" in errors[0]
+    assert len(mocked.calls) == 3
+    assert logs.text.count("from memory") == 3

@@ -1,4 +1,3 @@
-import logging
 import os
 import subprocess
 import sys
@@ -7,105 +6,195 @@ import time
 
 import pytest
 
-from remixcrm_plugin_ctct.sender import BackgroundSender
+from remixcrm_plugin_ctct.outbox import Outbox
+from remixcrm_plugin_ctct.payload import Contact
+from remixcrm_plugin_ctct.sender import OutboxSender, Pause
+
+
+def contact(n):
+    return Contact(str(n), f"c{n}@example.com", {"first_name": f"C{n}"})
+
+
+class Recorder:
+    """A stand-in for delivery: marks rows delivered and remembers who did it."""
+
+    def __init__(self, outbox):
+        self.outbox, self.rows, self.memory = outbox, [], []
+        self.block = threading.Event()
+        self.block.set()
+        self.started = threading.Event()
+
+    def work_row(self, row):
+        self.started.set()
+        self.block.wait()
+        self.rows.append((row.id, threading.current_thread().name))
+        self.outbox.delivered(row.id, f"contact-{row.id}", "created")
+
+    def work_memory(self, item):
+        self.memory.append(item)
 
 
 @pytest.fixture
-def sender():
-    s = BackgroundSender(workers=2, queue_size=100)
-    yield s
-    s.close(2)
+def parts(tmp_path):
+    outbox = Outbox(tmp_path / "data")
+    recorder = Recorder(outbox)
+    sender = OutboxSender(outbox, recorder.work_row, recorder.work_memory, workers=2)
+    yield outbox, recorder, sender
+    recorder.block.set()
+    sender.close(2)
 
 
-def test_jobs_run_off_the_callers_thread_and_flush_waits_for_them(sender):
-    ran = []
+def test_rows_are_worked_off_the_callers_thread_and_flush_waits(parts):
+    outbox, recorder, sender = parts
     for n in range(20):
-        assert sender.submit(lambda n=n: ran.append((n, threading.current_thread().name)))
-    assert sender.flush(5)
-    assert sorted(n for n, _ in ran) == list(range(20))
-    assert all(name.startswith("remixcrm-ctct-sender-") for _, name in ran)
-    assert sender.pending == 0
+        outbox.add(contact(n), "client_created")
+    sender.wake()
+    assert sender.flush(10)
+    assert sorted(r for r, _ in recorder.rows) == list(range(1, 21))
+    assert all(name.startswith("remixcrm-ctct-sender-") for _, name in recorder.rows)
+    assert outbox.due_count() == 0
 
 
-def test_flush_gives_up_at_its_timeout(sender):
-    release = threading.Event()
-    sender.submit(release.wait)
+def test_flush_gives_up_at_its_timeout(parts):
+    outbox, recorder, sender = parts
+    recorder.block.clear()
+    outbox.add(contact(1), "client_created")
+    sender.wake()
+    assert recorder.started.wait(5)
     assert sender.flush(0.05) is False
-    assert sender.pending == 1
-    release.set()
+    recorder.block.set()
     assert sender.flush(5)
 
 
-def test_a_failing_job_is_logged_and_the_worker_survives(sender, caplog):
-    sender.submit(lambda: 1 / 0)
-    ran = threading.Event()
-    sender.submit(ran.set)
-    assert sender.flush(5) and ran.is_set()
-    assert "a background send failed unexpectedly" in caplog.text and "ZeroDivisionError" in caplog.text
+def test_an_unexpected_error_is_logged_and_the_worker_carries_on(parts, caplog):
+    outbox, recorder, sender = parts
+    calls = []
+
+    def flaky(row):
+        calls.append(row.id)
+        if len(calls) == 1:
+            raise RuntimeError("boom")
+        outbox.delivered(row.id, "c", "created")
+
+    sender.work_row = flaky
+    outbox.add(contact(1), "e")
+    outbox.add(contact(2), "e")
+    sender.wake()
+    assert sender.flush(5)
+    assert "hit an unexpected error; it is tried again in 60 s" in caplog.text
+    assert sorted(calls) == [1, 2]
+    assert outbox.due_count(time.time() + 61) == 1  # not stuck in a lease: due again in a minute
 
 
-def test_submit_never_blocks_and_says_no_when_full():
-    s = BackgroundSender(workers=1, queue_size=2)
-    release = threading.Event()
-    started = threading.Event()
-    assert s.submit(lambda: (started.set(), release.wait()))
-    assert started.wait(5)
-    assert s.submit(lambda: None)
-    assert s.submit(lambda: None) is False  # 2 queued or running: full, and we did not wait
-    release.set()
-    assert s.flush(5)
-    assert s.close(1) == 0
-    assert s.submit(lambda: None) is False  # closed
+def test_memory_items_are_worked_and_bounded(tmp_path):
+    outbox = Outbox(tmp_path / "d")
+    recorder = Recorder(outbox)
+    recorder.block.clear()
+    taken = threading.Event()
+
+    def work_memory(item):
+        taken.set()
+        recorder.block.wait()
+        recorder.memory.append(item)
+
+    sender = OutboxSender(outbox, recorder.work_row, work_memory, workers=1, memory_limit=2)
+    assert sender.submit_memory("a")
+    assert taken.wait(5)  # the worker took "a" and is busy with it
+    assert sender.submit_memory("b") and sender.submit_memory("c")
+    assert sender.submit_memory("d") is False  # memory holds 2
+    recorder.block.set()
+    assert sender.flush(5)
+    assert recorder.memory == ["a", "b", "c"]
+    sender.close(1)
 
 
-def test_threads_start_on_first_submit_only():
-    def ours():
-        return [t for t in threading.enumerate() if t in s._threads]
+def test_threads_start_on_first_wake_only(tmp_path):
+    outbox = Outbox(tmp_path / "d")
+    sender = OutboxSender(outbox, lambda row: None, lambda item: None, workers=3)
+    assert sender._threads == []
+    sender.wake()
+    assert len([t for t in threading.enumerate() if t in sender._threads]) == 3
+    sender.close(1)
 
-    s = BackgroundSender(workers=3)
-    assert s._threads == [] and ours() == []
-    s.submit(lambda: None)
-    assert len(ours()) == 3 and all(t.daemon for t in ours())
-    s.close(2)
+
+def test_a_pause_stops_claiming_until_its_cause_changes(parts):
+    outbox, recorder, sender = parts
+    fixed = threading.Event()
+    worked = []
+
+    def needs_fix(row):
+        worked.append(row.id)
+        if not fixed.is_set():
+            outbox.retry_later(row.id, time.time(), None, count_attempt=False)
+            return Pause("a test", changed=fixed.is_set)
+        outbox.delivered(row.id, "c", "created")
+
+    sender.work_row = needs_fix
+    for n in range(3):
+        outbox.add(contact(n), "e")
+    sender.wake()
+    assert sender.flush(5)  # paused counts as settled
+    assert sender.paused is not None and outbox.due_count() == 3
+    assert len(worked) <= 2  # at most one try per worker, then the pause holds
+    fixed.set()
+    sender.wake()
+    deadline = time.monotonic() + 10
+    while outbox.due_count() and time.monotonic() < deadline:
+        sender.flush(1)
+    assert outbox.due_count() == 0
+
+
+def test_a_shared_pause_from_another_process_is_honoured(parts):
+    outbox, recorder, sender = parts
+    sender.shared_pause = lambda: Pause("the daily quota", until=time.time() + 3600)
+    outbox.add(contact(1), "e")
+    sender.wake()
+    assert sender.flush(2)
+    assert recorder.rows == [] and outbox.due_count() == 1
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
-def test_child_after_fork_gets_fresh_threads_and_not_the_parents_jobs(sender):
-    release = threading.Event()
-    sender.submit(release.wait)  # held by the parent across the fork
+def test_a_forked_child_gets_its_own_threads_and_identity(parts):
+    outbox, recorder, sender = parts
+    sender.wake()
+    parent_owner = sender.owner
     r, w = os.pipe()
     pid = os.fork()
-    if pid == 0:  # child: report, then leave without running the parent's atexit handlers
+    if pid == 0:
         try:
-            fresh = sender.pending
-            done = threading.Event()
-            ok = sender.submit(done.set) and sender.flush(5) and done.is_set()
-            os.write(w, f"{fresh} {ok}".encode())
+            sender.wake()
+            ok = sender.owner != parent_owner and len(sender._threads) == 2
+            os.write(w, b"ok" if ok else b"no")
         finally:
             os._exit(0)
     os.close(w)
-    report = os.read(r, 100).decode()
+    report = os.read(r, 10)
     os.waitpid(pid, 0)
-    release.set()
-    assert report == "0 True"
-    assert sender.flush(5)
+    assert report == b"ok"
 
 
 EXITING_HOST = r"""
 import logging, sys, threading, time
 logging.basicConfig(level=logging.INFO, stream=sys.stderr)
-from remixcrm_plugin_ctct.sender import BackgroundSender
-s = BackgroundSender(workers=2, exit_budget=float(sys.argv[1]))
-for _ in range(5):
-    s.submit(threading.Event().wait)   # a send that never finishes: an API that never answers
+from remixcrm_plugin_ctct.outbox import Outbox
+from remixcrm_plugin_ctct.payload import Contact
+from remixcrm_plugin_ctct.sender import OutboxSender
+outbox = Outbox(sys.argv[1])
+for n in range(5):
+    outbox.add(Contact(str(n), f"c{n}@example.com", {}), "e")
+s = OutboxSender(outbox, lambda row: threading.Event().wait(), lambda item: None, workers=2, exit_budget=float(sys.argv[2]))
+s.wake()
+while s._in_flight < 2:   # both workers are inside a send that never ends (an API that never answers)
+    time.sleep(0.01)
 print(time.monotonic(), flush=True)
 """
 
 
-def test_process_exit_waits_at_most_the_exit_budget_and_reports_what_was_left():
-    proc = subprocess.run([sys.executable, "-c", EXITING_HOST, "0.5"], capture_output=True, text=True, timeout=30)
+def test_exit_waits_at_most_the_budget_and_leaves_everything_recorded(tmp_path):
+    proc = subprocess.run([sys.executable, "-c", EXITING_HOST, str(tmp_path / "d"), "0.5"], capture_output=True, text=True, timeout=30)
     ended = time.monotonic()
     assert proc.returncode == 0, proc.stderr
-    waited = ended - float(proc.stdout.strip())
-    assert waited < 2.5  # the budget is 0.5 s; the margin absorbs a busy CI machine
-    assert "exiting with 5 send(s) to Constant Contact not done after 0.5 s; they are abandoned" in proc.stderr
+    assert ended - float(proc.stdout.strip()) < 2.5  # the budget is 0.5 s; the margin absorbs a busy CI machine
+    assert "exiting: 5 event(s) wait in the outbox and go out with the next run" in proc.stderr
+    outbox = Outbox(tmp_path / "d")
+    assert outbox.due_count() == 5  # leases handed back: the next process can send them at once

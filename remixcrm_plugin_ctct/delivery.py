@@ -1,0 +1,155 @@
+"""One send to Constant Contact, and what its outcome does to the outbox row.
+
+Runs on a sender thread: config (still Constant Contact? which list?) → governor (our turn
+within 4 requests/s and the day's quota) → auth (which token; refresh on 401) → api_client.
+The decisions (retry when, give up when, pause why) come from :mod:`.retry_policy`.
+"""
+
+import logging
+import time
+from typing import NamedTuple
+
+from . import api_client, config, payload, retry_policy
+from .auth import NeedsReauth, TokenUnavailable
+from .sender import Pause
+
+log = logging.getLogger("remixcrm_plugin_ctct")
+
+QUOTA_KEY = "quota_paused_until"
+
+
+class Result(NamedTuple):
+    status: str  # "created", "updated", or "failed"
+    contact_id: str | None = None
+    error: api_client.ApiError | None = None
+
+
+class Delivery:
+    """Bound to this process's outbox, token manager, governor factory and config watcher."""
+
+    def __init__(self, outbox, tokens, governor_for, watcher, signature, clock=time.time):
+        self.outbox, self.tokens, self.governor_for, self.watcher = outbox, tokens, governor_for, watcher
+        self.signature, self.clock = signature, clock
+        self.pause = lambda pause: None  # the sender's pause switch; set when the sender is built
+        self._quota_said = False
+
+    def send(self, contact: payload.Contact, settings: config.Settings) -> Result:
+        """Our turn, a token, one POST (and on a 401 one refresh and one resend). Raises
+        NeedsReauth, TokenUnavailable, or _QuotaUsedUp; API failures come back in the Result."""
+        body = payload.sign_up_body(contact, settings.list_id)
+        token = self.tokens.access_token(settings)
+        self._turn(settings)
+        try:
+            try:
+                answer = api_client.CtctClient(settings.api_base_url, token).sign_up(body)
+            except api_client.ApiError as e:
+                if e.status != 401:
+                    raise
+                # expired or revoked early: refresh once (or take another process's new token), resend once
+                log.info("client %s: Constant Contact rejected the access token (401); refreshing it and sending again", contact.client_id)
+                token = self.tokens.after_unauthorized(settings, token)
+                self._turn(settings)
+                answer = api_client.CtctClient(settings.api_base_url, token).sign_up(body)
+        except api_client.ApiError as e:
+            return Result("failed", error=e)
+        return Result("created" if answer.created else "updated", answer.contact_id)
+
+    def _turn(self, settings: config.Settings) -> None:
+        if self.governor_for(settings).wait_turn() is None:
+            raise _QuotaUsedUp()
+
+    # --- a durable row ---
+    def work_row(self, row) -> Pause | None:
+        loaded = self.watcher.current()
+        if loaded.status != config.ACTIVE:
+            return self._hold(row, self._pause_until_changed(f"the config ({loaded.status})"))
+        contact = payload.Contact(row.client_id, row.contact["email"], row.contact.get("fields", {}), row.contact.get("email_opt_in"))
+        who = f"client {row.client_id} ({payload.mask_email(contact.email)})"
+        try:
+            result = self.send(contact, loaded.settings)
+        except NeedsReauth:
+            return self._hold(row, self._pause_until_changed("Constant Contact needs re-authorisation"))
+        except TokenUnavailable as e:
+            return self._retry(row, who, str(e), None)
+        except _QuotaUsedUp:
+            return self._quota(row, "the daily quota counted here is used up")
+        if result.error is None:
+            self.outbox.delivered(row.id, result.contact_id, result.status)
+            log.info("%s %s contact %s in list %s (%s)", who, result.status, result.contact_id, loaded.settings.list_id, row.event)
+            return None
+        e = result.error
+        decision = retry_policy.classify(e.status, e.error_key)
+        if decision.action == retry_policy.QUOTA:
+            return self._quota(row, f"Constant Contact answered 429 {e.error_key}")
+        if decision.action == retry_policy.RETRY:
+            return self._retry(row, who, str(e), e.retry_after)
+        if decision.action == retry_policy.AUTH:  # a freshly refreshed token was refused too
+            log.error("%s: Constant Contact refuses even a freshly refreshed token (%s). Fix: %s", who, e, api_client.FIXES[401])
+            return self._hold(row, self._pause_until_changed("a refused access token"), str(e))
+        self.outbox.dead(row.id, str(e))
+        log.error("%s not sent, given up: Constant Contact answered %s.%s", who, e, f" Fix: {e.fix}" if e.fix else "")
+        return None
+
+    def _retry(self, row, who: str, error: str, retry_after: str | None) -> None:
+        now = self.clock()
+        settings = self.watcher.current().settings
+        max_age = settings.max_age_hours * 3600 if settings else retry_policy.DEFAULT_MAX_AGE
+        if retry_policy.expired(row.created_at, now, max_age):
+            self.outbox.dead(row.id, f"gave up after {max_age / 3600:g} h; last error: {error}")
+            log.error("%s not sent, given up after %g h of failures; last error: %s (`remixcrm-ctct retry --dead` sends it again)", who, max_age / 3600, error)
+            return None
+        when = retry_policy.next_attempt_at(now, row.attempts, retry_policy.retry_after_seconds(retry_after, now))
+        self.outbox.retry_later(row.id, when, error)
+        log.warning("%s not sent yet: %s; attempt %d, next in %.0f s", who, error, row.attempts, when - now)
+        return None
+
+    def _quota(self, row, why: str) -> Pause:
+        until = retry_policy.next_utc_midnight(self.clock())
+        self.outbox.set_meta(QUOTA_KEY, repr(until))  # every process on this machine stops, not just us
+        if not self._quota_said:
+            self._quota_said = True
+            log.warning("%s: all sending to Constant Contact is paused until 00:00 UTC; nothing is dropped", why)
+        pause = Pause("the daily quota", until=until)
+        self.pause(pause)
+        self.outbox.retry_later(row.id, until, None, count_attempt=False)
+        return pause
+
+    def _hold(self, row, pause: Pause, error: str | None = None) -> Pause:
+        """Pause this process's sending *first*, then hand the row back: the other way round,
+        another worker could take the row in between and meet the same wall again."""
+        self.pause(pause)
+        self.outbox.retry_later(row.id, self.clock(), error, count_attempt=False)
+        return pause
+
+    def quota_pause(self) -> Pause | None:
+        """The shared quota pause, if one is in force (set by any process)."""
+        raw = self.outbox.get_meta(QUOTA_KEY)
+        if raw is None or float(raw) <= self.clock():
+            return None
+        return Pause("the daily quota", until=float(raw))
+
+    def _pause_until_changed(self, reason: str) -> Pause:
+        seen = self.signature()
+        return Pause(reason, changed=lambda: self.signature() != seen)
+
+    # --- the in-memory fallback (the outbox could not be written) ---
+    def work_memory(self, item) -> None:
+        contact, event = item
+        loaded = self.watcher.current()
+        who = f"client {contact.client_id} ({payload.mask_email(contact.email)})"
+        if loaded.status != config.ACTIVE:
+            log.error("%s was kept in memory and is dropped: the config is %s", who, loaded.status)
+            return
+        try:
+            result = self.send(contact, loaded.settings)
+        except (NeedsReauth, TokenUnavailable, _QuotaUsedUp) as e:
+            log.error("%s was kept in memory and is dropped: %s", who, e or "daily quota used up")
+            return
+        if result.error is not None:
+            log.error("%s was kept in memory and is dropped: Constant Contact answered %s", who, result.error)
+            return
+        log.info("%s %s contact %s in list %s (%s, from memory)", who, result.status, result.contact_id, loaded.settings.list_id, event)
+
+
+class _QuotaUsedUp(Exception):
+    pass

@@ -1,0 +1,93 @@
+"""Keeps every process on this machine under Constant Contact's rate limits, together.
+
+Constant Contact allows 4 requests/s and 10,000 requests/day per API key; over either, it
+answers 429. The governor hands out send *slots* spaced ``1/rate`` seconds apart from one small
+SQLite table (``governor.sqlite3``): a ``BEGIN IMMEDIATE`` transaction is the cross-process lock,
+so RemixCRM's worker processes share one budget with no extra dependency, and the table also
+counts the day's requests (UTC, as the quota resets at 00:00 UTC).
+
+Why spacing and not a burst of 4 per second: the server counts requests as they *arrive*; a
+burst plus a little network jitter can put 5 arrivals inside one second. Even spacing, with a
+small safety margin, keeps steady load at zero ``throttled`` answers.
+"""
+
+import datetime as dt
+import os
+import sqlite3
+import threading
+import time
+from pathlib import Path
+
+FILE_NAME = "governor.sqlite3"
+DEFAULT_RATE = 4.0  # requests per second, all processes together
+DEFAULT_DAILY_QUOTA = 10_000
+SAFETY = 1.03  # slots 3 % further apart than the limit: jitter must not add up to a 5th request
+
+
+class Governor:
+    def __init__(self, directory: Path, rate: float = DEFAULT_RATE, daily_quota: int = DEFAULT_DAILY_QUOTA,
+                 clock=time.time, sleep=time.sleep):
+        self.path = Path(directory) / FILE_NAME
+        self.rate, self.daily_quota = rate, daily_quota
+        self.interval = SAFETY / rate if rate > 0 else 0.0
+        self._clock, self._sleep = clock, sleep
+        self._conn: sqlite3.Connection | None = None
+        self._pid: int | None = None
+        self._lock = threading.Lock()  # one connection, one transaction at a time
+
+    def __repr__(self) -> str:
+        return f"Governor({str(self.path)!r}, rate={self.rate:g}/s, daily_quota={self.daily_quota})"
+
+    def _db(self) -> sqlite3.Connection:
+        if self._conn is None or self._pid != os.getpid():
+            self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            os.close(os.open(self.path, os.O_CREAT | os.O_RDWR, 0o600))
+            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            conn.execute("CREATE TABLE IF NOT EXISTS budget (id INTEGER PRIMARY KEY CHECK (id = 1), "
+                         "next_slot REAL NOT NULL, day TEXT NOT NULL, day_count INTEGER NOT NULL)")
+            self._conn, self._pid = conn, os.getpid()
+        return self._conn
+
+    def reserve(self) -> tuple[float, int]:
+        """Take the next slot: (epoch time to send at, requests counted today including this one)."""
+        now = self._clock()
+        today = dt.datetime.fromtimestamp(now, dt.timezone.utc).date().isoformat()
+        with self._lock:
+            return self._reserve_locked(now, today)
+
+    def _reserve_locked(self, now: float, today: str) -> tuple[float, int]:
+        conn = self._db()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            found = conn.execute("SELECT next_slot, day, day_count FROM budget WHERE id = 1").fetchone()
+            next_slot, day, count = found if found else (now, today, 0)
+            slot = max(now, next_slot)
+            count = count + 1 if day == today else 1
+            conn.execute("INSERT INTO budget (id, next_slot, day, day_count) VALUES (1, ?, ?, ?) ON CONFLICT (id) "
+                         "DO UPDATE SET next_slot = excluded.next_slot, day = excluded.day, day_count = excluded.day_count",
+                         (slot + self.interval, today, count))
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        return slot, count
+
+    def wait_turn(self) -> int | None:
+        """Block until this process may send; the day's count, or None when the quota is used up
+        (nothing reserved then: the caller pauses until midnight UTC)."""
+        if self.today_count() >= self.daily_quota:
+            return None
+        slot, count = self.reserve()
+        delay = slot - self._clock()
+        if delay > 0:
+            self._sleep(delay)
+        return count
+
+    def today_count(self) -> int:
+        now = self._clock()
+        today = dt.datetime.fromtimestamp(now, dt.timezone.utc).date().isoformat()
+        with self._lock:
+            found = self._db().execute("SELECT day, day_count FROM budget WHERE id = 1").fetchone()
+        return found[1] if found and found[0] == today else 0

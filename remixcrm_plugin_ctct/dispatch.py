@@ -6,11 +6,10 @@ api_client). Only :func:`handle_event` runs in the host's thread.
 """
 
 import logging
-import sqlite3
 import threading
 import time
 
-from . import config, outbox_admin, payload
+from . import config, journal, outbox_admin, payload
 from .auth import TokenManager
 from .delivery import Delivery
 from .governor import Governor
@@ -35,11 +34,12 @@ class Runtime:
     def __init__(self, data_dir):
         self.data_dir = data_dir
         self.outbox = Outbox(data_dir)
+        self.journal = journal.Journal(data_dir)
         self.tokens = TokenManager(TokenStore(data_dir))
         self._governors: dict = {}
         self.delivery = Delivery(self.outbox, self.tokens, self.governor_for, _watcher, self.signature)
         self.sender = OutboxSender(self.outbox, self.delivery.work_row, self.delivery.work_memory,
-                                   housekeeping=self._housekeep, shared_pause=self.delivery.quota_pause)
+                                   housekeeping=self._housekeep, shared_pause=self.delivery.quota_pause, journal=self.journal)
         self.delivery.pause = self.sender.pause
         self._purged_at = 0.0
 
@@ -74,14 +74,14 @@ def handle_event(event: str, client, lead=None) -> None:
         event = f"{event} from lead {payload.read(lead, 'id')}"
     rt = runtime()
     try:
-        rt.outbox.add(contact, event)
-    except (sqlite3.Error, OSError) as e:  # disk full, read-only, locked too long: keep it in memory
+        rt.journal.append(journal.encode(contact, event, time.time()))
+    except OSError as e:  # disk full, read-only: keep it in memory
         kept = rt.sender.submit_memory((contact, event))
         now = time.monotonic()
         if now - _fallback_logged_at >= FALLBACK_LOG_INTERVAL:
             _fallback_logged_at = now
-            log.error("cannot write the outbox %s (%s): client %s is %s; fix the disk or the file's permissions",
-                      rt.outbox.path, e, contact.client_id, "kept in memory only" if kept else "dropped (memory is full)")
+            log.error("cannot write the outbox journal in %s (%s): client %s is %s; fix the disk or the folder's permissions",
+                      rt.journal.directory, e, contact.client_id, "kept in memory only" if kept else "dropped (memory is full)")
         return
     rt.sender.wake()
 

@@ -18,7 +18,11 @@ import threading
 import time
 from pathlib import Path
 
+from . import db
+
 FILE_NAME = "governor.sqlite3"
+_SCHEMA = ("CREATE TABLE IF NOT EXISTS budget (id INTEGER PRIMARY KEY CHECK (id = 1), "
+           "next_slot REAL NOT NULL, day TEXT NOT NULL, day_count INTEGER NOT NULL);")
 DEFAULT_RATE = 4.0  # requests per second, all processes together
 DEFAULT_DAILY_QUOTA = 10_000
 SAFETY = 1.03  # slots 3 % further apart than the limit: jitter must not add up to a 5th request
@@ -40,14 +44,7 @@ class Governor:
 
     def _db(self) -> sqlite3.Connection:
         if self._conn is None or self._pid != os.getpid():
-            self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-            os.close(os.open(self.path, os.O_CREAT | os.O_RDWR, 0o600))
-            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30)
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=NORMAL")
-            conn.execute("CREATE TABLE IF NOT EXISTS budget (id INTEGER PRIMARY KEY CHECK (id = 1), "
-                         "next_slot REAL NOT NULL, day TEXT NOT NULL, day_count INTEGER NOT NULL)")
-            self._conn, self._pid = conn, os.getpid()
+            self._conn, self._pid = db.connect(self.path, _SCHEMA, busy_timeout=30), os.getpid()
         return self._conn
 
     def reserve(self) -> tuple[float, int]:

@@ -18,6 +18,8 @@ import time
 from pathlib import Path
 from typing import NamedTuple
 
+from . import db
+
 FILE_NAME = "outbox.sqlite3"
 LEASE_SECONDS = 300.0  # longer than the slowest send: token lock wait + refresh + two API calls
 
@@ -74,7 +76,6 @@ class Outbox:
         # one writer at a time inside this process: SQLite's own busy handler sleeps in
         # milliseconds, a Python lock hands over in microseconds (this is the hook's path)
         self._write = threading.RLock()
-        self._ready_pid: int | None = None
 
     def __repr__(self) -> str:
         return f"Outbox({str(self.path)!r})"
@@ -87,19 +88,7 @@ class Outbox:
         return local.conn
 
     def _connect(self) -> sqlite3.Connection:
-        if self._ready_pid != os.getpid():
-            self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-            os.close(os.open(self.path, os.O_CREAT | os.O_RDWR, 0o600))  # 0600 before SQLite creates it
-        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=10)
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("PRAGMA synchronous=NORMAL")
-        # no checkpoint inside a commit: that would land on a hook call; the sender checkpoints
-        conn.execute("PRAGMA wal_autocheckpoint=0")
-        if self._ready_pid != os.getpid():
-            with self._write:
-                conn.executescript(_SCHEMA)
-            self._ready_pid = os.getpid()
-        return conn
+        return db.connect(self.path, _SCHEMA)
 
     def _exec(self, sql: str, args=()) -> sqlite3.Cursor:
         with self._write:
@@ -116,6 +105,34 @@ class Outbox:
         if contact.email_opt_in is not None:  # JSON merge-patch: a null would delete the key
             data["email_opt_in"] = contact.email_opt_in
         self._exec(_ADD, (contact.email.lower(), contact.client_id, event, json.dumps(data), now, now, now))
+
+    def add_records(self, records: list[dict], journal: str, offset: int) -> None:
+        """Fold journal lines into the outbox and note how far we got, in one transaction:
+        each line is taken exactly once, even if this process dies halfway."""
+        args = []
+        for r in records:
+            data = {"email": r["email"], "fields": r.get("fields", {})}
+            if r.get("email_opt_in") is not None:
+                data["email_opt_in"] = r["email_opt_in"]
+            args.append((r["email"].lower(), str(r["client_id"]), r["event"], json.dumps(data), r["at"], r["at"], r["at"]))
+        with self._write:
+            conn = self._conn()
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                conn.executemany(_ADD, args)
+                conn.execute("INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                             (f"journal:{journal}", str(offset)))
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+
+    def journal_offset(self, journal: str) -> int:
+        found = self.get_meta(f"journal:{journal}")
+        return int(found) if found else 0
+
+    def forget_journal(self, journal: str) -> None:
+        self.set_meta(f"journal:{journal}", None)
 
     # --- the sender's path ---
     def claim(self, owner: str, now: float | None = None, lease: float = LEASE_SECONDS) -> Row | None:

@@ -38,10 +38,10 @@ class Pause(NamedTuple):
 
 
 class OutboxSender:
-    def __init__(self, outbox, work_row, work_memory, housekeeping=None, shared_pause=None, workers: int = 2,
-                 exit_budget: float = 2.0, memory_limit: int = 10_000):
+    def __init__(self, outbox, work_row, work_memory, housekeeping=None, shared_pause=None, journal=None,
+                 workers: int = 2, exit_budget: float = 2.0, memory_limit: int = 10_000):
         self.outbox, self.work_row, self.work_memory = outbox, work_row, work_memory
-        self.housekeeping, self.shared_pause = housekeeping, shared_pause
+        self.housekeeping, self.shared_pause, self.journal = housekeeping, shared_pause, journal
         self.workers, self.exit_budget, self.memory_limit = workers, exit_budget, memory_limit
         self._atexit_registered = False
         self._reset()
@@ -107,6 +107,8 @@ class OutboxSender:
         else:
             try:
                 due = self.outbox.due_count()
+                if not due and self.journal is not None and self.journal.backlog(self.outbox.journal_offset):
+                    due = 1  # written by a hook, not yet folded into the outbox
             except Exception:  # an unreadable outbox has nothing we could send
                 due = 0
         return due == 0 and not self._in_flight and not self._memory
@@ -174,7 +176,13 @@ class OutboxSender:
         with self._cond:
             self._in_flight += 1  # before the claim, so flush() never sees a row in between
         try:
+            if self.journal is not None:
+                self.journal.fold_into(self.outbox)  # what the hooks wrote since the last look
             row = self.outbox.claim(self.owner)
+            if row is not None and self._pause is not None:
+                # another worker paused while we claimed: the row it handed back stays put
+                self.outbox.retry_later(row.id, time.time(), None, count_attempt=False)
+                return
             if row is not None:
                 try:
                     pause = self.work_row(row)

@@ -2,7 +2,6 @@
 
 import json
 import logging
-import sqlite3
 import threading
 import time
 
@@ -11,7 +10,7 @@ import requests
 
 from conftest import ACCESS_TOKEN, LIST_ID, SIGN_UP_URL, assert_no_secrets
 from remixcrm_plugin_ctct import api_client, dispatch, flush, outbox_admin
-from remixcrm_plugin_ctct.outbox import Outbox
+from remixcrm_plugin_ctct.journal import Journal
 from remixcrm_plugin_ctct.sandbox import Sandbox
 
 ADA = {"id": 101, "email": "ada@example.com", "first_name": "Ada", "last_name": "Lovelace", "phone": "555-0101"}
@@ -200,15 +199,15 @@ def test_an_unwritable_outbox_falls_back_to_memory_and_says_so_once(pm, write_co
     write_config()
 
     def broken(*args, **kwargs):
-        raise sqlite3.OperationalError("database or disk is full")
+        raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(Outbox, "add", broken)
+    monkeypatch.setattr(Journal, "append", broken)
     for n in range(3):
         mocked.post(SIGN_UP_URL, status=201, json={"contact_id": f"c-{n}"})
     for n in range(3):
         assert pm.hook.on_client_created(client={**ADA, "id": n, "email": f"c{n}@example.com"}) == []
     assert flush(5)
     errors = [r.getMessage() for r in logs.records if "cannot write the outbox" in r.getMessage()]
-    assert len(errors) == 1 and "database or disk is full" in errors[0] and "kept in memory only" in errors[0]
+    assert len(errors) == 1 and "No space left on device" in errors[0] and "kept in memory only" in errors[0]
     assert len(mocked.calls) == 3
     assert logs.text.count("from memory") == 3

@@ -15,6 +15,7 @@ import logging
 import os
 import secrets
 import threading
+import time
 from pathlib import Path
 
 from filelock import FileLock, Timeout
@@ -41,6 +42,7 @@ class Journal:
         self._owner_lock: FileLock | None = None
         self._pid: int | None = None
         self._size = 0  # bytes written to the current file (by this process: it is the only writer)
+        self.last_append = 0.0  # monotonic time of the last hook write
 
     def __repr__(self) -> str:
         return f"Journal({str(self.directory)!r})"
@@ -55,6 +57,7 @@ class Journal:
             if written != len(data):  # a short write on a regular file means the disk is full
                 raise OSError(28, "short write to the outbox journal")
             self._size += written
+            self.last_append = time.monotonic()
 
     def _open(self) -> None:
         self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)

@@ -20,6 +20,8 @@ from typing import Callable, NamedTuple
 log = logging.getLogger("remixcrm_plugin_ctct")
 
 IDLE_POLL = 2.0  # seconds: also notices rows other processes left (retries, expired leases)
+FOLD_QUIET = 0.02  # seconds without a hook write before the journal is folded into the outbox
+FOLD_AT_LEAST_EVERY = 5.0  # ... but never later than this during a long burst
 ERROR_RETRY = 60.0  # seconds before a row whose send crashed is tried again
 HOUSEKEEPING_EVERY = 10.0  # seconds between WAL checkpoints (and hourly purges, see delivery)
 
@@ -58,6 +60,10 @@ class OutboxSender:
         self._pause: Pause | None = None
         self._pid = os.getpid()
         self._housekept_at = 0.0
+        self._folded_at = time.monotonic()
+        self._next_due: float | None = 0.0  # when the outbox next has a row to send (None: empty)
+        self._woken_at = -FOLD_QUIET
+        self._flushing = 0  # callers waiting in flush(): fold at once for them
 
     # --- called from the host's threads ---
     def wake(self) -> None:
@@ -66,7 +72,12 @@ class OutboxSender:
             self._reset()
         if not self._threads:
             self._start()
-        self._wake.set()
+        now = time.monotonic()
+        if now - self._woken_at >= FOLD_QUIET:
+            # at most one wake per quiet period: a worker woken on every hook call during a
+            # burst would steal the GIL from the hooks; it looks again after FOLD_QUIET anyway
+            self._woken_at = now
+            self._wake.set()
 
     def submit_memory(self, item) -> bool:
         """The fallback when the outbox cannot be written: keep ``item`` in memory (bounded)."""
@@ -88,15 +99,19 @@ class OutboxSender:
         """Wait until nothing is in flight and nothing due can be sent (a pause counts as
         settled: its cause needs a fix, not time). False after ``timeout`` seconds."""
         deadline = time.monotonic() + timeout
-        while True:
-            if self._settled():
-                return True
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                return False
-            self._wake.set()
-            with self._cond:
-                self._cond.wait(min(remaining, 0.05))  # woken when a row finishes; re-check at least every 50 ms
+        self._flushing += 1
+        try:
+            while True:
+                if self._settled():
+                    return True
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                self._wake.set()
+                with self._cond:
+                    self._cond.wait(min(remaining, 0.05))  # woken when a row finishes; re-check at least every 50 ms
+        finally:
+            self._flushing -= 1
 
     def _settled(self) -> bool:
         # read the outbox *before* the in-flight count: a worker counts itself in before it
@@ -173,11 +188,15 @@ class OutboxSender:
                 return
             log.info("sending resumes (%s no longer holds it back)", self._pause.reason)
             self._pause = None
+        if self._hooks_busy(now):
+            self._wait(FOLD_QUIET)  # nothing to send yet, and the hooks should have the CPU
+            return
         with self._cond:
             self._in_flight += 1  # before the claim, so flush() never sees a row in between
         try:
-            if self.journal is not None:
-                self.journal.fold_into(self.outbox)  # what the hooks wrote since the last look
+            if self.journal is not None and self._fold_now():
+                if self.journal.fold_into(self.outbox):  # what the hooks wrote since the last look
+                    self._next_due = now
             row = self.outbox.claim(self.owner)
             if row is not None and self._pause is not None:
                 # another worker paused while we claimed: the row it handed back stays put
@@ -200,8 +219,30 @@ class OutboxSender:
         if self._stopping:
             return
         self._housekeep(now)
-        due = self.outbox.next_due_at()
+        due = self._next_due = self.outbox.next_due_at()
+        if self.journal is not None and self.journal.backlog(self.outbox.journal_offset):
+            due = now + FOLD_QUIET  # hooks wrote more: come back when they pause
         self._wait(IDLE_POLL if due is None else min(IDLE_POLL, max(0.01, due - now)))
+
+    def _hooks_busy(self, now: float) -> bool:
+        """The hooks are writing a burst and no row is due: better to stay out of their way."""
+        if self.journal is None or self._flushing:
+            return False
+        if time.monotonic() - self.journal.last_append >= FOLD_QUIET:
+            return False
+        if time.monotonic() - self._folded_at >= FOLD_AT_LEAST_EVERY:
+            return False
+        return self._next_due is None or self._next_due > now
+
+    def _fold_now(self) -> bool:
+        """Fold when the hooks pause for a moment (or at least once a second, or when someone
+        waits in flush): folding *during* a burst would compete with the hooks for the GIL and
+        show up in their tail latency."""
+        now = time.monotonic()
+        if self._flushing or now - self.journal.last_append >= FOLD_QUIET or now - self._folded_at >= FOLD_AT_LEAST_EVERY:
+            self._folded_at = now
+            return True
+        return False
 
     def _run_job(self, job, item) -> None:
         with self._cond:

@@ -39,6 +39,24 @@ def build_parser() -> argparse.ArgumentParser:
         "cross-process lock as the plugin), save the new pair, and print the new expiry.",
     )
     _token_options(refresh)
+    status = commands.add_parser(
+        "status", help="outbox counts, pauses, the last error; --client ID: did client X reach Constant Contact?",
+        description="Counts of events by state (pending, sending, delivered, dead), the oldest unsent event, "
+        "why sending is paused (daily quota, needs re-authorisation, config), today's request count and the "
+        "last error. With --client ID: whether that client reached Constant Contact, and if not, why.",
+    )
+    status.add_argument("--client", metavar="ID", help="the RemixCRM client id to look up")
+    retry = commands.add_parser("retry", help="make pending events due now (--dead: dead ones too)",
+                                description="Make every pending event due now instead of at its backoff time; "
+                                "with --dead, also give dead events (given up after an error) a new try.")
+    retry.add_argument("--dead", action="store_true", help="also retry events that were given up")
+    flush = commands.add_parser("flush", help="send everything pending now from this process (progress bar on a terminal)",
+                                description="Send every pending event now, from this process, within the rate "
+                                "limit, showing progress; stops early when sending is paused and says why.")
+    flush.add_argument("--timeout", type=float, help="give up after this many seconds")
+    commands.add_parser("purge", help="forget emails and names of events delivered longer ago than retention_days",
+                        description="Remove emails and names from delivered events older than retention_days "
+                        "(default 30); the small status record (client id, contact id, outcome, time) stays.")
     return parser
 
 
@@ -57,6 +75,19 @@ def main(argv: list[str] | None = None) -> int:
         return demo.run()
     if args.command in ("login", "refresh"):
         return _tokens_command(args)
+    if args.command in ("status", "retry", "flush", "purge"):
+        from . import commands
+
+        def say(text: str) -> None:
+            print(text, flush=True)
+
+        if args.command == "status":
+            return commands.status(say, args.client)
+        if args.command == "retry":
+            return commands.retry(say, args.dead)
+        if args.command == "flush":
+            return commands.flush(say, args.timeout)
+        return commands.purge(say)
     parser.print_help()
     return 2
 

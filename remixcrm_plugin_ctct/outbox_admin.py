@@ -40,7 +40,7 @@ def retry(outbox: Outbox, dead: bool = False, now: float | None = None) -> int:
         for (row_id,) in outbox._query("SELECT id FROM events WHERE state = 'dead' AND contact IS NOT NULL"):
             # via 'sending' so that retry_later can coalesce it with a newer pending row
             outbox._exec("UPDATE events SET state = 'sending', created_at = ?, attempts = 0, outcome = NULL WHERE id = ?", (now, row_id))
-            outbox.retry_later(row_id, now, None, count_attempt=False)
+            outbox.retry_later(row_id, now, None)  # attempts stay 0: a fresh start
             count += 1
     return count
 

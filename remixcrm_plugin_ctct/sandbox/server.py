@@ -6,11 +6,13 @@ answers. Standard library only (``http.server``): nothing to install for the dem
 import base64
 import json
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qsl, urlsplit
 
 from .authz import AuthServer
 from .contacts import ContactsApi
+from .faults import Faults
 
 SEEDED_TOKEN = "sandbox-access-token"  # a static token that never expires (tests, benchmarks)
 OAUTH_PREFIX = "/oauth2/default/v1"
@@ -24,8 +26,11 @@ class Sandbox:
         self.static_token = access_token
         self.api = ContactsApi()
         self.authz = AuthServer(**authz_options)
+        self.faults = Faults()
         self.hang = threading.Event()  # set: accept requests, never answer (until stop)
         self.unauthorized = 0  # 401s answered by the API
+        self.calls: list[dict] = []  # every sign_up_form call: email, start, end, status (for overlap checks)
+        self._calls_lock = threading.Lock()
         self._stopping = threading.Event()
         self._server = ThreadingHTTPServer((host, port), _handler(self))
         self._server.daemon_threads = True
@@ -108,11 +113,29 @@ def _handler(sandbox: Sandbox):
                 return True
             return False
 
+        def _fault(self) -> bool:
+            """Apply the rate limits and injected faults; True when the call was answered."""
+            fate = sandbox.faults.decide()
+            if sandbox.faults.latency:
+                time.sleep(sandbox.faults.latency)  # the simulated network, not synchronisation
+            if fate[0] == "ok":
+                return False
+            if fate[0] == "hang":
+                sandbox._stopping.wait()
+            elif fate[0] == "drop":
+                self.close_connection = True  # closed with no answer: the client sees a reset
+            else:
+                self._reply(fate[1], fate[2])
+            return True
+
         def do_POST(self):
             raw = self._body()
             if self._hanging():
                 return
             url = urlsplit(self.path)
+            if url.path == "/sandbox/faults":  # the admin switch, for hosts in other processes
+                sandbox.faults.configure(json.loads(raw or b"{}"))
+                return self._reply(200, {"ok": True})
             if url.path.startswith(OAUTH_PREFIX):
                 form = dict(parse_qsl(raw.decode()))
                 form.update(parse_qsl(url.query))  # Constant Contact's own examples use the query string
@@ -123,7 +146,8 @@ def _handler(sandbox: Sandbox):
                 return self._reply(404, {"error": "not_found", "error_description": "no such endpoint"})
             if url.path != "/v3/contacts/sign_up_form":
                 return self._reply(404, [{"error_key": "not_found", "error_message": "no such endpoint"}])
-            if not self._bearer_ok():
+            started = time.monotonic()
+            if self._fault() or not self._bearer_ok():
                 return
             if not (self.headers.get("Content-Type") or "").startswith("application/json"):
                 return self._reply(415, [{"error_key": "unsupported_media_type", "error_message": "Content-Type must be application/json"}])
@@ -131,7 +155,10 @@ def _handler(sandbox: Sandbox):
                 body = json.loads(raw)
             except ValueError:
                 return self._reply(400, [{"error_key": "json.parse.error", "error_message": "malformed JSON"}])
-            self._reply(*sandbox.api.sign_up(body))
+            status, answer = sandbox.api.sign_up(body)
+            with sandbox._calls_lock:
+                sandbox.calls.append({"email": str(body.get("email_address", "")).lower(), "start": started, "end": time.monotonic(), "status": status})
+            self._reply(status, answer)
 
         def do_GET(self):
             if self._hanging():
@@ -146,7 +173,7 @@ def _handler(sandbox: Sandbox):
             if url.path == f"{OAUTH_PREFIX}/device":
                 ok = sandbox.authz.approve_device(query.get("user_code", ""))
                 return self._reply(200 if ok else 404, b"approved" if ok else b"unknown code")
-            if not self._bearer_ok():
+            if self._fault() or not self._bearer_ok():
                 return
             if url.path == "/v3/contacts":
                 return self._reply(200, {"contacts": sandbox.api.find(query.get("email", ""))})

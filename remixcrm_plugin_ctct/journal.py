@@ -23,6 +23,8 @@ from filelock import FileLock, Timeout
 log = logging.getLogger("remixcrm_plugin_ctct")
 
 ROTATE_AT = 1 << 20  # bytes: start a new file once this much has been folded into the outbox
+FOLD_CHUNK = 256 << 10  # bytes read and folded per transaction
+ADOPT_EVERY = 10.0  # seconds between looks for journals of processes that died
 
 
 def encode(contact, event: str, now: float) -> bytes:
@@ -43,6 +45,7 @@ class Journal:
         self._pid: int | None = None
         self._size = 0  # bytes written to the current file (by this process: it is the only writer)
         self.last_append = 0.0  # monotonic time of the last hook write
+        self._adopted_at = -ADOPT_EVERY
 
     def __repr__(self) -> str:
         return f"Journal({str(self.directory)!r})"
@@ -84,29 +87,39 @@ class Journal:
                 count += self._fold_file(outbox, self._path)
                 if self._size >= ROTATE_AT:
                     count += self._rotate(outbox)
-            return count + self._adopt_orphans(outbox)
+            now = time.monotonic()
+            if now - self._adopted_at >= ADOPT_EVERY:  # a directory scan: not on every fold
+                self._adopted_at = now
+                count += self._adopt_orphans(outbox)
+            return count
         finally:
             self._fold_lock.release()
 
     def _fold_file(self, outbox, path: Path) -> int:
-        start = outbox.journal_offset(path.name)
-        try:
-            with open(path, "rb") as f:
-                f.seek(start)
-                chunk = f.read()
-        except FileNotFoundError:
-            return 0
-        end = chunk.rfind(b"\n") + 1  # a line still being written waits for the next fold
-        if end == 0:
-            return 0
-        records = []
-        for line in chunk[:end].splitlines():
+        """Fold ``path`` from where the outbox says we stopped, a chunk per transaction (memory
+        stays small however long the file grew while sending was paused)."""
+        count = 0
+        while True:
+            start = outbox.journal_offset(path.name)
             try:
-                records.append(json.loads(line))
-            except ValueError:  # torn by a power cut: nothing we can do but say so
-                log.error("skipping a damaged line in the outbox journal %s", path)
-        outbox.add_records(records, path.name, start + end)
-        return len(records)
+                with open(path, "rb") as f:
+                    f.seek(start)
+                    chunk = f.read(FOLD_CHUNK)
+            except FileNotFoundError:
+                return count
+            end = chunk.rfind(b"\n") + 1  # a line still being written waits for the next fold
+            if end == 0:
+                return count
+            records = []
+            for line in chunk[:end].splitlines():
+                try:
+                    records.append(json.loads(line))
+                except ValueError:  # torn by a power cut: nothing we can do but say so
+                    log.error("skipping a damaged line in the outbox journal %s", path)
+            outbox.add_records(records, path.name, start + end)
+            count += len(records)
+            if len(chunk) < FOLD_CHUNK:
+                return count
 
     def _rotate(self, outbox) -> int:
         with self._append_lock:  # no hook writes to the old file after this

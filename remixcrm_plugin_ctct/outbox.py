@@ -22,6 +22,7 @@ from . import db
 
 FILE_NAME = "outbox.sqlite3"
 LEASE_SECONDS = 300.0  # longer than the slowest send: token lock wait + refresh + two API calls
+LEASE_CHECK_EVERY = 5.0  # seconds between looks for expired leases
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
@@ -76,6 +77,7 @@ class Outbox:
         # one writer at a time inside this process: SQLite's own busy handler sleeps in
         # milliseconds, a Python lock hands over in microseconds (this is the hook's path)
         self._write = threading.RLock()
+        self._leases_checked_at = float("-inf")
 
     def __repr__(self) -> str:
         return f"Outbox({str(self.path)!r})"
@@ -150,10 +152,13 @@ class Outbox:
         RETURNING id, client_id, event, contact, attempts, created_at
         """
         args = {"owner": owner, "until": now + lease, "now": now}
+        choices = [("e.state = 'pending' AND e.next_attempt_at <= :now", "e.next_attempt_at, e.id")]
+        if now - self._leases_checked_at >= LEASE_CHECK_EVERY:  # rare (a process died): not on every claim
+            self._leases_checked_at = now
+            choices.insert(0, ("e.state = 'sending' AND e.lease_until < :now", "e.lease_until"))
         with self._write:
             conn = self._conn()
-            for where, order in (("e.state = 'sending' AND e.lease_until < :now", "e.lease_until"),
-                                 ("e.state = 'pending' AND e.next_attempt_at <= :now", "e.next_attempt_at, e.id")):
+            for where, order in choices:
                 found = next(iter(conn.execute(sql.format(where=where, order=order), args).fetchall()), None)
                 if found:
                     return Row(found[0], found[1], found[2], json.loads(found[3]), found[4], found[5])

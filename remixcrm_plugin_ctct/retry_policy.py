@@ -38,11 +38,13 @@ def classify(status: int | None, error_key: str = "") -> Decision:
     return Decision(DEAD, f"HTTP {status} will not succeed by resending the same data")
 
 
-def backoff(attempt: int, rand=random.random, base: float = BASE_DELAY, cap: float = MAX_DELAY) -> float:
+def backoff(attempt: int, rand=random.random, base: float | None = None, cap: float | None = None) -> float:
     """Exponential backoff with full jitter: uniform in [0, min(cap, base·2^(attempt-1))].
 
     Full jitter spreads many processes' retries after an outage instead of having them hit
-    the API in lockstep."""
+    the API in lockstep. (Defaults are read at call time, so tests can shorten them.)"""
+    base = BASE_DELAY if base is None else base
+    cap = MAX_DELAY if cap is None else cap
     ceiling = min(cap, base * 2 ** max(0, attempt - 1))
     return rand() * ceiling
 

@@ -46,6 +46,7 @@ class TokenStore:
     def __init__(self, directory: Path):
         self.directory = Path(directory)
         self.path = self.directory / FILE_NAME
+        self._cache: tuple | None = None
 
     def __repr__(self) -> str:
         return f"TokenStore({str(self.path)!r})"
@@ -65,6 +66,15 @@ class TokenStore:
         return (st.st_mtime_ns, st.st_size, st.st_ino)
 
     def read(self) -> TokenState | None:
+        signature = self.signature()
+        cached = self._cache
+        if cached is not None and cached[0] == signature and signature != (None,):
+            return cached[1]  # unchanged since the last read: one stat instead of open + parse
+        state = self._read()
+        self._cache = (signature, state)
+        return state
+
+    def _read(self) -> TokenState | None:
         try:
             with open(self.path, encoding="utf-8") as f:
                 data = json.load(f)

@@ -35,7 +35,7 @@ def test_processes_share_one_budget(tmp_path):
 def test_counts_the_utc_day_and_stops_at_the_quota(tmp_path):
     day = dt.datetime(2026, 11, 26, 23, 59, 59, tzinfo=dt.timezone.utc).timestamp()
     clock = Clock(day)
-    gov = Governor(tmp_path, rate=1000, daily_quota=3, clock=clock, sleep=clock.sleep)
+    gov = Governor(tmp_path, rate=4, daily_quota=3, clock=clock, sleep=clock.sleep)
     assert [gov.wait_turn() for _ in range(3)] == [1, 2, 3]
     assert gov.wait_turn() is None  # used up: the caller pauses until midnight
     clock.now = day + 2  # 00:00:01 UTC: a new day
@@ -49,3 +49,11 @@ def test_the_file_is_private(tmp_path):
     gov = Governor(tmp_path / "d")
     gov.reserve()
     assert stat.S_IMODE(os.stat(gov.path).st_mode) == 0o600
+
+
+def test_a_raised_rate_reserves_a_few_slots_per_transaction(tmp_path):
+    clock = Clock(1_800_000_000.0)
+    gov = Governor(tmp_path, rate=1000, clock=clock, sleep=clock.sleep)
+    assert gov.batch == 20 and Governor(tmp_path, rate=4).batch == 1
+    assert [gov.wait_turn() for _ in range(3)] == [1, 2, 3]
+    assert gov.today_count() == 20  # reserved slots count, used or not (at 4/s a batch is one slot)

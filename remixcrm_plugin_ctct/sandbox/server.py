@@ -170,6 +170,11 @@ def _handler(sandbox: Sandbox):
                 if status == 302:
                     return self._reply(302, b"", {"Location": location})
                 return self._reply(400, location.encode())
+            if url.path == "/sandbox/stats":  # what the limits and faults did, for benches and tests
+                f = sandbox.faults
+                return self._reply(200, {"throttled": f.throttled, "quota_refused": f.quota_refused,
+                                         "unauthorized": sandbox.unauthorized, "sign_ups": len(sandbox.calls),
+                                         "token_calls": sandbox.authz.token_calls, "invalid_grants": sandbox.authz.invalid_grants})
             if url.path == f"{OAUTH_PREFIX}/device":
                 ok = sandbox.authz.approve_device(query.get("user_code", ""))
                 return self._reply(200 if ok else 404, b"approved" if ok else b"unknown code")

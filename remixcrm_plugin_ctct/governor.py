@@ -58,7 +58,7 @@ class Governor:
         now = self._clock()
         today = dt.datetime.fromtimestamp(now, dt.timezone.utc).date().isoformat()
         with self._lock:
-            while self._local and self._local[0][0] < now - self.interval:
+            while self._local and self._local[0][0] < now - BATCH_WINDOW:
                 self._local.popleft()  # reserved but not used in time: spent
             if not self._local:
                 self._local.extend(self._reserve_locked(now, today))

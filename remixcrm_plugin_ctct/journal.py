@@ -45,6 +45,7 @@ class Journal:
         self._pid: int | None = None
         self._size = 0  # bytes written to the current file (by this process: it is the only writer)
         self.last_append = 0.0  # monotonic time of the last hook write
+        self._folded = 0  # bytes of the current file already folded (a cheap "anything new?")
         self._adopted_at = -ADOPT_EVERY
 
     def __repr__(self) -> str:
@@ -69,7 +70,7 @@ class Journal:
         owner = FileLock(str(self._path) + ".lock", timeout=0, mode=0o600, thread_local=False)
         owner.acquire()  # held for this process's life: tells other processes we are alive
         self._fd = os.open(self._path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-        self._owner_lock, self._pid, self._size = owner, os.getpid(), 0
+        self._owner_lock, self._pid, self._size, self._folded = owner, os.getpid(), 0, 0
 
     # --- the sender's path ---
     def backlog(self, folded_offset) -> bool:
@@ -83,8 +84,10 @@ class Journal:
             return 0  # another worker of ours is at it
         try:
             count = 0
-            if self._path is not None and self._pid == os.getpid():
+            if self._path is not None and self._pid == os.getpid() and self._size > self._folded:
+                size = self._size  # only this process appends to its file
                 count += self._fold_file(outbox, self._path)
+                self._folded = size
                 if self._size >= ROTATE_AT:
                     count += self._rotate(outbox)
             now = time.monotonic()

@@ -138,20 +138,26 @@ class Outbox:
 
     # --- the sender's path ---
     def claim(self, owner: str, now: float | None = None, lease: float = LEASE_SECONDS) -> Row | None:
-        """Lease the next row that is due (or whose lease expired), or None. One email at a time:
-        a row waits while another row for its email is in flight (Constant Contact's 409)."""
+        """Lease the next row that is due (or whose lease expired), or None."""
+        rows = self.claim_many(owner, 1, now, lease)
+        return rows[0] if rows else None
+
+    def claim_many(self, owner: str, limit: int, now: float | None = None, lease: float = LEASE_SECONDS) -> list[Row]:
+        """Lease up to ``limit`` due rows (or rows whose lease expired), oldest first, in one
+        transaction. One email at a time: a row waits while another row for its email is in
+        flight (two simultaneous writes to one contact are Constant Contact's 409)."""
         now = time.time() if now is None else now
         sql = """
         UPDATE events SET state = 'sending', lease_owner = :owner, lease_until = :until,
                           attempts = attempts + 1, updated_at = :now
-        WHERE id = (SELECT e.id FROM events e
-                    WHERE {where}
-                      AND NOT EXISTS (SELECT 1 FROM events s WHERE s.state = 'sending' AND s.email_key = e.email_key
-                                      AND s.lease_until >= :now AND s.id != e.id)
-                    ORDER BY {order} LIMIT 1)
+        WHERE id IN (SELECT e.id FROM events e
+                     WHERE {where}
+                       AND NOT EXISTS (SELECT 1 FROM events s WHERE s.state = 'sending' AND s.email_key = e.email_key
+                                       AND s.lease_until >= :now AND s.id != e.id)
+                     ORDER BY {order} LIMIT :limit)
         RETURNING id, client_id, event, contact, attempts, created_at
         """
-        args = {"owner": owner, "until": now + lease, "now": now}
+        args = {"owner": owner, "until": now + lease, "now": now, "limit": limit}
         choices = [("e.state = 'pending' AND e.next_attempt_at <= :now", "e.next_attempt_at, e.id")]
         if now - self._leases_checked_at >= LEASE_CHECK_EVERY:  # rare (a process died): not on every claim
             self._leases_checked_at = now
@@ -159,10 +165,11 @@ class Outbox:
         with self._write:
             conn = self._conn()
             for where, order in choices:
-                found = next(iter(conn.execute(sql.format(where=where, order=order), args).fetchall()), None)
+                found = conn.execute(sql.format(where=where, order=order), args).fetchall()
                 if found:
-                    return Row(found[0], found[1], found[2], json.loads(found[3]), found[4], found[5])
-        return None
+                    rows = [Row(f[0], f[1], f[2], json.loads(f[3]), f[4], f[5]) for f in found]
+                    return sorted(rows, key=lambda r: r.id)
+        return []
 
     def delivered(self, row_id: int, contact_id: str | None, outcome: str, now: float | None = None) -> None:
         self._exec("UPDATE events SET state = 'delivered', contact_id = ?, outcome = ?, last_error = NULL, "

@@ -22,6 +22,8 @@ log = logging.getLogger("remixcrm_plugin_ctct")
 IDLE_POLL = 2.0  # seconds: also notices rows other processes left (retries, expired leases)
 FOLD_QUIET = 0.02  # seconds without a hook write before the journal is folded into the outbox
 FOLD_AT_LEAST_EVERY = 5.0  # ... but never later than this during a long burst
+SHARED_PAUSE_CHECK = 1.0  # seconds between looks at the pause other processes may have set
+CLAIM_BATCH = 4  # rows leased per claim: one transaction for several sends
 ERROR_RETRY = 60.0  # seconds before a row whose send crashed is tried again
 HOUSEKEEPING_EVERY = 10.0  # seconds between WAL checkpoints (and hourly purges, see delivery)
 
@@ -61,6 +63,7 @@ class OutboxSender:
         self._pid = os.getpid()
         self._housekept_at = 0.0
         self._folded_at = time.monotonic()
+        self._shared_checked_at = float("-inf")
         self._next_due: float | None = 0.0  # when the outbox next has a row to send (None: empty)
         self._woken_at = -FOLD_QUIET
         self._flushing = 0  # callers waiting in flush(): fold at once for them
@@ -178,7 +181,8 @@ class OutboxSender:
             self._run_job(self.work_memory, item)
             return
         now = time.time()
-        if self._pause is None and self.shared_pause is not None:
+        if self._pause is None and self.shared_pause is not None and now - self._shared_checked_at >= SHARED_PAUSE_CHECK:
+            self._shared_checked_at = now
             shared = self.shared_pause()  # e.g. another process hit the daily quota
             if shared is not None:  # never write None: another worker may have just paused
                 self._pause = shared
@@ -197,20 +201,22 @@ class OutboxSender:
             if self.journal is not None and self._fold_now():
                 if self.journal.fold_into(self.outbox):  # what the hooks wrote since the last look
                     self._next_due = now
-            row = self.outbox.claim(self.owner)
-            if row is not None and self._pause is not None:
-                # another worker paused while we claimed: the row it handed back stays put
-                self.outbox.retry_later(row.id, time.time(), None, count_attempt=False)
-                return
-            if row is not None:
+            rows = self.outbox.claim_many(self.owner, CLAIM_BATCH)
+            for n, row in enumerate(rows):
+                if self._pause is not None or self._stopping:
+                    # paused (perhaps by another worker) or stopping: the rest go back untouched
+                    for rest in rows[n:]:
+                        self.outbox.retry_later(rest.id, time.time(), None, count_attempt=False)
+                    return
                 try:
                     pause = self.work_row(row)
                 except Exception:  # a bug, not an API answer: log it, try the row again in a minute
                     log.exception("sending client %s hit an unexpected error; it is tried again in %.0f s", row.client_id, ERROR_RETRY)
                     self.outbox.retry_later(row.id, time.time() + ERROR_RETRY, "unexpected error in the plugin (see the log)")
-                    return
+                    continue
                 if pause is not None:
                     self._pause = pause
+            if rows:
                 return
         finally:
             with self._cond:

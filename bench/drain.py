@@ -47,9 +47,9 @@ def faults(api_base_url: str, **settings) -> None:
     requests.post(api_base_url.removesuffix("/v3") + "/sandbox/faults", json=settings, timeout=5).raise_for_status()
 
 
-def count_contacts(api_base_url: str) -> int:
-    found = requests.get(f"{api_base_url}/contacts", headers={"Authorization": f"Bearer {SEEDED_TOKEN}"}, timeout=30).json()
-    return len(found["contacts"])
+def stats(api_base_url: str) -> dict:
+    """The sandbox's own counters (not an API call: its rate limit does not apply)."""
+    return requests.get(api_base_url.removesuffix("/v3") + "/sandbox/stats", timeout=5).json()
 
 
 def drain(api_base_url: str, events: int, rate: float, prefix: str) -> float:
@@ -140,11 +140,11 @@ def main() -> int:
         proc, pipe, url = sandbox_process()
         faults(url, rate_limit=4)
         rate = drain(url, args.events, 4.0, "limited")
-        stats = requests.get(url.removesuffix("/v3") + "/sandbox/stats", timeout=5).json()
-        delivered = count_contacts(url)
-        ok = rate >= 3.8 and stats["throttled"] == 0 and delivered == args.events
+        counters = stats(url)
+        delivered = counters["members"]
+        ok = rate >= 3.8 and counters["throttled"] == 0 and delivered == args.events
         met &= ok
-        print(f"(a) sandbox enforcing 4 requests/s, governor 4/s: {rate:.2f} events/s, {stats['throttled']} x 429 throttled, "
+        print(f"(a) sandbox enforcing 4 requests/s, governor 4/s: {rate:.2f} events/s, {counters['throttled']} x 429 throttled, "
               f"{delivered} delivered; goal >= 3.8/s and 0 x 429: {'met' if ok else 'MISSED'}")
         pipe.send("done")
         proc.terminate()

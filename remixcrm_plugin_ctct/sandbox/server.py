@@ -172,7 +172,7 @@ def _handler(sandbox: Sandbox):
                 return self._reply(400, location.encode())
             if url.path == "/sandbox/stats":  # what the limits and faults did, for benches and tests
                 f = sandbox.faults
-                return self._reply(200, {"throttled": f.throttled, "quota_refused": f.quota_refused,
+                return self._reply(200, {"throttled": f.throttled, "quota_refused": f.quota_refused, "members": len(sandbox.members()),
                                          "unauthorized": sandbox.unauthorized, "sign_ups": len(sandbox.calls),
                                          "token_calls": sandbox.authz.token_calls, "invalid_grants": sandbox.authz.invalid_grants})
             if url.path == f"{OAUTH_PREFIX}/device":

@@ -16,16 +16,14 @@ import argparse
 import json
 import multiprocessing
 import os
-import resource
 import subprocess
 import sys
-import tempfile
 import time
-from pathlib import Path
 
 import requests
 
 from remixcrm_plugin_ctct.sandbox import SEEDED_LIST_ID, SEEDED_TOKEN
+from sandbox_config import use_sandbox_config
 
 
 def serve(conn) -> None:
@@ -56,14 +54,7 @@ def drain(api_base_url: str, events: int, rate: float, prefix: str) -> float:
     """Queue ``events`` in a fresh outbox, then time the sender emptying it. Returns events/s."""
     from remixcrm_plugin_ctct import config, dispatch, journal, payload
 
-    workdir = Path(tempfile.mkdtemp())
-    (workdir / "config.toml").write_text(
-        f'[email_marketing]\nprovider = "constant_contact"\n[email_marketing.constant_contact]\n'
-        f'access_token = "{SEEDED_TOKEN}"\ntoken_expires_at = 2099-01-01T00:00:00Z\nlist_id = "{SEEDED_LIST_ID}"\n'
-        f'api_base_url = "{api_base_url}"\nrequests_per_second = {rate}\ndaily_quota = 1000000000\n'
-    )
-    os.environ["REMIXCRM_CONFIG"] = str(workdir / "config.toml")
-    os.environ["REMIXCRM_DATA_DIR"] = str(workdir / "data")
+    use_sandbox_config(api_base_url, f"requests_per_second = {rate}\ndaily_quota = 1000000000\n")
     dispatch.reset(timeout=0)
     rt = dispatch.runtime()
     for i in range(events):

@@ -22,10 +22,8 @@ import socket
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 
 IMPLS = ("ctct", "noop", "segment")
 APIS = ("answers", "never answers")
@@ -70,18 +68,11 @@ def one_row(impl: str, api: str, ctct_url: str, segment_url: str, calls: int) ->
     import logging
 
     from remixcrm_plugin_ctct.hookspecs import hookimpl, make_plugin_manager
-    from remixcrm_plugin_ctct.sandbox import SEEDED_LIST_ID, SEEDED_TOKEN
+    from sandbox_config import use_sandbox_config
 
     logging.getLogger("segment").setLevel(logging.CRITICAL)  # "queue is full" per dropped event
     if impl == "ctct":
-        workdir = Path(tempfile.mkdtemp())
-        (workdir / "config.toml").write_text(
-            f'[email_marketing]\nprovider = "constant_contact"\n[email_marketing.constant_contact]\n'
-            f'access_token = "{SEEDED_TOKEN}"\ntoken_expires_at = 2099-01-01T00:00:00Z\n'
-            f'list_id = "{SEEDED_LIST_ID}"\napi_base_url = "{ctct_url}"\n'
-        )
-        os.environ["REMIXCRM_CONFIG"] = str(workdir / "config.toml")
-        os.environ["REMIXCRM_DATA_DIR"] = str(workdir / "data")
+        use_sandbox_config(ctct_url)
         pm = make_plugin_manager()
         assert pm.get_plugin("constant_contact") is not None, "plugin not installed"
     else:

@@ -3,7 +3,6 @@ import traceback
 
 import pytest
 import requests
-import responses
 
 from conftest import ACCESS_TOKEN, API, LIST_ID, SIGN_UP_URL, assert_no_secrets
 from remixcrm_plugin_ctct import api_client

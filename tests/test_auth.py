@@ -11,7 +11,7 @@ from conftest import ACCESS_TOKEN, CLIENT_SECRET, REFRESH_TOKEN, RAW, SIGN_UP_UR
 from remixcrm_plugin_ctct import config, dispatch, flush
 from remixcrm_plugin_ctct.auth import NeedsReauth, TokenManager
 from remixcrm_plugin_ctct.oauth import Tokens
-from remixcrm_plugin_ctct.token_store import TokenState, TokenStore
+from remixcrm_plugin_ctct.token_store import TokenStore
 
 TOKEN_URL = "https://authz.constantcontact.com/oauth2/default/v1/token"
 SOON = RAW("2000-01-01T00:00:00Z")  # long expired

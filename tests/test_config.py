@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ACCESS_TOKEN, LIST_ID, RAW, SECRETS, assert_no_secrets, render_config
+from conftest import ACCESS_TOKEN, LIST_ID, RAW, assert_no_secrets, render_config
 from remixcrm_plugin_ctct import config
 
 

@@ -45,13 +45,6 @@ class ApiError(Exception):
     def fix(self) -> str | None:
         return FIXES.get(self.status)
 
-    @property
-    def transient(self) -> bool:
-        """Worth sending again later: no answer, timeouts, 408/409/429 and 5xx (409 here means
-        two simultaneous writes to one contact, not a permanent conflict)."""
-        return self.status is None or self.status in (408, 409, 429) or self.status >= 500
-
-
 @dataclass(frozen=True)
 class SignUpResult:
     status: int  # 201 created, 200 updated: the status is the documented signal, not `action`

@@ -27,11 +27,17 @@ FOLD_CHUNK = 256 << 10  # bytes read and folded per transaction
 ADOPT_EVERY = 10.0  # seconds between looks for journals of processes that died
 
 
-def encode(contact, event: str, now: float) -> bytes:
-    record = {"email": contact.email, "client_id": contact.client_id, "event": event, "fields": contact.fields, "at": now}
+def record(contact, event: str, now: float) -> dict:
+    """One event as the journal and the outbox know it."""
+    found = {"email": contact.email, "client_id": contact.client_id, "event": event, "fields": contact.fields, "at": now}
     if contact.email_opt_in is not None:
-        record["email_opt_in"] = contact.email_opt_in
-    return (json.dumps(record, separators=(",", ":")) + "\n").encode()
+        found["email_opt_in"] = contact.email_opt_in
+    return found
+
+
+def encode(contact, event: str, now: float) -> bytes:
+    """One journal line."""
+    return (json.dumps(record(contact, event, now), separators=(",", ":")) + "\n").encode()
 
 
 class Journal:

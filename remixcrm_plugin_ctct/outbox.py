@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from . import db
+from .journal import record as journal_record
 
 FILE_NAME = "outbox.sqlite3"
 LEASE_SECONDS = 300.0  # longer than the slowest send: token lock wait + refresh + two API calls
@@ -101,20 +102,17 @@ class Outbox:
 
     # --- the hook's path ---
     def add(self, contact, event: str, now: float | None = None) -> None:
-        """Record one event durably (coalescing with a pending row for the same email)."""
-        now = time.time() if now is None else now
-        data = {"email": contact.email, "fields": contact.fields}
-        if contact.email_opt_in is not None:  # JSON merge-patch: a null would delete the key
-            data["email_opt_in"] = contact.email_opt_in
-        self._exec(_ADD, (contact.email.lower(), contact.client_id, event, json.dumps(data), now, now, now))
+        """Record one event (coalescing with a pending row for the same email). The hook writes
+        the journal instead; this is the same row, for tools and tests."""
+        self.add_records([journal_record(contact, event, time.time() if now is None else now)])
 
-    def add_records(self, records: list[dict], journal: str, offset: int) -> None:
+    def add_records(self, records: list[dict], journal: str | None = None, offset: int = 0) -> None:
         """Fold journal lines into the outbox and note how far we got, in one transaction:
         each line is taken exactly once, even if this process dies halfway."""
         args = []
         for r in records:
             data = {"email": r["email"], "fields": r.get("fields", {})}
-            if r.get("email_opt_in") is not None:
+            if r.get("email_opt_in") is not None:  # JSON merge-patch: a null would delete the key
                 data["email_opt_in"] = r["email_opt_in"]
             args.append((r["email"].lower(), str(r["client_id"]), r["event"], json.dumps(data), r["at"], r["at"], r["at"]))
         with self._write:
@@ -122,8 +120,9 @@ class Outbox:
             conn.execute("BEGIN IMMEDIATE")
             try:
                 conn.executemany(_ADD, args)
-                conn.execute("INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-                             (f"journal:{journal}", str(offset)))
+                if journal is not None:
+                    conn.execute("INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                                 (f"journal:{journal}", str(offset)))
                 conn.execute("COMMIT")
             except BaseException:
                 conn.execute("ROLLBACK")

@@ -5,7 +5,7 @@ import pytest
 import requests
 
 from conftest import ACCESS_TOKEN, API, LIST_ID, SIGN_UP_URL, assert_no_secrets
-from remixcrm_plugin_ctct import api_client
+from remixcrm_plugin_ctct import api_client, retry_policy
 from remixcrm_plugin_ctct.api_client import ApiError, CtctClient
 
 BODY = {"email_address": "ada@example.com", "list_memberships": [LIST_ID]}
@@ -56,12 +56,8 @@ def test_transport_failures_become_api_errors(mocked, exc, key):
     mocked.post(SIGN_UP_URL, body=exc)
     with pytest.raises(ApiError) as info:
         client().sign_up(BODY)
-    assert info.value.status is None and info.value.error_key == key and info.value.transient
-
-
-@pytest.mark.parametrize("status, transient", [(None, True), (408, True), (409, True), (429, True), (500, True), (503, True), (400, False), (401, False), (403, False), (404, False)])
-def test_transient_classification(status, transient):
-    assert ApiError(status, "k", "m").transient is transient
+    assert info.value.status is None and info.value.error_key == key
+    assert retry_policy.classify(info.value.status, info.value.error_key).action == retry_policy.RETRY
 
 
 def test_fix_texts_for_the_statuses_admins_meet():

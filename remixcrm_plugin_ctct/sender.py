@@ -276,5 +276,8 @@ class OutboxSender:
         if self._pid != os.getpid() or not self._threads:
             return
         left = self.close(self.exit_budget)
-        if left:
-            log.info("exiting: %d event(s) wait in the outbox and go out with the next run (or `remixcrm-ctct flush`)", left)
+        lost = len(self._memory)
+        if left - lost:
+            log.info("exiting: %d event(s) wait in the outbox and go out with the next run (or `remixcrm-ctct flush`)", left - lost)
+        if lost:
+            log.error("exiting with %d event(s) kept only in memory (the outbox was not writable): they are lost", lost)

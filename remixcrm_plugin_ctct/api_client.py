@@ -111,6 +111,14 @@ class CtctClient:
         data = _json_or_empty(response)
         return SignUpResult(response.status_code, data.get("contact_id"), data.get("action"))
 
+    def privileges(self) -> list:
+        """``GET /account/user/privileges``: needs no scope, so the cheapest "is this token alive"."""
+        return _json_list(self._request("GET", "/account/user/privileges"))
+
+    def get_list(self, list_id: str) -> dict:
+        """``GET /contact_lists/{id}`` with its member count (needs the contact_data scope)."""
+        return _json_or_empty(self._request("GET", f"/contact_lists/{list_id}", params={"include_membership_count": "all"}))
+
     def _request(self, method: str, path: str, **kwargs):
         import requests
 
@@ -134,3 +142,11 @@ def _json_or_empty(response) -> dict:
     except ValueError:
         return {}
     return data if isinstance(data, dict) else {}
+
+
+def _json_list(response) -> list:
+    try:
+        data = response.json()
+    except ValueError:
+        return []
+    return data if isinstance(data, list) else []

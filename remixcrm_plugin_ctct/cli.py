@@ -20,6 +20,29 @@ def build_parser() -> argparse.ArgumentParser:
         description="Start a local Constant Contact sandbox, load the plugin through its entry point, "
         "fire the hooks for sample clients and show what arrived. Never touches your real config.",
     )
+    sandbox = commands.add_parser(
+        "sandbox", help="run an offline Constant Contact stand-in on a loopback port, and print a config for it",
+        description="Serve a local Constant Contact (API under /v3, authorization server under "
+        "/oauth2/default/v1) on 127.0.0.1 until Ctrl-C: sign_up_form with the vendor schema's limits, contact "
+        "lookups, lists, token refresh (rotating by default), device and PKCE logins, 4 requests/s and a "
+        "daily quota, fault injection (POST /sandbox/faults) and a read-only view (/sandbox/view). Prints a "
+        "config.toml that points the plugin at it, with a fresh token pair. The sandbox's tokens are not secrets.",
+    )
+    sandbox.add_argument("--port", type=int, default=8910, help="loopback port (default 8910; 0 picks a free one)")
+    sandbox.add_argument("--token-lifetime", type=float, default=86400, help="access-token lifetime in seconds (default 24 h)")
+    sandbox.add_argument("--long-lived", action="store_true", help="long-lived refresh tokens instead of rotating ones")
+    sandbox.add_argument("--rate-limit", type=float, default=4, help="requests per second before 429 throttled (default 4)")
+    sandbox.add_argument("--daily-quota", type=int, default=10_000, help="requests per day before 429 quota_exceeded")
+    sandbox.add_argument("--error-rate", type=float, default=0.0, help="share of API calls answered 503 (0 to 1)")
+    sandbox.add_argument("--latency", type=float, default=0.0, help="seconds added to every API answer")
+    check = commands.add_parser(
+        "check", help="would sending work? provider, list, token, scopes, expiry, refresh, data dir, outbox",
+        description="Read the config as the plugin does and report, one line each with the fix: provider "
+        "selected, list id, token present, token works (a cheap call), scopes, list exists and is not "
+        "deleted (name and member count), access-token expiry, refresh possible, data dir writable, outbox "
+        "counts. Exit code 0 only when sending would work. Never prints a secret.",
+    )
+    check.add_argument("--json", action="store_true", help="machine-readable output")
     login = commands.add_parser(
         "login",
         help="connect to Constant Contact (device code, or --browser) and store the tokens",
@@ -73,8 +96,17 @@ def main(argv: list[str] | None = None) -> int:
         from . import demo
 
         return demo.run()
+    if args.command == "sandbox":
+        from .sandbox import serve
+
+        return serve.run(lambda text: print(text, flush=True), args.port, args.token_lifetime, args.long_lived,
+                         args.rate_limit, args.daily_quota, args.error_rate, args.latency)
     if args.command in ("login", "refresh"):
         return _tokens_command(args)
+    if args.command == "check":
+        from . import check
+
+        return check.main(lambda text: print(text, flush=True), args.json)
     if args.command in ("status", "retry", "flush", "purge"):
         from . import commands
 

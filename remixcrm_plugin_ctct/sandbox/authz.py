@@ -22,11 +22,13 @@ DEVICE_GRANT = "urn:ietf:params:oauth:grant-type:device_code"
 class AuthServer:
     def __init__(self, access_lifetime: float = 86400, rotating: bool = True, client_id: str = SANDBOX_CLIENT_ID,
                  client_secret: str | None = None, auto_approve_device: bool = True, device_interval: float = 1,
-                 clock=time.time):
+                 scope: str = "contact_data offline_access", clock=time.time):
         self.access_lifetime, self.rotating = access_lifetime, rotating
         self.client_id, self.client_secret = client_id, client_secret
         self.auto_approve_device, self.device_interval, self.clock = auto_approve_device, device_interval, clock
+        self.scope = scope  # what new tokens are granted (drop contact_data to test a missing scope)
         self.access_tokens: dict[str, float] = {}  # token -> expires_at
+        self.token_scopes: dict[str, set] = {}  # token -> its scopes
         self.refresh_tokens: set[str] = set()  # the ones that still work
         self.device_codes: dict[str, dict] = {}
         self.auth_codes: dict[str, dict] = {}
@@ -48,6 +50,15 @@ class AuthServer:
             expires = self.access_tokens.get(token or "")
             return expires is not None and expires > self.clock()
 
+    def has_scope(self, token: str | None, scope: str) -> bool:
+        with self._lock:
+            return scope in self.token_scopes.get(token or "", {scope})  # unknown (static) tokens: all scopes
+
+    def revoke_refresh_tokens(self) -> None:
+        """As if the admin revoked the app: every refresh now answers invalid_grant."""
+        with self._lock:
+            self.refresh_tokens.clear()
+
     def expire_all_access_tokens(self) -> None:
         with self._lock:
             for token in self.access_tokens:
@@ -56,6 +67,7 @@ class AuthServer:
     def _issue_locked(self) -> dict:
         access = f"sbx-at-{secrets.token_urlsafe(16)}"
         self.access_tokens[access] = self.clock() + self.access_lifetime
+        self.token_scopes[access] = set(self.scope.split())
         if self.rotating or not self.refresh_tokens:
             refresh = f"sbx-rt-{secrets.token_urlsafe(16)}"
             if self.rotating:
@@ -64,7 +76,7 @@ class AuthServer:
         else:
             refresh = next(iter(self.refresh_tokens))
         return {"access_token": access, "token_type": "Bearer", "expires_in": self.access_lifetime,
-                "refresh_token": refresh, "scope": "contact_data offline_access"}
+                "refresh_token": refresh, "scope": self.scope}
 
     # --- endpoints: each returns (status, body) ---
     def token(self, form: dict, basic: tuple[str, str] | None) -> tuple[int, dict]:

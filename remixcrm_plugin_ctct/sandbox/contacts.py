@@ -26,10 +26,27 @@ class ContactsApi:
         with self._lock:
             return [dict(c) for c in self.contacts.values() if list_id in c["list_memberships"]]
 
-    def find(self, email: str = "") -> list[dict]:
+    def find(self, email: str = "", include_deleted: bool = False) -> list[dict]:
+        """``GET /contacts?email=…[&status=all]`` in Constant Contact's shape (email_address is an
+        object carrying permission_to_send); deleted contacts only with ``status=all``."""
         email = email.lower()
         with self._lock:
-            return [dict(c) for k, c in self.contacts.items() if not email or k == email]
+            found = [c for k, c in self.contacts.items() if (not email or k == email) and (include_deleted or not c.get("deleted_at"))]
+            return [_api_shape(c) for c in found]
+
+    def seed_contact(self, email: str, permission_to_send: str = "explicit", deleted: bool = False, list_id: str | None = None) -> dict:
+        """Put a contact in place as if it had a history: ``unsubscribed``, or deleted."""
+        with self._lock:
+            contact = {"contact_id": str(uuid.uuid4()), "email_address": email, "list_memberships": [list_id] if list_id else [],
+                       "permission_to_send": permission_to_send}
+            if deleted:
+                contact["deleted_at"] = "2026-01-01T00:00:00Z"
+            self.contacts[email.lower()] = contact
+            return dict(contact)
+
+    def delete_list(self, list_id: str) -> None:
+        with self._lock:
+            self.lists[list_id]["deleted_at"] = "2026-01-01T00:00:00Z"
 
     def get_list(self, list_id: str) -> dict | None:
         with self._lock:
@@ -54,6 +71,7 @@ class ContactsApi:
             contact.update({k: v for k, v in body.items() if k != "list_memberships"})
             contact["list_memberships"] += [l for l in body["list_memberships"] if l not in contact["list_memberships"]]
             contact["permission_to_send"] = "explicit"  # what the real endpoint does, even after an unsubscribe
+            contact.pop("deleted_at", None)  # and it restores a deleted contact
             self.contacts[key] = contact
         return (200 if existing else 201), {"contact_id": contact["contact_id"], "action": "updated" if existing else "created"}
 
@@ -72,3 +90,9 @@ def validate(body) -> list[str]:
         if value is not None and (not isinstance(value, str) or len(value) > limit):
             problems.append(f"{key} must be a string of at most {limit} characters")
     return problems
+
+
+def _api_shape(contact: dict) -> dict:
+    shaped = {k: v for k, v in contact.items() if k not in ("email_address", "permission_to_send")}
+    shaped["email_address"] = {"address": contact["email_address"], "permission_to_send": contact.get("permission_to_send", "explicit")}
+    return shaped

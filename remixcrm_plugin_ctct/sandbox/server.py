@@ -49,7 +49,8 @@ class Sandbox:
         return f"{self.base_url}{OAUTH_PREFIX}/token"
 
     def start(self) -> "Sandbox":
-        threading.Thread(target=self._server.serve_forever, name="ctct-sandbox", daemon=True).start()
+        # a short poll interval: stop() waits for the loop to notice, and tests stop many sandboxes
+        threading.Thread(target=self._server.serve_forever, args=(0.05,), name="ctct-sandbox", daemon=True).start()
         return self
 
     def stop(self) -> None:
@@ -149,6 +150,8 @@ def _handler(sandbox: Sandbox):
             started = time.monotonic()
             if self._fault() or not self._bearer_ok():
                 return
+            if not sandbox.authz.has_scope(self._token(), "contact_data"):
+                return self._reply(403, [{"error_key": "forbidden", "error_message": "The token does not have the contact_data scope"}])
             if not (self.headers.get("Content-Type") or "").startswith("application/json"):
                 return self._reply(415, [{"error_key": "unsupported_media_type", "error_message": "Content-Type must be application/json"}])
             try:
@@ -178,13 +181,22 @@ def _handler(sandbox: Sandbox):
             if url.path == f"{OAUTH_PREFIX}/device":
                 ok = sandbox.authz.approve_device(query.get("user_code", ""))
                 return self._reply(200 if ok else 404, b"approved" if ok else b"unknown code")
+            if url.path == "/sandbox/view":  # read-only JSON view for people (no token needed)
+                return self._reply(200, {"lists": list(sandbox.api.lists.values()), "contacts": sandbox.api.find(include_deleted=True)})
             if self._fault() or not self._bearer_ok():
                 return
+            if url.path == "/v3/account/user/privileges":  # no scope needed: the cheapest "is this token alive"
+                return self._reply(200, [{"privilege": p} for p in ("contacts:read", "contacts:write", "contacts:lists:read")])
+            if not sandbox.authz.has_scope(self._token(), "contact_data"):
+                return self._reply(403, [{"error_key": "forbidden", "error_message": "The token does not have the contact_data scope"}])
             if url.path == "/v3/contacts":
-                return self._reply(200, {"contacts": sandbox.api.find(query.get("email", ""))})
+                return self._reply(200, {"contacts": sandbox.api.find(query.get("email", ""), query.get("status") == "all")})
             found = sandbox.api.get_list(url.path.removeprefix("/v3/contact_lists/"))
             if found is not None:
                 return self._reply(200, found)
             self._reply(404, [{"error_key": "not_found", "error_message": "Resource not found"}])
+
+        def _token(self) -> str:
+            return (self.headers.get("Authorization") or "").removeprefix("Bearer ")
 
     return Handler

@@ -1,0 +1,123 @@
+"""``remixcrm-ctct check``: would sending work with this setup? One line per fact, with the fix.
+
+Reads the config as the plugin does, then asks Constant Contact (or the sandbox) the cheapest
+questions: is the token alive, does it have the scope, does the list exist. Prints no secret.
+"""
+
+import json
+import tempfile
+import time
+from typing import NamedTuple
+
+from . import api_client, config, dispatch, oauth, outbox_admin
+from .auth import NeedsReauth, TokenUnavailable, describe_expiry
+
+OK, FAIL, WARN = "ok", "fail", "warn"
+MARKS = {OK: "✓", FAIL: "✗", WARN: "!"}
+
+
+class Check(NamedTuple):
+    name: str
+    status: str
+    detail: str
+    fix: str = ""
+
+
+def run_checks() -> list[Check]:
+    path = config.config_path()
+    loaded = config.load(path)
+    if loaded.status == config.INACTIVE:
+        return [Check("provider selected", FAIL, loaded.message, "choose Constant Contact in Settings → Integrations → Email Marketing")]
+    if loaded.status == config.INVALID:
+        return [Check("config readable", FAIL, loaded.message, "see the message: it names the key and the fix")]
+    settings = loaded.settings
+    found = [Check("provider selected", OK, f"constant_contact in {path}"),
+             Check("list id", OK, f"{settings.list_id} is a UUID")]
+    rt = dispatch.runtime()
+    state = rt.tokens.state(settings)
+    if not state.access_token and not state.refresh_token:
+        found.append(Check("token present", FAIL, "no access token in the config or the token store",
+                           "run `remixcrm-ctct login`, or paste a token in Settings → Integrations → Email Marketing"))
+    else:
+        found.append(Check("token present", OK, "in the token store" if state.seeded_from and not settings.access_token else "in the config"))
+        found += _live_checks(settings, rt)
+    refresh_ok = bool(rt.tokens.state(settings).refresh_token and settings.client_id)
+    found.append(Check("refresh possible", OK if refresh_ok else WARN,
+                       "refresh token and client_id present" if refresh_ok else "no refresh token or no client_id: the token cannot be renewed when it expires",
+                       "" if refresh_ok else "set client_id and run `remixcrm-ctct login`"))
+    found.append(_data_dir_check(rt))
+    found.append(_outbox_check(rt))
+    return found
+
+
+def _live_checks(settings, rt) -> list[Check]:
+    found = []
+    state = rt.tokens.state(settings)
+    token = state.access_token
+    try:
+        api_client.CtctClient(settings.api_base_url, token or "").privileges()
+        found.append(Check("token works", OK, f"{settings.api_base_url} accepts it"))
+    except api_client.ApiError as e:
+        if e.status != 401:
+            return [Check("token works", FAIL, f"cannot ask {settings.api_base_url}: {e}", "check api_base_url and the network")]
+        try:  # expired or revoked: would the plugin's own refresh save the day?
+            token = rt.tokens.refresh(settings, stale=token)
+            found.append(Check("token works", OK, "it had expired; refreshed just now and saved"))
+        except (NeedsReauth, TokenUnavailable, oauth.OAuthError) as refresh_error:
+            return [Check("token works", FAIL, f"rejected (401) and refresh failed: {str(refresh_error).split(';')[0]}",
+                          "run `remixcrm-ctct login`, or paste a new access and refresh token in Settings → Integrations → Email Marketing")]
+    state = rt.tokens.state(settings)
+    expiry = describe_expiry(state.expires_at)
+    if state.expires_at is not None and state.expires_at < time.time():
+        found.append(Check("access-token expiry", WARN, f"expired at {expiry}; it is refreshed before the next send"))
+    else:
+        found.append(Check("access-token expiry", OK, f"expires at {expiry}"))
+    try:
+        found_list = api_client.CtctClient(settings.api_base_url, token).get_list(settings.list_id)
+    except api_client.ApiError as e:
+        if e.status == 403:
+            return found + [Check("scopes", FAIL, f"the token may not read lists: {e}", "log in again with `remixcrm-ctct login` (scopes contact_data offline_access)")]
+        if e.status == 404:
+            return found + [Check("scopes", OK, "contact_data"),
+                            Check("list exists", FAIL, f"no list {settings.list_id} in this account",
+                                  "copy the right List ID from Constant Contact into Settings → Integrations → Email Marketing → List ID")]
+        return found + [Check("list exists", FAIL, str(e), "run again later, or check api_base_url")]
+    found.append(Check("scopes", OK, "contact_data"))
+    name, members = found_list.get("name", "?"), found_list.get("membership_count", "?")
+    if found_list.get("deleted_at"):
+        found.append(Check("list exists", FAIL, f"list {name!r} was deleted on {found_list['deleted_at']}",
+                           "choose a live list in Settings → Integrations → Email Marketing → List ID"))
+    else:
+        found.append(Check("list exists", OK, f"{name!r}, {members} member(s)"))
+    return found
+
+
+def _data_dir_check(rt) -> Check:
+    try:
+        rt.outbox.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=rt.outbox.path.parent):
+            pass
+    except OSError as e:
+        return Check("data dir writable", FAIL, f"{rt.outbox.path.parent}: {e.strerror}", "make it writable by the RemixCRM user, or set REMIXCRM_DATA_DIR")
+    return Check("data dir writable", OK, str(rt.outbox.path.parent))
+
+
+def _outbox_check(rt) -> Check:
+    counts = outbox_admin.summary(rt.outbox).counts
+    pending, dead = counts.get("pending", 0) + counts.get("sending", 0), counts.get("dead", 0)
+    detail = f"{pending} pending, {dead} dead, {counts.get('delivered', 0)} delivered"
+    if dead:
+        return Check("outbox", WARN, detail, "see `remixcrm-ctct status`, fix the cause, then `remixcrm-ctct retry --dead`")
+    return Check("outbox", OK, detail)
+
+
+def main(say, as_json: bool = False) -> int:
+    checks = run_checks()
+    ok = all(c.status != FAIL for c in checks)
+    if as_json:
+        say(json.dumps({"ok": ok, "checks": [c._asdict() for c in checks]}, indent=2))
+    else:
+        for c in checks:
+            say(f"{MARKS[c.status]} {c.name}: {c.detail}" + (f"\n    fix: {c.fix}" if c.fix else ""))
+        say("sending would work" if ok else "sending would NOT work: fix the ✗ lines above")
+    return 0 if ok else 1

@@ -9,12 +9,12 @@ __version__ = "0.1.0"
 __all__ = ["__version__", "flush"]
 
 
-def flush(timeout: float = 5.0) -> bool:
-    """Wait up to ``timeout`` seconds until every queued send is done.
-
-    Returns True when nothing is left queued or in flight. Hosts call this before a
-    planned shutdown, tests call it before leaving a ``responses`` block.
+def flush(timeout: float = 5.0, retries: bool = False) -> bool:
+    """Wait up to ``timeout`` seconds until nothing is in flight and nothing due can be sent
+    (with ``retries``: nor waiting for a retry). Returns False at the timeout; unsent events
+    stay recorded either way. Hosts call this before a planned shutdown, tests before leaving
+    a ``responses`` block.
     """
     from .dispatch import flush as _flush  # lazy: keeps `import remixcrm_plugin_ctct` free
 
-    return _flush(timeout)
+    return _flush(timeout, retries)

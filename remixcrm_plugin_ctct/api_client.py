@@ -111,6 +111,15 @@ class CtctClient:
         data = _json_or_empty(response)
         return SignUpResult(response.status_code, data.get("contact_id"), data.get("action"))
 
+    def find_contact(self, email: str) -> dict | None:
+        """``GET /contacts?email=…&status=all``: the contact with this email, deleted ones included."""
+        found = _json_or_empty(self._request("GET", "/contacts", params={"email": email, "status": "all"}))
+        for contact in found.get("contacts") or []:
+            address = contact.get("email_address") or {}
+            if isinstance(address, dict) and str(address.get("address", "")).lower() == email.lower():
+                return contact
+        return None
+
     def privileges(self) -> list:
         """``GET /account/user/privileges``: needs no scope, so the cheapest "is this token alive"."""
         return _json_list(self._request("GET", "/account/user/privileges"))

@@ -14,12 +14,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"remixcrm-plugin-ctct {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
-    commands.add_parser(
+    demo = commands.add_parser(
         "demo",
         help="run the whole path on a built-in Constant Contact sandbox (no account, no config needed)",
         description="Start a local Constant Contact sandbox, load the plugin through its entry point, "
-        "fire the hooks for sample clients and show what arrived. Never touches your real config.",
+        "fire the hooks for sample clients (one bad email, one who declined, one who unsubscribed "
+        "earlier) and show what arrived, a token expiry and refresh, and a summary. Never touches your "
+        "real config.",
     )
+    demo.add_argument("--dry-run", action="store_true", help="dry_run = true: show what would be sent, write nothing")
     sandbox = commands.add_parser(
         "sandbox", help="run an offline Constant Contact stand-in on a loopback port, and print a config for it",
         description="Serve a local Constant Contact (API under /v3, authorization server under "
@@ -95,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "demo":
         from . import demo
 
-        return demo.run()
+        return demo.run(dry_run=args.dry_run)
     if args.command == "sandbox":
         from .sandbox import serve
 

@@ -7,7 +7,7 @@ import time
 from . import config, dispatch, outbox_admin
 from .delivery import QUOTA_KEY
 
-STATES = ("pending", "sending", "delivered", "dead")
+STATES = ("pending", "sending", "delivered", "dead", "skipped", "dry_run")
 
 
 def _when(epoch: float | None) -> str:
@@ -69,6 +69,8 @@ def _client_status(say, rt, client_id: str) -> int:
         via = "" if r["client_id"] == client_id else f" (coalesced into client {r['client_id']}'s push)"
         if r["state"] == "delivered":
             say(f"client {client_id}: reached Constant Contact{via}: contact {r['contact_id']} {r['outcome']} at {_when(r['updated_at'])} ({r['event']})")
+        elif r["state"] in ("skipped", "dry_run"):
+            say(f"client {client_id}: not sent{via}, on purpose, at {_when(r['updated_at'])}: {r['outcome']}")
         elif r["state"] == "dead":
             say(f"client {client_id}: NOT sent{via}, given up at {_when(r['updated_at'])}: {r['last_error']}. "
                 "Fix the cause, then `remixcrm-ctct retry --dead`")

@@ -71,6 +71,9 @@ class Settings:
     retention_days: float = 30.0
     requests_per_second: float = 4.0
     daily_quota: int = 10_000
+    consent_guard: bool = True
+    restore_deleted: bool = False
+    dry_run: bool = False
 
 
 @dataclass(frozen=True)
@@ -158,10 +161,24 @@ def _parse_section(section: dict, problems: list[str], require_list: bool = True
     client_id = text("client_id")
     client_secret = text("client_secret", secret=True)
     numbers = {key: _number(section, key, default, problems) for key, default in NUMBERS.items()}
+    switches = {key: _switch(section, key, default, problems) for key, default in SWITCHES.items()}
     if problems:
         return None
     return Settings(list_id, access_token, refresh_token, expires_at, client_id, client_secret, api_base_url, token_url,
-                    numbers["max_age_hours"], numbers["retention_days"], numbers["requests_per_second"], int(numbers["daily_quota"]))
+                    numbers["max_age_hours"], numbers["retention_days"], numbers["requests_per_second"], int(numbers["daily_quota"]),
+                    **switches)
+
+
+# optional true/false keys and their defaults
+SWITCHES = {"consent_guard": True, "restore_deleted": False, "dry_run": False}
+
+
+def _switch(section: dict, key: str, default: bool, problems: list[str]) -> bool:
+    value = section.get(key, default)
+    if not isinstance(value, bool):
+        problems.append(f"{_SECTION}.{key} must be true or false (got {value!r}; default {str(default).lower()})")
+        return default
+    return value
 
 
 # optional numeric keys and their defaults (all must be > 0)

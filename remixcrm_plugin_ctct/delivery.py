@@ -5,11 +5,12 @@ within 4 requests/s and the day's quota) → auth (which token; refresh on 401) 
 The decisions (retry when, give up when, pause why) come from :mod:`.retry_policy`.
 """
 
+import json
 import logging
 import time
 from typing import NamedTuple
 
-from . import api_client, config, payload, retry_policy
+from . import api_client, config, consent, payload, retry_policy
 from .auth import NeedsReauth, TokenUnavailable
 from .sender import Pause
 
@@ -19,9 +20,10 @@ QUOTA_KEY = "quota_paused_until"
 
 
 class Result(NamedTuple):
-    status: str  # "created", "updated", or "failed"
+    status: str  # "created", "updated", "skipped", "dry_run" or "failed"
     contact_id: str | None = None
     error: api_client.ApiError | None = None
+    outcome: str | None = None  # why skipped, or what a dry run would have sent
 
 
 class Delivery:
@@ -34,25 +36,39 @@ class Delivery:
         self._quota_said = False
 
     def send(self, contact: payload.Contact, settings: config.Settings) -> Result:
-        """Our turn, a token, one POST (and on a 401 one refresh and one resend). Raises
-        NeedsReauth, TokenUnavailable, or _QuotaUsedUp; API failures come back in the Result."""
+        """The consent guard's lookup if needed, then one POST — or nothing, when the guard says
+        no or this is a dry run. Raises NeedsReauth, TokenUnavailable or _QuotaUsedUp; API
+        failures (of the lookup or the push) come back in the Result."""
         body = payload.sign_up_body(contact, settings.list_id)
-        token = self.tokens.access_token(settings)
-        self._turn(settings)
         try:
-            try:
-                answer = api_client.CtctClient(settings.api_base_url, token).sign_up(body)
-            except api_client.ApiError as e:
-                if e.status != 401:
-                    raise
-                # expired or revoked early: refresh once (or take another process's new token), resend once
-                log.info("client %s: Constant Contact rejected the access token (401); refreshing it and sending again", contact.client_id)
-                token = self.tokens.after_unauthorized(settings, token)
-                self._turn(settings)
-                answer = api_client.CtctClient(settings.api_base_url, token).sign_up(body)
+            verdict = None
+            if contact.email_opt_in is False or consent.needs_lookup(contact.email_opt_in, settings):
+                found = None if contact.email_opt_in is False else self._call(settings, contact, lambda c: c.find_contact(contact.email))
+                verdict = consent.decide(found, contact.email_opt_in, settings.restore_deleted)
+                if not verdict.push:
+                    return Result("skipped", outcome=verdict.outcome)
+            if settings.dry_run:
+                predicted = "would update" if verdict and verdict.exists else "would create"
+                return Result("dry_run", outcome=f"{predicted}: POST /contacts/sign_up_form {json.dumps(body)}")
+            answer = self._call(settings, contact, lambda c: c.sign_up(body))
         except api_client.ApiError as e:
             return Result("failed", error=e)
         return Result("created" if answer.created else "updated", answer.contact_id)
+
+    def _call(self, settings: config.Settings, contact, request):
+        """Our turn, a token, one request; on a 401 one refresh (or another process's new token)
+        and one more try. Every call counts against the rate governor and the day's quota."""
+        token = self.tokens.access_token(settings)
+        self._turn(settings)
+        try:
+            return request(api_client.CtctClient(settings.api_base_url, token))
+        except api_client.ApiError as e:
+            if e.status != 401:
+                raise
+            log.info("client %s: Constant Contact rejected the access token (401); refreshing it and trying again", contact.client_id)
+            token = self.tokens.after_unauthorized(settings, token)
+            self._turn(settings)
+            return request(api_client.CtctClient(settings.api_base_url, token))
 
     def _turn(self, settings: config.Settings) -> None:
         if self.governor_for(settings).wait_turn() is None:
@@ -73,6 +89,11 @@ class Delivery:
             return self._retry(row, who, str(e), None)
         except _QuotaUsedUp:
             return self._quota(row, "the daily quota counted here is used up")
+        if result.status in ("skipped", "dry_run"):
+            self.outbox.finished(row.id, result.status, result.outcome)  # exact, for `status --client`
+            # the log gets the same payload with the email masked, as every log line does
+            log.info("%s %s (%s)", who, result.outcome.replace(contact.email, payload.mask_email(contact.email)), row.event)
+            return None
         if result.error is None:
             self.outbox.delivered(row.id, result.contact_id, result.status)
             log.info("%s %s contact %s in list %s (%s)", who, result.status, result.contact_id, loaded.settings.list_id, row.event)
@@ -81,7 +102,7 @@ class Delivery:
         decision = retry_policy.classify(e.status, e.error_key)
         if decision.action == retry_policy.QUOTA:
             return self._quota(row, f"Constant Contact answered 429 {e.error_key}")
-        if decision.action == retry_policy.RETRY:
+        if decision.action == retry_policy.RETRY:  # a failed lookup too: the push never goes out unguarded
             return self._retry(row, who, str(e), e.retry_after)
         if decision.action == retry_policy.AUTH:  # a freshly refreshed token was refused too
             log.error("%s: Constant Contact refuses even a freshly refreshed token (%s). Fix: %s", who, e, api_client.FIXES[401])
@@ -147,8 +168,10 @@ class Delivery:
             return
         if result.error is not None:
             log.error("%s was kept in memory and is dropped: Constant Contact answered %s", who, result.error)
-            return
-        log.info("%s %s contact %s in list %s (%s, from memory)", who, result.status, result.contact_id, loaded.settings.list_id, event)
+        elif result.status in ("skipped", "dry_run"):
+            log.info("%s %s (%s, from memory)", who, result.outcome, event)
+        else:
+            log.info("%s %s contact %s in list %s (%s, from memory)", who, result.status, result.contact_id, loaded.settings.list_id, event)
 
 
 class _QuotaUsedUp(Exception):

@@ -13,11 +13,13 @@ import tempfile
 import time
 from pathlib import Path
 
-from . import dispatch
+from . import dispatch, outbox_admin
 from .hookspecs import make_plugin_manager
 from .sandbox import SANDBOX_CLIENT_ID, SEEDED_LIST_ID, Sandbox
 
-# (what it shows, hook, hook kwargs, expected: "in list" or "not sent")
+UNSUBSCRIBED = "lee@example.com"  # the sandbox knows this contact: it unsubscribed long ago
+
+# (what it shows, hook, hook kwargs, expected: "in list", "not sent" or "stays unsubscribed")
 SAMPLES = [
     ("new client", "on_client_created",
      {"client": {"id": 101, "email": "ada@example.com", "first_name": "Ada", "last_name": "Lovelace", "phone": "+44 20 7946 0001", "company": "Analytical Engines", "email_opt_in": True}}, "in list"),
@@ -29,13 +31,15 @@ SAMPLES = [
      {"client": {"id": 104, "email": "not-an-email", "first_name": "Nobody"}}, "not sent"),
     ("declined marketing", "on_client_created",
      {"client": {"id": 105, "email": "private@example.com", "first_name": "Pat", "email_opt_in": False}}, "not sent"),
+    ("unsubscribed earlier", "on_client_created",
+     {"client": {"id": 106, "email": "Lee@Example.com", "first_name": "Lee"}}, "stays unsubscribed"),
 ]
 
 
 EXPIRE_AFTER = 2  # the sandbox expires the access token before this sample
 
 
-def run(out=sys.stdout) -> int:
+def run(out=sys.stdout, dry_run: bool = False) -> int:
     def say(text=""):
         print(text, file=out, flush=True)
 
@@ -46,7 +50,7 @@ def run(out=sys.stdout) -> int:
             os.environ["REMIXCRM_CONFIG"] = str(Path(workdir, "config.toml"))
             os.environ["REMIXCRM_DATA_DIR"] = str(Path(workdir, "data"))
             dispatch.reset()
-            return _run(say)
+            return _run(say, dry_run)
     finally:
         dispatch.reset()
         for key, value in saved.items():
@@ -56,11 +60,13 @@ def run(out=sys.stdout) -> int:
                 os.environ[key] = value
 
 
-def _run(say) -> int:
+def _run(say, dry_run: bool) -> int:
     with Sandbox(access_token=None) as sandbox:  # only tokens its authorization server issued
-        _write_config(Path(os.environ["REMIXCRM_CONFIG"]), sandbox)
+        sandbox.api.seed_contact(UNSUBSCRIBED, permission_to_send="unsubscribed")
+        _write_config(Path(os.environ["REMIXCRM_CONFIG"]), sandbox, dry_run)
         say(f"sandbox Constant Contact at {sandbox.base_url}, list {SEEDED_LIST_ID}")
-        say(f"throwaway config {os.environ['REMIXCRM_CONFIG']}")
+        say(f"throwaway config {os.environ['REMIXCRM_CONFIG']}" + (" (dry_run = true: no write call)" if dry_run else ""))
+        say(f"the sandbox already knows {UNSUBSCRIBED}: unsubscribed long ago")
         pm = make_plugin_manager()
         if pm.get_plugin("constant_contact") is None:
             say("✗ the plugin's entry point was not found: is remixcrm-plugin-ctct installed in this Python?")
@@ -77,22 +83,14 @@ def _run(say) -> int:
             getattr(pm.hook, hook)(**kwargs)
             took_us = (time.perf_counter_ns() - started) / 1000
             say(f"  {hook}({_describe(kwargs)}) returned in {took_us:,.0f} µs   [{label}]")
-        drained = dispatch.flush(10)
+        drained = dispatch.flush(10, retries=True)
         say("" if drained else "✗ sends still running after 10 s")
 
         members = {c["email_address"].lower(): c for c in sandbox.members()}
         say(f"contacts in sandbox list ({len(members)}):")
         for c in members.values():
             say(f"  {c['email_address']:<24} {c.get('first_name', ''):<8} {c.get('last_name', ''):<10} {c['contact_id']}")
-
-        say("\nsummary:")
-        ok = drained
-        for label, _, kwargs, expected in SAMPLES:
-            email = kwargs["client"]["email"].strip().lower()
-            actual = "in list" if email in members else "not sent"
-            mark = "✓" if actual == expected else "✗"
-            ok &= actual == expected
-            say(f"  {mark} client {kwargs['client']['id']:<4} {label:<28} expected {expected:<9} got {actual}")
+        ok = drained & (_dry_run_report(say, sandbox) if dry_run else _summary(say, sandbox, members))
         refreshed = sandbox.authz.token_calls == 1 and sandbox.authz.invalid_grants == 0
         ok &= refreshed
         say(f"  {'✓' if refreshed else '✗'} token refreshed without a human: {sandbox.authz.token_calls} refresh call(s), "
@@ -101,13 +99,38 @@ def _run(say) -> int:
     return 0 if ok else 1
 
 
+def _summary(say, sandbox: Sandbox, members: dict) -> bool:
+    say("\nsummary:")
+    ok = True
+    for label, _, kwargs, expected in SAMPLES:
+        email = kwargs["client"]["email"].strip().lower()
+        found = sandbox.api.find(email, include_deleted=True)
+        unsubscribed = bool(found) and found[0]["email_address"]["permission_to_send"] == "unsubscribed"
+        actual = "in list" if email in members else "stays unsubscribed" if unsubscribed else "not sent"
+        ok &= actual == expected
+        say(f"  {'✓' if actual == expected else '✗'} client {kwargs['client']['id']:<4} {label:<28} expected {expected:<18} got {actual}")
+    return ok
+
+
+def _dry_run_report(say, sandbox: Sandbox) -> bool:
+    say("\ndry run: what would have been sent (and no write call was made):")
+    outbox = dispatch.runtime().outbox
+    for label, _, kwargs, _expected in SAMPLES:
+        rows = outbox_admin.for_client(outbox, str(kwargs["client"]["id"]))
+        outcome = rows[-1]["outcome"] if rows else "not recorded (rejected by the hook: see the log)"
+        say(f"  client {kwargs['client']['id']:<4} {label:<28} {outcome}")
+    writes = len(sandbox.calls)
+    say(f"  {'✓' if writes == 0 else '✗'} write calls made: {writes}")
+    return writes == 0
+
+
 def _describe(kwargs) -> str:
     client = kwargs["client"]
     lead = f"lead {kwargs['lead']['id']}, " if "lead" in kwargs else ""
     return f"{lead}client {client['id']}"
 
 
-def _write_config(path: Path, sandbox: Sandbox) -> None:
+def _write_config(path: Path, sandbox: Sandbox, dry_run: bool = False) -> None:
     """The config an admin would have after logging in: a token pair, its expiry, the app's id."""
     issued = sandbox.authz.seed()
     expires = dt.datetime.now(dt.timezone.utc) + dt.timedelta(seconds=issued["expires_in"])
@@ -121,7 +144,8 @@ def _write_config(path: Path, sandbox: Sandbox) -> None:
         f'client_id = "{SANDBOX_CLIENT_ID}"\n'
         f'list_id = "{SEEDED_LIST_ID}"\n'
         f'api_base_url = "{sandbox.api_base_url}"\n'
-        f'token_url = "{sandbox.token_url}"\n',
+        f'token_url = "{sandbox.token_url}"\n'
+        f"dry_run = {'true' if dry_run else 'false'}\n",
         encoding="utf-8",
     )
     path.chmod(0o600)

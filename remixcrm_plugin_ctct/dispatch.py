@@ -72,6 +72,10 @@ def handle_event(event: str, client, lead=None) -> None:
         return
     if lead is not None:
         event = f"{event} from lead {payload.read(lead, 'id')}"
+    if contact.email_opt_in is False:
+        # never sent; recorded all the same, so that a push still waiting for this email is
+        # cancelled (the newest word on consent wins) and `status --client` can say why
+        log.info("%s", payload.declined(contact.client_id))
     rt = runtime()
     try:
         rt.journal.append(journal.encode(contact, event, time.time()))
@@ -101,9 +105,10 @@ def tokens() -> TokenManager:
     return runtime().tokens
 
 
-def flush(timeout: float = 5.0) -> bool:
-    """Wait until nothing is in flight and nothing due can be sent; False after ``timeout``."""
-    return _runtime.sender.flush(timeout) if _runtime is not None else True
+def flush(timeout: float = 5.0, retries: bool = False) -> bool:
+    """Wait until nothing is in flight and nothing due can be sent (with ``retries``: nor
+    scheduled for a retry); False after ``timeout``."""
+    return _runtime.sender.flush(timeout, retries) if _runtime is not None else True
 
 
 def reset(timeout: float = 5.0) -> None:

@@ -175,6 +175,11 @@ class Outbox:
                    "lease_owner = NULL, lease_until = NULL, updated_at = ? WHERE id = ?",
                    (contact_id, outcome, time.time() if now is None else now, row_id))
 
+    def finished(self, row_id: int, state: str, outcome: str, now: float | None = None) -> None:
+        """A row that ends without a push: ``skipped`` (the consent guard) or ``dry_run``."""
+        self._exec("UPDATE events SET state = ?, outcome = ?, last_error = NULL, lease_owner = NULL, lease_until = NULL, "
+                   "updated_at = ? WHERE id = ?", (state, outcome, time.time() if now is None else now, row_id))
+
     def dead(self, row_id: int, error: str, now: float | None = None) -> None:
         self._exec("UPDATE events SET state = 'dead', outcome = 'dead', last_error = ?, lease_owner = NULL, "
                    "lease_until = NULL, updated_at = ? WHERE id = ?", (error, time.time() if now is None else now, row_id))

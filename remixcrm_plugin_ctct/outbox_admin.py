@@ -49,5 +49,5 @@ def purge(outbox: Outbox, retention_seconds: float, now: float | None = None) ->
     """Forget emails and names of rows delivered more than ``retention_seconds`` ago; the small
     status record (client id, contact id, outcome, time) stays. Returns how many rows."""
     now = time.time() if now is None else now
-    return outbox._exec("UPDATE events SET contact = NULL, email_key = NULL WHERE state = 'delivered' "
+    return outbox._exec("UPDATE events SET contact = NULL, email_key = NULL WHERE state IN ('delivered', 'skipped', 'dry_run') "
                         "AND contact IS NOT NULL AND updated_at < ?", (now - retention_seconds,)).rowcount

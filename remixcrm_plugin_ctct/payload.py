@@ -77,11 +77,10 @@ def contact_from_client(client) -> Contact | Skipped:
     raw_id = get("id")
     client_id = "?" if raw_id is None else str(raw_id)
     opt_in = get("email_opt_in")
-    if opt_in is False:
-        return Skipped(client_id, f"client {client_id} declined marketing email (email_opt_in is False); not sent", logging.INFO)
-
     raw_email = get("email")
     email = raw_email.strip() if isinstance(raw_email, str) else ""
+    if opt_in is False and not (email and len(email) <= EMAIL_MAX and _EMAIL.match(email)):
+        return Skipped(client_id, declined(client_id), logging.INFO)
     if not email:
         return Skipped(client_id, f"client {client_id} has no email address; not sent ({_BY_HAND})")
     if len(email) > EMAIL_MAX or not _EMAIL.match(email):
@@ -101,6 +100,10 @@ def contact_from_client(client) -> Contact | Skipped:
             value = value[:limit].rstrip()
         fields[body_key] = value
     return Contact(client_id, email, fields, opt_in if isinstance(opt_in, bool) else None)
+
+
+def declined(client_id: str) -> str:
+    return f"client {client_id} declined marketing email (email_opt_in is False); not sent"
 
 
 def sign_up_body(contact: Contact, list_id: str) -> dict:

@@ -98,14 +98,15 @@ class OutboxSender:
         """Stop taking rows until ``pause`` is over (called by delivery before it hands a row back)."""
         self._pause = pause
 
-    def flush(self, timeout: float) -> bool:
+    def flush(self, timeout: float, retries: bool = False) -> bool:
         """Wait until nothing is in flight and nothing due can be sent (a pause counts as
-        settled: its cause needs a fix, not time). False after ``timeout`` seconds."""
+        settled: its cause needs a fix, not time); with ``retries``, also until the retries
+        scheduled for later have been made. False after ``timeout`` seconds."""
         deadline = time.monotonic() + timeout
         self._flushing += 1
         try:
             while True:
-                if self._settled():
+                if self._settled(float("inf") if retries else None):
                     return True
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
@@ -116,7 +117,7 @@ class OutboxSender:
         finally:
             self._flushing -= 1
 
-    def _settled(self) -> bool:
+    def _settled(self, until: float | None = None) -> bool:
         # read the outbox *before* the in-flight count: a worker counts itself in before it
         # claims, so a row claimed after this read is still due in it, and one claimed before
         # is still counted in flight below (or finished)
@@ -124,7 +125,7 @@ class OutboxSender:
             due = 0  # nothing due can go until the cause is fixed
         else:
             try:
-                due = self.outbox.due_count()
+                due = self.outbox.due_count(until)
                 if not due and self.journal is not None and self.journal.backlog(self.outbox.journal_offset):
                     due = 1  # written by a hook, not yet folded into the outbox
             except Exception:  # an unreadable outbox has nothing we could send

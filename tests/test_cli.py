@@ -28,7 +28,8 @@ def test_demo_runs_end_to_end_on_the_sandbox(tmp_path):
     assert "contacts in sandbox list (3):" in out
     for email in ("ada@example.com", "grace@example.org", "alan@example.net"):
         assert email in out
-    assert out.count("✓") == 6 and "✗" not in out
+    assert out.count("✓") == 7 and "✗" not in out
+    assert "client 106  unsubscribed earlier         expected stays unsubscribed got stays unsubscribed" in out
     assert "token refreshed without a human: 1 refresh call(s), 0 invalid_grant" in out
     assert "all sample clients handled as expected" in out
     assert not (tmp_path / "home").exists()  # nothing written to the user's dirs
@@ -48,3 +49,10 @@ def test_unknown_command_is_an_error():
     with pytest.raises(SystemExit) as info:
         cli.main(["frobnicate"])
     assert info.value.code == 2
+
+
+def test_demo_dry_run_writes_nothing(tmp_path):
+    proc = run(["demo", "--dry-run"], tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "write calls made: 0" in proc.stdout and "contacts in sandbox list (0)" in proc.stdout
+    assert "would create: POST /contacts/sign_up_form" in proc.stdout and "skipped: unsubscribed" in proc.stdout

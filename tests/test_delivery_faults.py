@@ -34,11 +34,7 @@ def fire(pm, n, prefix="c"):
 
 
 def drain(timeout=30):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if flush(1) and not dispatch.runtime().outbox.due_count(time.time() + 1):
-            return True
-    return False
+    return flush(timeout, retries=True)
 
 
 def assert_all_delivered_once_at_a_time(sandbox, emails):
@@ -136,11 +132,7 @@ for i in range(count):
     pm.hook.on_client_created(client={"id": f"{prefix}{i}", "email": f"{prefix}{i}@example.com"})
     print(f"returned {i}", flush=True)
 if len(sys.argv) > 3 and sys.argv[3] == "flush":
-    from remixcrm_plugin_ctct import dispatch
-    deadline = time.monotonic() + 60
-    # until nothing is left, retries scheduled in the next second included
-    while time.monotonic() < deadline and not (flush(1) and not dispatch.runtime().outbox.due_count(time.time() + 1)):
-        pass
+    flush(60, retries=True)  # until nothing is left, retries included
 print("done", flush=True)
 """
 

@@ -74,10 +74,12 @@ def test_email_of_exactly_fifty_characters_is_sent():
     assert len(email) == 50 and body_for({"id": 1, "email": email})["email_address"] == email
 
 
-def test_declined_marketing_is_never_sent():
+def test_declined_marketing_is_carried_as_such_and_never_becomes_a_body_of_its_own():
     result = contact_from_client({**FULL, "email_opt_in": False})
-    assert isinstance(result, Skipped) and result.level == logging.INFO
-    assert "declined marketing email (email_opt_in is False)" in result.reason
+    assert isinstance(result, Contact) and result.email_opt_in is False  # recorded, to cancel a waiting push
+    assert "declined marketing email (email_opt_in is False)" in payload.declined(result.client_id)
+    no_email = contact_from_client({"id": 8, "email": "nope", "email_opt_in": False})
+    assert isinstance(no_email, Skipped) and no_email.level == logging.INFO and "declined" in no_email.reason
 
 
 @pytest.mark.parametrize("opt_in, kept", [(True, True), (None, None), ("yes", None)])

@@ -70,7 +70,8 @@ class Journal:
             self.last_append = time.monotonic()
 
     def _open(self) -> None:
-        self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.directory.parent.mkdir(mode=0o700, parents=True, exist_ok=True)  # the plugin's own dir: 0700 too
+        self.directory.mkdir(mode=0o700, exist_ok=True)
         name = f"{os.getpid()}-{secrets.token_hex(4)}.jsonl"
         self._path = self.directory / name
         owner = FileLock(str(self._path) + ".lock", timeout=0, mode=0o600, thread_local=False)

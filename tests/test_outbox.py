@@ -101,6 +101,13 @@ def test_journal_lines_are_folded_exactly_once(tmp_path):
     assert stat.S_IMODE(os.stat(next((tmp_path / "journal").glob("*.jsonl"))).st_mode) == 0o600
 
 
+def test_the_journal_makes_the_plugin_dir_private(tmp_path):
+    journal = Journal(tmp_path / "remixcrm" / "constant_contact")
+    journal.append(encode(contact(1), "e", time.time()))
+    assert stat.S_IMODE(os.stat(tmp_path / "remixcrm" / "constant_contact").st_mode) == 0o700
+    assert stat.S_IMODE(os.stat(journal.directory).st_mode) == 0o700
+
+
 def test_a_dead_processs_journal_is_adopted(tmp_path):
     box = Outbox(tmp_path)
     orphan = tmp_path / "journal" / "99999-dead.jsonl"

@@ -2,6 +2,7 @@
 
 import argparse
 import dataclasses
+import os
 import sys
 
 from . import __version__
@@ -93,6 +94,14 @@ def _token_options(command) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    try:
+        return _main(argv)
+    except BrokenPipeError:  # `remixcrm-ctct status | head`: the reader left, nothing is wrong
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
+        return 0
+
+
+def _main(argv: list[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command == "demo":

@@ -66,9 +66,7 @@ class TokenManager:
     # --- what the sender calls ---
     def access_token(self, settings) -> str:
         """A token good for the next call; refreshes first when the expiry is unknown or near."""
-        state = self.store.read()
-        if state is None or state.seeded_from != _seed(settings):
-            state = self._reseed(settings)
+        state = self.state(settings)
         self._check_reauth(state, settings)
         if self._fresh(state):
             return state.access_token

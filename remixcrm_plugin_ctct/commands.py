@@ -33,9 +33,9 @@ def status(say, client_id: str | None = None) -> int:
         say(f"  {state:<10}{summary.counts.get(state, 0):>8}")
     if summary.oldest_pending_at is not None:
         say(f"  oldest unsent event: {_ago(summary.oldest_pending_at)} old")
-    for line in _pauses(rt):
-        say(f"paused: {line}")
     loaded = config.load(config.config_path())
+    for line in _pauses(rt, loaded):
+        say(f"paused: {line}")
     if loaded.settings is not None:
         count = rt.governor_for(loaded.settings).today_count()
         say(f"requests today (UTC): {count} of {loaded.settings.daily_quota}")
@@ -44,12 +44,11 @@ def status(say, client_id: str | None = None) -> int:
     return 0
 
 
-def _pauses(rt) -> list[str]:
+def _pauses(rt, loaded: config.LoadedConfig) -> list[str]:
     found = []
     raw = rt.outbox.get_meta(QUOTA_KEY)
     if raw is not None and float(raw) > time.time():
         found.append(f"daily quota used up; sending resumes at {_when(float(raw))}")
-    loaded = config.load(config.config_path())
     if loaded.status != config.ACTIVE:
         found.append(f"config {loaded.status}: {loaded.message}")
     else:

@@ -169,8 +169,8 @@ def _parse_section(section: dict, problems: list[str], require_list: bool = True
                     **switches)
 
 
-# optional true/false keys and their defaults
-SWITCHES = {"consent_guard": True, "restore_deleted": False, "dry_run": False}
+# optional true/false keys, defaults from the dataclass as well
+SWITCHES = {key: Settings.__dataclass_fields__[key].default for key in ("consent_guard", "restore_deleted", "dry_run")}
 
 
 def _switch(section: dict, key: str, default: bool, problems: list[str]) -> bool:
@@ -181,8 +181,8 @@ def _switch(section: dict, key: str, default: bool, problems: list[str]) -> bool
     return value
 
 
-# optional numeric keys and their defaults (all must be > 0)
-NUMBERS = {"max_age_hours": 72.0, "retention_days": 30.0, "requests_per_second": 4.0, "daily_quota": 10_000}
+# optional numeric keys (all must be > 0); their defaults are the dataclass's, stated once
+NUMBERS = {key: Settings.__dataclass_fields__[key].default for key in ("max_age_hours", "retention_days", "requests_per_second", "daily_quota")}
 
 
 def _number(section: dict, key: str, default, problems: list[str]) -> float:

@@ -36,7 +36,7 @@ class Runtime:
         self.outbox = Outbox(data_dir)
         self.journal = journal.Journal(data_dir)
         self.tokens = TokenManager(TokenStore(data_dir))
-        self._governors: dict = {}
+        self._governor: tuple | None = None  # ((rate, quota), Governor) for the settings last seen
         self.delivery = Delivery(self.outbox, self.tokens, self.governor_for, _watcher, self.signature)
         self.sender = OutboxSender(self.outbox, self.delivery.work_row, self.delivery.work_memory,
                                    housekeeping=self._housekeep, shared_pause=self.delivery.quota_pause, journal=self.journal)
@@ -45,9 +45,9 @@ class Runtime:
 
     def governor_for(self, settings) -> Governor:
         key = (settings.requests_per_second, settings.daily_quota)
-        if key not in self._governors:
-            self._governors = {key: Governor(self.data_dir, *key)}
-        return self._governors[key]
+        if self._governor is None or self._governor[0] != key:
+            self._governor = (key, Governor(self.data_dir, *key))
+        return self._governor[1]
 
     def signature(self) -> tuple:
         """What, when changed, may have fixed a pause: the config file, the token store."""

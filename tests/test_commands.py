@@ -56,7 +56,12 @@ def test_retry_dead_and_flush_send_it_again(pm, write_config, mocked, capsys):
     code, out = run(capsys, "retry", "--dead")
     assert code == 0 and "1 event(s) due now (dead ones included)" in out
     code, out = run(capsys, "flush", "--timeout", "10")
-    assert code == 0 and "delivered 1, pending 0, dead 0" in out
+    # this process's sender may already have sent it (it is running since the hook): either way
+    # flush succeeds and the client reached Constant Contact
+    assert code == 0 and ("delivered 1, pending 0, dead 0" in out or out.strip() == "nothing to send")
+    assert flush(5)
+    code, out = run(capsys, "status", "--client", "1")
+    assert code == 0 and "reached Constant Contact" in out
 
 
 def test_purge_keeps_status_records(pm, write_config, mocked, capsys):

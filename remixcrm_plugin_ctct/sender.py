@@ -57,6 +57,7 @@ class OutboxSender:
         self._wake = threading.Event()
         self._memory: deque = deque()
         self._in_flight = 0
+        self._ticks = 0  # +1 each time a worker starts or finishes a step (see _settled)
         self._threads: list[threading.Thread] = []
         self._stopping = False
         self._pause: Pause | None = None
@@ -118,9 +119,13 @@ class OutboxSender:
             self._flushing -= 1
 
     def _settled(self, until: float | None = None) -> bool:
-        # read the outbox *before* the in-flight count: a worker counts itself in before it
-        # claims, so a row claimed after this read is still due in it, and one claimed before
-        # is still counted in flight below (or finished)
+        # The outbox read is only trusted if no worker was busy before it and none started or
+        # finished during it (``_ticks`` counts both): a row in flight during the read is
+        # neither due nor, a moment later, in flight any more, and would slip through.
+        with self._cond:
+            ticks, busy = self._ticks, self._in_flight
+        if busy or self._memory:
+            return False
         if self._pause is not None and not self._pause.over(time.time()):
             due = 0  # nothing due can go until the cause is fixed
         else:
@@ -130,7 +135,8 @@ class OutboxSender:
                     due = 1  # written by a hook, not yet folded into the outbox
             except Exception:  # an unreadable outbox has nothing we could send
                 due = 0
-        return due == 0 and not self._in_flight and not self._memory
+        with self._cond:
+            return due == 0 and self._ticks == ticks
 
     def close(self, timeout: float) -> int:
         """Stop, wait up to ``timeout`` for sends in flight, hand back our leases; returns how
@@ -198,6 +204,7 @@ class OutboxSender:
             return
         with self._cond:
             self._in_flight += 1  # before the claim, so flush() never sees a row in between
+            self._ticks += 1
         try:
             if self.journal is not None and self._fold_now():
                 if self.journal.fold_into(self.outbox):  # what the hooks wrote since the last look
@@ -222,6 +229,7 @@ class OutboxSender:
         finally:
             with self._cond:
                 self._in_flight -= 1
+                self._ticks += 1
                 self._cond.notify_all()
         if self._stopping:
             return
@@ -254,11 +262,13 @@ class OutboxSender:
     def _run_job(self, job, item) -> None:
         with self._cond:
             self._in_flight += 1
+            self._ticks += 1
         try:
             job(item)
         finally:
             with self._cond:
                 self._in_flight -= 1
+                self._ticks += 1
                 self._cond.notify_all()
 
     def _housekeep(self, now: float) -> None:

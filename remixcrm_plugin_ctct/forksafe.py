@@ -1,0 +1,63 @@
+"""The one place that makes per-process state survive ``fork()``.
+
+A child process inherits copies of the parent's locks (possibly *held* by a parent thread that
+does not exist in the child), its keep-alive sockets (whose answers the parent may read) and its
+SQLite connections (whose POSIX locks the child does not hold). None of them may be used in the
+child. Every owner of such state registers a callback here; one ``os.register_at_fork`` hook
+runs them all in the child, before any of its threads run.
+
+Inherited objects are *kept*, never closed: closing an inherited SQLite connection may
+checkpoint and delete a WAL that the parent still writes, and closing an inherited TLS socket
+may end the parent's session. They are parked in ``_inherited`` so the garbage collector never
+finalises them either.
+"""
+
+import logging
+import os
+import threading
+import weakref
+from typing import Any, Callable
+
+log = logging.getLogger("remixcrm_plugin_ctct")
+
+_callbacks: list[Callable[[], Callable[[], None] | None]] = []  # each returns the callable, or None once gone
+_registered = False
+_lock = threading.Lock()
+_inherited: list[Any] = []  # objects from a parent process: never closed, never collected
+
+
+def after_fork_in_child(callback: Callable[[], None]) -> None:
+    """Run ``callback()`` in every child right after a fork. A bound method is held weakly
+    (its object may go away: tests build and drop many runtimes); a function strongly."""
+    global _registered
+    if isinstance(callback, type(after_fork_in_child)) or not hasattr(callback, "__self__"):
+        ref: Callable[[], Callable[[], None] | None] = lambda: callback  # noqa: E731
+    else:
+        ref = weakref.WeakMethod(callback)  # type: ignore[arg-type]
+    with _lock:
+        _callbacks.append(ref)
+        if not _registered and hasattr(os, "register_at_fork"):  # POSIX only; Windows has no fork
+            os.register_at_fork(after_in_child=_run_in_child)
+            _registered = True
+
+
+def keep(obj: Any) -> None:
+    """Park an object inherited from the parent so it is never closed or finalised here."""
+    if obj is not None:
+        _inherited.append(obj)
+
+
+def _run_in_child() -> None:
+    global _lock
+    _lock = threading.Lock()  # the parent may have held it while registering
+    alive = []
+    for ref in _callbacks:
+        callback = ref()
+        if callback is None:
+            continue
+        alive.append(ref)
+        try:
+            callback()
+        except Exception:  # one owner's failure must not leave the others unreset
+            log.exception("resetting plugin state after fork failed")
+    _callbacks[:] = alive

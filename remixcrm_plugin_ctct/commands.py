@@ -1,11 +1,13 @@
 """``remixcrm-ctct status | retry | flush | purge``: what an admin asks of the outbox."""
 
 import datetime as dt
+import sqlite3
 import sys
 import time
 
-from . import config, dispatch, outbox_admin
+from . import config, db, dispatch, outbox_admin
 from .delivery import QUOTA_KEY
+from .outbox import THROTTLED
 
 STATES = ("pending", "sending", "delivered", "dead", "skipped", "dry_run")
 
@@ -24,24 +26,44 @@ def _ago(epoch: float) -> str:
 
 def status(say, client_id: str | None = None) -> int:
     rt = dispatch.runtime()
-    rt.journal.fold_into(rt.outbox)  # include what hooks wrote moments ago (and orphaned journals)
-    if client_id is not None:
-        return _client_status(say, rt, client_id)
-    summary = outbox_admin.summary(rt.outbox)
+    try:
+        rt.journal.fold_into(rt.outbox)  # include what hooks wrote moments ago (and orphaned journals)
+        if client_id is not None:
+            return _client_status(say, rt, client_id)
+        summary = outbox_admin.summary(rt.outbox)
+        loaded = config.load(config.config_path())
+        pauses = _pauses(rt, loaded)
+        throttled = rt.outbox.counter_today(THROTTLED)
+    except sqlite3.Error as e:
+        say(_unreadable("outbox", rt.outbox.path, e, "the events it holds cannot be sent"))
+        return 1
     say(f"outbox {rt.outbox.path}")
     for state in STATES:
         say(f"  {state:<10}{summary.counts.get(state, 0):>8}")
     if summary.oldest_pending_at is not None:
         say(f"  oldest unsent event: {_ago(summary.oldest_pending_at)} old")
-    loaded = config.load(config.config_path())
-    for line in _pauses(rt, loaded):
+    for line in pauses:
         say(f"paused: {line}")
+    code = 0
     if loaded.settings is not None:
-        count = rt.governor_for(loaded.settings).today_count()
-        say(f"requests today (UTC): {count} of {loaded.settings.daily_quota}")
+        governor = rt.governor_for(loaded.settings)
+        try:
+            say(f"requests today (UTC): {governor.today_count()} of {loaded.settings.daily_quota}")
+        except sqlite3.Error as e:
+            say(_unreadable("rate governor", governor.path, e, "it only holds today's request count"))
+            code = 1
+    say(f"throttled answers today (UTC): {throttled}")
     if summary.last_error:
         say(f"last error ({_when(summary.last_error_at)}): {summary.last_error}")
-    return 0
+    return code
+
+
+def _unreadable(what: str, path, error: sqlite3.Error, loses: str) -> str:
+    """One line for a state file that cannot be read: what is wrong and what to do."""
+    if db.is_damaged(error):
+        return (f"the {what} file {path} is damaged ({error}): move it aside together with its -wal and -shm files "
+                f"(a new one is made on the next use; {loses}), or restore it from a backup")
+    return f"the {what} file {path} cannot be read ({error}): check that the disk is fine and the RemixCRM user may write it"
 
 
 def _pauses(rt, loaded: config.LoadedConfig) -> list[str]:

@@ -12,7 +12,6 @@ small safety margin, keeps steady load at zero ``throttled`` answers.
 """
 
 import datetime as dt
-import os
 import sqlite3
 import threading
 import time
@@ -40,17 +39,14 @@ class Governor:
         self.batch = max(1, min(MAX_BATCH, int(rate * BATCH_WINDOW)))
         self._local: deque = deque()  # slots this process reserved and has not used yet
         self._clock, self._sleep = clock, sleep
-        self._conn: sqlite3.Connection | None = None
-        self._pid: int | None = None
+        self._conns = db.Connections(self.path, _SCHEMA, busy_timeout=30)
         self._lock = threading.Lock()  # one connection, one transaction at a time
 
     def __repr__(self) -> str:
         return f"Governor({str(self.path)!r}, rate={self.rate:g}/s, daily_quota={self.daily_quota})"
 
     def _db(self) -> sqlite3.Connection:
-        if self._conn is None or self._pid != os.getpid():
-            self._conn, self._pid = db.connect(self.path, _SCHEMA, busy_timeout=30), os.getpid()
-        return self._conn
+        return self._conns.get()
 
     def reserve(self) -> tuple[float, int] | None:
         """Take the next slot: (epoch time to send at, requests counted today including this one),
@@ -66,25 +62,18 @@ class Governor:
 
     def _reserve_locked(self, now: float, today: str) -> list[tuple[float, int]]:
         # at a high rate, a few slots per transaction (``batch``); at Constant Contact's 4/s, one
-        conn = self._db()
-        conn.execute("BEGIN IMMEDIATE")
-        try:
+        with db.transaction(self._db()) as conn:
             found = conn.execute("SELECT next_slot, day, day_count FROM budget WHERE id = 1").fetchone()
             next_slot, day, count = found if found else (now, today, 0)
             count = count if day == today else 0
             take = min(self.batch, self.daily_quota - count)
             if take <= 0:
-                conn.execute("ROLLBACK")
-                return []
+                return []  # nothing written: the commit is empty
             first = max(now, next_slot)
             slots = [(first + i * self.interval, count + i + 1) for i in range(take)]
             conn.execute("INSERT INTO budget (id, next_slot, day, day_count) VALUES (1, ?, ?, ?) ON CONFLICT (id) "
                          "DO UPDATE SET next_slot = excluded.next_slot, day = excluded.day, day_count = excluded.day_count",
                          (first + take * self.interval, today, count + take))
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
         return slots
 
     def wait_turn(self) -> int | None:

@@ -216,6 +216,8 @@ class OutboxSender:
                     for rest in rows[n:]:
                         self.outbox.retry_later(rest.id, time.time(), None, count_attempt=False)
                     return
+                if row.id not in self.outbox.renew(self.owner, [r.id for r in rows[n:]]):  # the rest wait: renew them too
+                    continue  # its lease ran out during earlier sends and another process took it
                 try:
                     pause = self.work_row(row)
                 except Exception:  # a bug, not an API answer: log it, try the row again in a minute

@@ -4,8 +4,9 @@ import re
 import time
 
 from conftest import SIGN_UP_URL
-from remixcrm_plugin_ctct import cli, dispatch, flush, retry_policy
+from remixcrm_plugin_ctct import cli, config, dispatch, flush, retry_policy
 from remixcrm_plugin_ctct.delivery import QUOTA_KEY
+from remixcrm_plugin_ctct.outbox import THROTTLED
 from remixcrm_plugin_ctct.token_store import TokenState
 
 
@@ -74,3 +75,34 @@ def test_purge_keeps_status_records(pm, write_config, mocked, capsys):
     assert code == 0 and "forgot the emails and names of 1 event(s)" in out
     _, out = run(capsys, "status", "--client", "1")
     assert "reached Constant Contact" in out
+
+
+def test_status_says_in_one_line_that_the_outbox_file_is_damaged(write_config, capsys, isolated):
+    write_config()
+    config.data_dir().mkdir(mode=0o700, parents=True)
+    (config.data_dir() / "outbox.sqlite3").write_bytes(b"not SQLite: half of a backup copied over it\n" * 200)
+    code, out = run(capsys, "status")
+    assert code != 0 and capsys.readouterr().err == ""
+    (line,) = out.splitlines()
+    assert "the outbox file" in line and "outbox.sqlite3 is damaged" in line and "move it aside" in line
+    code, out = run(capsys, "status", "--client", "1")
+    assert code != 0 and "is damaged" in out and len(out.splitlines()) == 1
+
+
+def test_status_says_the_governor_file_is_damaged_and_shows_the_rest(write_config, capsys, isolated):
+    write_config()
+    config.data_dir().mkdir(mode=0o700, parents=True)
+    (config.data_dir() / "governor.sqlite3").write_bytes(b"\x00garbage" * 1000)
+    code, out = run(capsys, "status")
+    assert code != 0 and capsys.readouterr().err == ""
+    assert re.search(r"pending\s+0\n", out)
+    assert "the rate governor file" in out and "governor.sqlite3 is damaged" in out and "move it aside" in out
+
+
+def test_status_counts_throttled_answers_today(write_config, capsys):
+    write_config()
+    rt = dispatch.runtime()
+    rt.outbox.bump_counter(THROTTLED)
+    rt.outbox.bump_counter(THROTTLED)
+    _, out = run(capsys, "status")
+    assert "throttled answers today (UTC): 2" in out

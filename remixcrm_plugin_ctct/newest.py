@@ -1,0 +1,61 @@
+"""The newest known state of one contact, merged from journal records in *event* order.
+
+Journals of several processes are folded whenever their process (or whoever adopts a dead
+process's journal) gets to it, so records arrive in any order. Each piece of a contact — its
+email spelling, every field, the consent answer — carries the stamp ``(at, seq)`` of the event
+that set it (``at``: wall time at the hook; ``seq``: that process's counter, the tie-break),
+and a record only overwrites what is older than itself. The merge is commutative: any fold
+order gives the same state, so a decline newer than a consent wins however late the consent
+is folded.
+"""
+
+from typing import NamedTuple
+
+Stamp = tuple[float, int]
+_NEVER: Stamp = (float("-inf"), -1)
+
+
+def stamp(record: dict) -> Stamp:
+    """Records from before ``seq`` existed count as seq 0."""
+    return (float(record.get("at", 0.0)), int(record.get("seq", 0) or 0))
+
+
+class State(NamedTuple):
+    contact: dict  # {"email": …, "fields": {…}, "email_opt_in": …(absent when unknown)}
+    stamps: dict  # {"email": stamp, "fields": {name: stamp}, "email_opt_in": stamp}
+    client_id: str  # of the newest event
+    event: str
+    at: float
+    seq: int
+
+
+def merge(state: State | None, record: dict) -> State:
+    """``state`` with ``record`` merged in (``state`` is not changed)."""
+    new = stamp(record)
+    if state is None:
+        state = State({"email": record["email"], "fields": {}}, {"email": _NEVER, "fields": {}},
+                      str(record["client_id"]), record["event"], *new)
+    contact = {"email": state.contact["email"], "fields": dict(state.contact.get("fields", {}))}
+    stamps = {"email": _tuple(state.stamps.get("email")), "fields": dict(state.stamps.get("fields", {}))}
+    if "email_opt_in" in state.contact:
+        contact["email_opt_in"] = state.contact["email_opt_in"]
+        stamps["email_opt_in"] = _tuple(state.stamps.get("email_opt_in"))
+    if new >= stamps["email"]:  # equal stamps: the later fold wins, as before stamps existed
+        contact["email"], stamps["email"] = record["email"], new
+    for name, value in (record.get("fields") or {}).items():
+        if new >= _tuple(stamps["fields"].get(name)):
+            contact["fields"][name], stamps["fields"][name] = value, new
+    opt_in = record.get("email_opt_in")
+    if opt_in is not None:
+        old = _tuple(stamps.get("email_opt_in"))
+        # a tie between two processes' events: "no" wins, never a consent nobody can place in time
+        if new > old or (new == old and opt_in is False):
+            contact["email_opt_in"], stamps["email_opt_in"] = opt_in, new
+    newest = (state.at, state.seq)
+    if new >= newest:
+        return State(contact, stamps, str(record["client_id"]), record["event"], *new)
+    return State(contact, stamps, state.client_id, state.event, *newest)
+
+
+def _tuple(found) -> Stamp:
+    return _NEVER if found is None else (float(found[0]), int(found[1]))

@@ -154,50 +154,54 @@ class Outbox:
 
     def add_records(self, records: list[dict], journal: str | None = None, offset: int = 0) -> None:
         """Fold journal lines into the outbox and note how far we got, in one transaction:
-        each line is taken exactly once, even if this process dies halfway."""
+        each line is taken exactly once, even if this process dies halfway.
+
+        Each email's records are merged into its newest known state (``latest``), and a pending
+        row asks for a push of that state: also when the records are older than what was already
+        sent (a push of the newest state again is harmless; a newest decline is skipped)."""
         by_email: dict[str, list[dict]] = {}
         for r in records:
             by_email.setdefault(r["email"].lower(), []).append(r)
         now = time.time()
+        keys = json.dumps(list(by_email))
         with self._write, db.transaction(self._conn()) as conn:
+            known = {f[0]: newest.State(json.loads(f[1]), json.loads(f[2]), *f[3:]) for f in conn.execute(
+                "SELECT email_key, contact, stamps, client_id, event, at, seq FROM latest "
+                "WHERE email_key IN (SELECT value FROM json_each(?))", (keys,))}
+            pending = {f[0]: f[1:] for f in conn.execute(
+                "SELECT email_key, id, client_id, other_clients FROM events "
+                "WHERE state = 'pending' AND email_key IN (SELECT value FROM json_each(?))", (keys,))}
+            states, inserts, updates = [], [], []
             for key, group in by_email.items():
-                self._fold(conn, key, sorted(group, key=newest.stamp), now)
+                group.sort(key=newest.stamp)
+                before = state = known.get(key)
+                for r in group:
+                    state = newest.merge(state, r)
+                contact = json.dumps(state.contact)
+                states.append((key, contact, json.dumps(state.stamps), state.client_id, state.event, state.at, state.seq, now))
+                last, clients = group[-1], [str(r["client_id"]) for r in group]
+                if key not in pending:
+                    created = min(now, *(float(r.get("at", now)) for r in group))  # a clock ahead of ours must not delay it
+                    client = str(last["client_id"])
+                    inserts.append((key, client, _others(clients, client), last["event"], contact, created, created, now))
+                    continue
+                row_id, client, others = pending[key]
+                if before is None or newest.stamp(last) >= (before.at, before.seq):  # the row now carries the newest event
+                    updates.append((str(last["client_id"]), last["event"], _others([client, *others.split(), *clients], str(last["client_id"])),
+                                    contact, now, row_id))
+                else:
+                    updates.append((client, None, _others([client, *others.split(), *clients], client), contact, now, row_id))
+            conn.executemany("INSERT INTO latest (email_key, contact, stamps, client_id, event, at, seq, updated_at) "
+                             "VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (email_key) DO UPDATE SET contact = excluded.contact, "
+                             "stamps = excluded.stamps, client_id = excluded.client_id, event = excluded.event, "
+                             "at = excluded.at, seq = excluded.seq, updated_at = excluded.updated_at", states)
+            conn.executemany("INSERT INTO events (email_key, client_id, other_clients, event, contact, state, created_at, "
+                             "next_attempt_at, updated_at) VALUES (?, ?, ?, ?, ?, 'pending', ?, ?, ?)", inserts)
+            conn.executemany("UPDATE events SET client_id = ?, event = coalesce(?, event), other_clients = ?, contact = ?, "
+                             "updated_at = ? WHERE id = ?", updates)
             if journal is not None:
                 conn.execute("INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
                              (f"journal:{journal}", str(offset)))
-
-    def _fold(self, conn: sqlite3.Connection, key: str, group: list[dict], now: float) -> None:
-        """Merge one email's records (oldest first) into ``latest``, and make sure a pending row
-        asks for a push of that newest state: also when these records are older than what was
-        already sent (a push of the newest state again is harmless; a newest decline is skipped)."""
-        found = conn.execute("SELECT contact, stamps, client_id, event, at, seq FROM latest WHERE email_key = ?",
-                             (key,)).fetchone()
-        before = newest.State(json.loads(found[0]), json.loads(found[1]), *found[2:]) if found else None
-        state = before
-        for r in group:
-            state = newest.merge(state, r)
-        contact = json.dumps(state.contact)
-        conn.execute("INSERT INTO latest (email_key, contact, stamps, client_id, event, at, seq, updated_at) "
-                     "VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (email_key) DO UPDATE SET contact = excluded.contact, "
-                     "stamps = excluded.stamps, client_id = excluded.client_id, event = excluded.event, at = excluded.at, "
-                     "seq = excluded.seq, updated_at = excluded.updated_at",
-                     (key, contact, json.dumps(state.stamps), state.client_id, state.event, state.at, state.seq, now))
-        last = group[-1]
-        clients = [str(r["client_id"]) for r in group]
-        pending = conn.execute("SELECT id, client_id, event, other_clients FROM events WHERE email_key = ? AND state = 'pending'",
-                               (key,)).fetchone()
-        if pending is None:
-            created = min(now, *(float(r.get("at", now)) for r in group))  # a clock ahead of ours must not delay it
-            client, event = str(last["client_id"]), last["event"]
-            conn.execute("INSERT INTO events (email_key, client_id, other_clients, event, contact, state, created_at, "
-                         "next_attempt_at, updated_at) VALUES (?, ?, ?, ?, ?, 'pending', ?, ?, ?)",
-                         (key, client, _others(clients, client), event, contact, created, created, now))
-            return
-        row_id, client, event, others = pending
-        if before is None or newest.stamp(last) >= (before.at, before.seq):  # the row now carries the newest event
-            client, event = str(last["client_id"]), last["event"]
-        conn.execute("UPDATE events SET client_id = ?, event = ?, other_clients = ?, contact = ?, updated_at = ? WHERE id = ?",
-                     (client, event, _others([pending[1], *others.split(), *clients], client), contact, now, row_id))
 
     def journal_offset(self, journal: str) -> int:
         found = self.get_meta(f"journal:{journal}")

@@ -63,7 +63,8 @@ def _unreadable(what: str, path, error: sqlite3.Error, loses: str) -> str:
     if db.is_damaged(error):
         return (f"the {what} file {path} is damaged ({error}): move it aside together with its -wal and -shm files "
                 f"(a new one is made on the next use; {loses}), or restore it from a backup")
-    return f"the {what} file {path} cannot be read ({error}): check that the disk is fine and the RemixCRM user may write it"
+    return (f"the {what} file {path} cannot be read ({error}): check that the disk is fine and that the RemixCRM "
+            "user may write it")
 
 
 def _pauses(rt, loaded: config.LoadedConfig) -> list[str]:

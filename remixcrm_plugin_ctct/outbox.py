@@ -101,6 +101,17 @@ e.state = 'sending' AND (e.lease_owner IN (SELECT value FROM json_each(:dead))
                          OR e.lease_until < :now - :grace)
 """
 _DUE = "e.state = 'pending' AND e.next_attempt_at <= :now"
+_UPSERT_LATEST = """
+INSERT INTO latest (email_key, contact, stamps, client_id, event, at, seq, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+ON CONFLICT (email_key) DO UPDATE SET contact = excluded.contact, stamps = excluded.stamps,
+  client_id = excluded.client_id, event = excluded.event, at = excluded.at, seq = excluded.seq,
+  updated_at = excluded.updated_at
+"""
+_INSERT_PENDING = """
+INSERT INTO events (email_key, client_id, other_clients, event, contact, state, created_at, next_attempt_at, updated_at)
+VALUES (?, ?, ?, ?, ?, 'pending', ?, ?, ?)
+"""
+_SET_META = "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value"
 
 
 class Row(NamedTuple):
@@ -178,30 +189,28 @@ class Outbox:
                 for r in group:
                     state = newest.merge(state, r)
                 contact = json.dumps(state.contact)
-                states.append((key, contact, json.dumps(state.stamps), state.client_id, state.event, state.at, state.seq, now))
+                stamps = json.dumps(state.stamps)
+                states.append((key, contact, stamps, state.client_id, state.event, state.at, state.seq, now))
                 last, clients = group[-1], [str(r["client_id"]) for r in group]
                 if key not in pending:
-                    created = min(now, *(float(r.get("at", now)) for r in group))  # a clock ahead of ours must not delay it
+                    # a clock ahead of ours must not delay the row
+                    created = min(now, *(float(r.get("at", now)) for r in group))
                     client = str(last["client_id"])
-                    inserts.append((key, client, _others(clients, client), last["event"], contact, created, created, now))
+                    others = _others(clients, client)
+                    inserts.append((key, client, others, last["event"], contact, created, created, now))
                     continue
-                row_id, client, others = pending[key]
-                if before is None or newest.stamp(last) >= (before.at, before.seq):  # the row now carries the newest event
-                    updates.append((str(last["client_id"]), last["event"], _others([client, *others.split(), *clients], str(last["client_id"])),
-                                    contact, now, row_id))
-                else:
-                    updates.append((client, None, _others([client, *others.split(), *clients], client), contact, now, row_id))
-            conn.executemany("INSERT INTO latest (email_key, contact, stamps, client_id, event, at, seq, updated_at) "
-                             "VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (email_key) DO UPDATE SET contact = excluded.contact, "
-                             "stamps = excluded.stamps, client_id = excluded.client_id, event = excluded.event, "
-                             "at = excluded.at, seq = excluded.seq, updated_at = excluded.updated_at", states)
-            conn.executemany("INSERT INTO events (email_key, client_id, other_clients, event, contact, state, created_at, "
-                             "next_attempt_at, updated_at) VALUES (?, ?, ?, ?, ?, 'pending', ?, ?, ?)", inserts)
-            conn.executemany("UPDATE events SET client_id = ?, event = coalesce(?, event), other_clients = ?, contact = ?, "
-                             "updated_at = ? WHERE id = ?", updates)
+                row_id, old_client, others = pending[key]
+                client, event = old_client, None  # None: the event stays
+                if before is None or newest.stamp(last) >= (before.at, before.seq):
+                    client, event = str(last["client_id"]), last["event"]  # the row now carries the newest event
+                everyone = [old_client, *others.split(), *clients]
+                updates.append((client, event, _others(everyone, client), contact, now, row_id))
+            conn.executemany(_UPSERT_LATEST, states)
+            conn.executemany(_INSERT_PENDING, inserts)
+            conn.executemany("UPDATE events SET client_id = ?, event = coalesce(?, event), other_clients = ?, "
+                             "contact = ?, updated_at = ? WHERE id = ?", updates)
             if journal is not None:
-                conn.execute("INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-                             (f"journal:{journal}", str(offset)))
+                conn.execute(_SET_META, (f"journal:{journal}", str(offset)))
 
     def journal_offset(self, journal: str) -> int:
         found = self.get_meta(f"journal:{journal}")
@@ -265,9 +274,10 @@ class Outbox:
             return set()
         now = time.time() if now is None else now
         with self._write:  # RETURNING: the statement (and its write) ends only once its rows are read
-            found = self._conn().execute("UPDATE events SET lease_until = ? WHERE state = 'sending' AND lease_owner = ? "
-                                         "AND id IN (SELECT value FROM json_each(?)) RETURNING id",
-                                         (now + lease, owner, json.dumps(ids))).fetchall()
+            found = self._conn().execute(
+                "UPDATE events SET lease_until = ? WHERE state = 'sending' AND lease_owner = ? "
+                "AND id IN (SELECT value FROM json_each(?)) RETURNING id",
+                (now + lease, owner, json.dumps(ids))).fetchall()
         return {r[0] for r in found}
 
     def delivered(self, row_id: int, contact_id: str | None, outcome: str, now: float | None = None) -> None:
@@ -322,8 +332,8 @@ class Outbox:
         already ran out is the periodic look's business (its holder may be alive and sending)."""
         now = time.time()
         (due,) = self._query("SELECT min(t) FROM (SELECT min(next_attempt_at) AS t FROM events WHERE state = 'pending' "
-                             "UNION ALL SELECT min(lease_until) FROM events WHERE state = 'sending' AND lease_until >= ?)",
-                             (now,))[0]
+                             "UNION ALL SELECT min(lease_until) FROM events "
+                             "WHERE state = 'sending' AND lease_until >= ?)", (now,))[0]
         return due
 
     def due_count(self, now: float | None = None) -> int:
@@ -379,10 +389,12 @@ class Outbox:
         """Forget emails and names of rows finished before ``before``, and the newest known
         state of emails that no row names any more. Returns how many rows."""
         with self._write, db.transaction(self._conn()) as conn:
-            count = conn.execute("UPDATE events SET contact = NULL, email_key = NULL WHERE state IN ('delivered', 'skipped', "
-                                 "'dry_run') AND contact IS NOT NULL AND updated_at < ?", (before,)).rowcount
+            count = conn.execute("UPDATE events SET contact = NULL, email_key = NULL WHERE state IN "
+                                 "('delivered', 'skipped', 'dry_run') AND contact IS NOT NULL AND updated_at < ?",
+                                 (before,)).rowcount
             # every fold leaves a row naming its email: a state no row names is of no further use
-            conn.execute("DELETE FROM latest WHERE NOT EXISTS (SELECT 1 FROM events e WHERE e.email_key = latest.email_key)")
+            conn.execute("DELETE FROM latest WHERE NOT EXISTS "
+                         "(SELECT 1 FROM events e WHERE e.email_key = latest.email_key)")
         return count
 
     # --- shared switches (quota pause) and counters ---
@@ -394,8 +406,7 @@ class Outbox:
         if value is None:
             self._exec("DELETE FROM meta WHERE key = ?", (key,))
         else:
-            self._exec("INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-                       (key, value))
+            self._exec(_SET_META, (key, value))
 
     def bump_counter(self, name: str, now: float | None = None) -> int:
         """Count one more ``name`` today (UTC), for all processes together; returns today's count.

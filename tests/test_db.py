@@ -59,7 +59,10 @@ def test_the_database_file_is_never_opened_outside_sqlite_and_stays_private(tmp_
         os.umask(0o022)  # the usual umask: SQLite alone would make 0644 files
         opened = []
         path = sys.argv[1]
-        sys.addaudithook(lambda event, args: opened.append(args[0]) if event == "open" and str(args[0]).startswith(path) else None)
+        def watch(event, args):
+            if event == "open" and str(args[0]).startswith(path):
+                opened.append(args[0])
+        sys.addaudithook(watch)
         from remixcrm_plugin_ctct import db
         start = threading.Barrier(8)
         conns = []

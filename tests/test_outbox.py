@@ -152,7 +152,8 @@ def test_fields_follow_event_order_not_fold_order(tmp_path):
     t = time.time()
     # three journals folded newest first: each field keeps the value of the newest event that set it
     box.add_records([rec(3, t + 3, first_name="Newest")], "3.jsonl", 10)
-    box.add_records([rec(1, t + 1, email="ADA@example.com", first_name="Oldest", phone_number="1", job_title="CEO")], "1.jsonl", 10)
+    oldest = rec(1, t + 1, email="ADA@example.com", first_name="Oldest", phone_number="1", job_title="CEO")
+    box.add_records([oldest], "1.jsonl", 10)
     box.add_records([rec(2, t + 2, phone_number="2")], "2.jsonl", 10)
     row = box.claim("me")
     assert row.contact == {"email": "ada@example.com",
@@ -183,7 +184,8 @@ def sandbox():
 
 
 @pytest.mark.parametrize("decline_sent_first", [False, True])
-def test_a_newer_decline_is_never_pushed_when_an_older_consent_is_folded_later(write_config, sandbox, decline_sent_first):
+def test_a_newer_decline_is_never_pushed_when_an_older_consent_is_folded_later(write_config, sandbox,
+                                                                               decline_sent_first):
     """The field failure: an opt-in as one worker's last request, the decline as the next
     worker's first; the second worker's journal was folded first."""
     write_config(api_base_url=sandbox.api_base_url)
@@ -194,7 +196,8 @@ def test_a_newer_decline_is_never_pushed_when_an_older_consent_is_folded_later(w
         rt.sender.wake()
         assert flush(10)
         assert [r["state"] for r in outbox_admin.for_client(rt.outbox, "2")] == ["skipped"]
-    rt.outbox.add_records([rec(1, t - 1, seq=99, email="late@example.com", opt_in=True, first_name="Lee")], "100-a.jsonl", 50)
+    consent = rec(1, t - 1, seq=99, email="late@example.com", opt_in=True, first_name="Lee")  # older, higher seq
+    rt.outbox.add_records([consent], "100-a.jsonl", 50)
     rt.sender.wake()
     assert flush(10)
     assert sandbox.calls == [] and sandbox.api.find("late@example.com", include_deleted=True) == []
@@ -216,7 +219,8 @@ def test_the_leases_of_a_dead_process_are_taken_back_at_once(tmp_path):
     box = Outbox(tmp_path)
     for n in range(3):
         box.add(contact(n), "e")
-    done = subprocess.run([sys.executable, "-c", HOLD_AND_EXIT, str(tmp_path)], capture_output=True, text=True, timeout=30)
+    done = subprocess.run([sys.executable, "-c", HOLD_AND_EXIT, str(tmp_path)],
+                          capture_output=True, text=True, timeout=30)
     assert done.stdout.strip() == "3", done.stderr
     assert box.due_count() == 0  # leased for LEASE_SECONDS by a process that no longer exists
     assert len(box.claim_many("me", 8)) == 3
@@ -246,7 +250,8 @@ def test_a_holder_whose_pid_now_belongs_to_another_process_is_dead(tmp_path):
     started = owners.started(os.getpid())
     if started is None:
         pytest.skip("no process start times here")
-    box._exec("UPDATE owners SET started = ? WHERE owner = 'old'", (str(int(started) - 1),))  # same pid, earlier process
+    # the same pid, but an earlier process
+    box._exec("UPDATE owners SET started = ? WHERE owner = 'old'", (str(int(started) - 1),))
     assert box.claim("me", now=now + LEASE_CHECK_EVERY).client_id == "1"
 
 

@@ -9,6 +9,7 @@ order gives the same state, so a decline newer than a consent wins however late 
 is folded.
 """
 
+import math
 from typing import NamedTuple
 
 Stamp = tuple[float, int]
@@ -16,8 +17,17 @@ _NEVER: Stamp = (float("-inf"), -1)
 
 
 def stamp(record: dict) -> Stamp:
-    """Records from before ``seq`` existed count as seq 0."""
-    return (float(record.get("at", 0.0)), int(record.get("seq", 0) or 0))
+    """Records from before ``seq`` existed count as seq 0; a time or sequence that is not a
+    finite number counts as the oldest (one odd line must not stop the fold)."""
+    return (_number(record.get("at"), float), _number(record.get("seq"), int))
+
+
+def _number(value, kind) -> float | int:
+    try:
+        found = kind(value)
+    except (TypeError, ValueError, OverflowError):
+        return kind(0)
+    return found if math.isfinite(found) else kind(0)
 
 
 class State(NamedTuple):

@@ -194,7 +194,7 @@ class Outbox:
                 last, clients = group[-1], [str(r["client_id"]) for r in group]
                 if key not in pending:
                     # a clock ahead of ours must not delay the row
-                    created = min(now, *(float(r.get("at", now)) for r in group))
+                    created = min(now, *(newest.stamp(r)[0] or now for r in group))
                     client = str(last["client_id"])
                     others = _others(clients, client)
                     inserts.append((key, client, others, last["event"], contact, created, created, now))

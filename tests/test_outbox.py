@@ -316,3 +316,12 @@ def test_counters_count_per_utc_day_for_every_process(tmp_path):
     assert box.bump_counter(THROTTLED) == 1 and other.bump_counter(THROTTLED) == 2
     assert box.counter_today(THROTTLED) == 2 and box.counter_today("other") == 0
     assert box.counter_today(THROTTLED, now=yesterday) == 0  # earlier days are dropped
+
+
+def test_an_odd_time_or_sequence_counts_as_oldest_and_never_stops_the_fold(tmp_path):
+    box = Outbox(tmp_path)
+    t = time.time()
+    box.add_records([rec(1, t, seq=1, opt_in=False)])
+    box.add_records([{**rec(2, "soon", seq="x", opt_in=True)}, {**rec(3, float("nan"), seq=None, opt_in=True)}])
+    row = box.claim("me")
+    assert row.contact["email_opt_in"] is False and row.client_id == "1"

@@ -35,7 +35,7 @@ _OPT_IN_WORDS = {"1": True, "true": True, "yes": True, "y": True, "on": True, "t
                  "opt-out": False, "opted-out": False, "optout": False, "opted out": False}
 _OPT_IN_FIX = "set it to true or false in RemixCRM"
 # shown as they are in a log line; anything else is quoted and escaped, so it cannot pose as log text
-_PLAIN = re.compile(r"[\w.@:+#/-]+")
+_PLAIN = re.compile(r"[\w.@:+#*/-]+")
 
 
 class Contact(NamedTuple):
@@ -131,8 +131,8 @@ def an_id(raw, lead_of: str | None = None) -> str:
     if len(text) > ID_MAX:
         cut = text[:ID_MAX]
         whose = "client" if lead_of is None else f"client {shown(lead_of)}: lead"
-        log.warning("%s id %s is %d characters; recorded cut to its first %d (RemixCRM ids should be short)",
-                    whose, shown(cut), len(text), ID_MAX)
+        log.warning("%s id %s is recorded cut to its first %d characters (RemixCRM ids should be short)",
+                    whose, shown(text), ID_MAX)
         text = cut
     return text
 

@@ -71,7 +71,7 @@ def handle_event(event: str, client, lead=None) -> None:
         log.log(contact.level, "%s", contact.reason)
         return
     if lead is not None:  # the event names the lead in log lines: shown, so an odd id cannot forge one
-        event = f"{event} from lead {payload.shown(payload.an_id(payload.read(lead, 'id'), contact.client_id), payload.ID_MAX)}"
+        event = f"{event} from lead {payload.shown(payload.an_id(payload.read(lead, 'id'), contact.client_id))}"
     if contact.email_opt_in is False:
         # never sent; recorded all the same, so that a push still waiting for this email is
         # cancelled (the newest word on consent wins) and `status --client` can say why

@@ -37,7 +37,7 @@ log = logging.getLogger("remixcrm_plugin_ctct")
 ROTATE_AT = 1 << 20  # bytes: start a new file once this much has been folded into the outbox
 FOLD_CHUNK = 256 << 10  # bytes read and folded per transaction
 ADOPT_EVERY = 10.0  # seconds between looks for journals of processes that died
-EVENT_MAX = payload.ID_MAX + 64  # "lead_converted from lead <id>"
+EVENT_MAX = 1024  # "lead_converted from lead <id as payload.shown gives it: at most 80 characters, escaped>"
 
 # The tie-break for events of one process with the same ``at``. One counter per process: a
 # forked child goes on counting from the parent's value, which keeps its own events in order
@@ -264,7 +264,8 @@ def _usable(path: Path, at: int, line: bytes) -> dict | None:
             else:
                 _damaged(path, at, line, "the line is not a record (written by something else?)")
             return None
-        _damaged(path, at, line[:i], "a record cut short by a failed write ran into the next one (which is kept)", _KEPT)
+        _damaged(path, at, line[:i], "a record cut short by a failed write ran into the next one (which is kept)",
+                 _KEPT)
     why = None
     if not isinstance(rec, dict):
         why = "the line is not a record"
@@ -299,7 +300,8 @@ def _bounded(rec: dict) -> tuple[dict, str | None]:
         "email": email,
         "client_id": payload.clean_text(str(client_id))[:payload.ID_MAX],
         "event": payload.clean_text(event)[:EVENT_MAX],
-        "fields": {k: payload.clean_text(v)[:limits[k]] for k, v in fields.items() if k in limits and isinstance(v, str)},
+        "fields": {k: payload.clean_text(v)[:limits[k]] for k, v in fields.items()
+                   if k in limits and isinstance(v, str)},  # only what the hook would send
         "at": float(at),
     }
     seq = rec.get("seq")

@@ -198,7 +198,8 @@ def contact_from_client(client) -> Contact | Skipped:
         why = (f"is longer than {EMAIL_MAX} characters, Constant Contact's limit" if len(email) > EMAIL_MAX
                else "is not a valid address" if _encodable(email)
                else "is not a valid address (it holds a broken character, a lone UTF-16 surrogate)")
-        return Skipped(client_id, f"client {shown(client_id)}: email {shown(mask_email(email))} {why}; not sent ({_BY_HAND})")
+        masked = shown(mask_email(email))
+        return Skipped(client_id, f"client {shown(client_id)}: email {masked} {why}; not sent ({_BY_HAND})")
 
     fields = {}
     for body_key, (client_key, limit) in TEXT_FIELDS.items():

@@ -12,7 +12,7 @@ from filelock import FileLock
 from remixcrm_plugin_ctct import cli, dispatch, journal
 from remixcrm_plugin_ctct.journal import Journal, encode, record
 from remixcrm_plugin_ctct.outbox import Outbox
-from remixcrm_plugin_ctct.payload import Contact
+from remixcrm_plugin_ctct.payload import Contact, contact_from_client, shown
 
 
 def contact(n, **fields):
@@ -57,6 +57,13 @@ def test_a_line_is_valid_utf8_whatever_the_contact_holds():
     rec = json.loads(data.decode("utf-8"))
     assert rec["client_id"] == "1\ufffd" and rec["fields"]["first_name"] == "Zo\ufffdë 😀"
     assert data.endswith(b"}\n") and data.count(b"\n") == 1
+
+
+def test_no_line_the_hook_writes_comes_near_a_fold_chunk():
+    worst = {"id": "\x00" * 10**6, "email": "a@example.com",
+             **{key: "😀" * 10**5 for key in ("first_name", "last_name", "phone", "company", "job_title")}}
+    data = encode(contact_from_client(worst), "lead_converted from lead " + shown("\x00" * 10**6), 1.0)
+    assert len(data) < 4096 < journal.FOLD_CHUNK
 
 
 def _short_once(monkeypatch, jr):
@@ -182,7 +189,8 @@ def test_orphans_are_adopted_and_live_journals_left_alone(tmp_path):
 
 def test_status_copes_with_poison_and_overlong_lines(write_config, capsys, logs):
     write_config()
-    orphan(dispatch.runtime().journal.directory.parent, line(1) + line(2, email="b\udc80@example.com") + line(3, client_id="z" * 300_000) + line(4))
+    poison, huge = line(2, email="b\udc80@example.com"), line(3, client_id="z" * 300_000)
+    orphan(dispatch.runtime().journal.directory.parent, line(1) + poison + huge + line(4))
     assert cli.main(["status"]) == 0
     assert re.search(r"pending\s+2\n", capsys.readouterr().out)
     assert len(errors(logs)) == 2

@@ -80,7 +80,7 @@ class Delivery:
         if loaded.status != config.ACTIVE:
             return self._hold(row, self._pause_until_changed(f"the config ({loaded.status})"))
         contact = payload.Contact(row.client_id, row.contact["email"], row.contact.get("fields", {}), row.contact.get("email_opt_in"))
-        who = f"client {row.client_id} ({payload.mask_email(contact.email)})"
+        who = f"client {payload.shown(row.client_id)} ({payload.mask_email(contact.email)})"
         try:
             result = self.send(contact, loaded.settings)
         except NeedsReauth:
@@ -157,7 +157,7 @@ class Delivery:
     def work_memory(self, item) -> None:
         contact, event = item
         loaded = self.watcher.current()
-        who = f"client {contact.client_id} ({payload.mask_email(contact.email)})"
+        who = f"client {payload.shown(contact.client_id)} ({payload.mask_email(contact.email)})"
         if loaded.status != config.ACTIVE:
             log.error("%s was kept in memory and is dropped: the config is %s", who, loaded.status)
             return

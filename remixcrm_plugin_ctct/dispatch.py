@@ -70,8 +70,8 @@ def handle_event(event: str, client, lead=None) -> None:
     if isinstance(contact, payload.Skipped):
         log.log(contact.level, "%s", contact.reason)
         return
-    if lead is not None:
-        event = f"{event} from lead {payload.read(lead, 'id')}"
+    if lead is not None:  # the event names the lead in log lines: shown, so an odd id cannot forge one
+        event = f"{event} from lead {payload.shown(payload.an_id(payload.read(lead, 'id'), contact.client_id))}"
     if contact.email_opt_in is False:
         # never sent; recorded all the same, so that a push still waiting for this email is
         # cancelled (the newest word on consent wins) and `status --client` can say why
@@ -85,7 +85,8 @@ def handle_event(event: str, client, lead=None) -> None:
         if now - _fallback_logged_at >= FALLBACK_LOG_INTERVAL:
             _fallback_logged_at = now
             log.error("cannot write the outbox journal in %s (%s): client %s is %s; fix the disk or the folder's permissions",
-                      rt.journal.directory, e, contact.client_id, "kept in memory only" if kept else "dropped (memory is full)")
+                      rt.journal.directory, e, payload.shown(contact.client_id),
+                      "kept in memory only" if kept else "dropped (memory is full)")
         return
     rt.sender.wake()
 

@@ -5,6 +5,7 @@ own OpenAPI document (``tests/test_payload.py`` checks them against it). Nothing
 """
 
 import logging
+import numbers
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -13,6 +14,7 @@ from typing import NamedTuple
 log = logging.getLogger("remixcrm_plugin_ctct")
 
 EMAIL_MAX = 50
+ID_MAX = 256  # a client or lead id longer than this is cut: it only names the client in logs and `status`
 # body field -> (client key, maxLength in the vendor schema)
 TEXT_FIELDS = {
     "first_name": ("first_name", 50),
@@ -25,6 +27,15 @@ TEXT_FIELDS = {
 # what can never be an address (and would come back as a 400 that no retry fixes)
 _BY_HAND = "fix the address in RemixCRM, then add the client to the list in Constant Contact by hand: editing a client fires no hook"
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s.]+(\.[^@\s.]+)+$")
+# email_opt_in as hosts spell it (SQLite-backed hosts store booleans as 0/1); compared stripped, lower-case
+_OPT_IN_WORDS = {"1": True, "true": True, "yes": True, "y": True, "on": True, "t": True,
+                 "0": False, "false": False, "no": False, "n": False, "off": False, "f": False,
+                 # not asked for by anyone yet, but plainly a "no": reading them as unknown could push
+                 "nope": False, "never": False, "declined": False, "unsubscribed": False,
+                 "opt-out": False, "opted-out": False, "optout": False, "opted out": False}
+_OPT_IN_FIX = "set it to true or false in RemixCRM"
+# shown as they are in a log line; anything else is quoted and escaped, so it cannot pose as log text
+_PLAIN = re.compile(r"[\w.@:+#*/-]+")
 
 
 class Contact(NamedTuple):
@@ -61,6 +72,101 @@ def _getter(record):
     return lambda key: getattr(record, key, None)
 
 
+def shown(value, limit: int = 80) -> str:
+    """A user-supplied value as a log line may carry it: as is when it is a plain word (``101``,
+    ``t1-5``), else quoted and escaped like ``repr`` (a newline cannot forge a log line, a control
+    character cannot rewrite the terminal) and cut to ``limit`` characters (a 5 MB id does not
+    make a 5 MB log line). Never raises."""
+    if isinstance(value, str):
+        text = value
+    else:
+        try:
+            text = str(value)
+        except Exception:  # e.g. an int of more than 4300 digits; a __str__ that raises
+            return f"<a {type(value).__name__} that cannot be shown>"
+    if len(text) <= limit and _PLAIN.fullmatch(text):
+        return text
+    if len(text) <= limit:
+        return repr(text)
+    return f"{text[:limit]!r}... ({len(text)} characters)"
+
+
+def clean_text(value: str) -> str:
+    """``value`` with lone UTF-16 surrogates (which no UTF-8 encoder accepts: a SQLite bind or a
+    journal write would fail on them) replaced by U+FFFD; a valid surrogate pair becomes its
+    character. The common case (ASCII) costs one ``isascii``."""
+    if value.isascii():
+        return value
+    try:
+        value.encode()
+        return value
+    except UnicodeEncodeError:
+        return value.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+
+
+def _encodable(value: str) -> bool:
+    if value.isascii():
+        return True
+    try:
+        value.encode()
+        return True
+    except UnicodeEncodeError:
+        return False
+
+
+def an_id(raw, lead_of: str | None = None) -> str:
+    """An id as it is recorded: text, valid UTF-8, at most ``ID_MAX`` characters (a longer one is
+    cut, with one WARNING): it names the client, and a line of the journal must stay small.
+    ``lead_of``: the client id, when ``raw`` is the id of the lead it came from."""
+    if raw is None:
+        return "?"
+    if isinstance(raw, str):
+        text = raw
+    else:
+        try:
+            text = str(raw)
+        except Exception:  # an int of more than 4300 digits; a __str__ that raises
+            text = shown(raw)
+    text = clean_text(text)
+    if len(text) > ID_MAX:
+        cut = text[:ID_MAX]
+        whose = "client" if lead_of is None else f"client {shown(lead_of)}: lead"
+        log.warning("%s id %s is recorded cut to its first %d characters (RemixCRM ids should be short)",
+                    whose, shown(text), ID_MAX)
+        text = cut
+    return text
+
+
+def opt_in_from(value) -> tuple[bool | None, bool]:
+    """``email_opt_in`` as (True | False | None for unknown, understood). Booleans; the numbers
+    1/0; the words true/false, yes/no, y/n, on/off, t/f, 1/0 (any case, stripped); None or ""
+    mean unknown. Anything else is not understood and is unknown: never read as consent."""
+    if value is True or value is False or value is None:
+        return value, True
+    if isinstance(value, (bytes, bytearray)):
+        value = bytes(value).decode("latin-1")
+    if isinstance(value, str):
+        word = value.strip().lower()
+        if not word:
+            return None, True
+        found = _OPT_IN_WORDS.get(word)
+        if found is not None:
+            return found, True
+        try:
+            value = float(word) if len(word) <= 32 else None  # "0.0", "1.00": a number stored as text
+        except ValueError:
+            return None, False
+    if isinstance(value, numbers.Number):  # int, float, Decimal (bool was handled above)
+        try:
+            if value == 0:
+                return False, True
+            if value == 1:
+                return True, True
+        except Exception:
+            pass
+    return None, False
+
+
 def mask_email(email) -> str:
     """``j***@example.com``: enough to recognise in a log, not enough to harvest."""
     if not isinstance(email, str) or "@" not in email:
@@ -74,36 +180,45 @@ def contact_from_client(client) -> Contact | Skipped:
     if client is None:
         return Skipped("?", "the hook was called with client=None; RemixCRM must pass the client record")
     get = _getter(client)
-    raw_id = get("id")
-    client_id = "?" if raw_id is None else str(raw_id)
-    opt_in = get("email_opt_in")
+    client_id = an_id(get("id"))
+    raw_opt_in = get("email_opt_in")
+    opt_in, understood = opt_in_from(raw_opt_in)
+    if not understood:
+        log.warning("client %s: email_opt_in is a %s that means neither yes nor no (use true/false, yes/no or 1/0); "
+                    "treated as unknown consent, never as consent: %s", shown(client_id), type(raw_opt_in).__name__,
+                    _OPT_IN_FIX)
     raw_email = get("email")
     email = raw_email.strip() if isinstance(raw_email, str) else ""
-    if opt_in is False and not (email and len(email) <= EMAIL_MAX and _EMAIL.match(email)):
+    valid = email and len(email) <= EMAIL_MAX and _EMAIL.match(email) and _encodable(email)
+    if opt_in is False and not valid:
         return Skipped(client_id, declined(client_id), logging.INFO)
     if not email:
-        return Skipped(client_id, f"client {client_id} has no email address; not sent ({_BY_HAND})")
-    if len(email) > EMAIL_MAX or not _EMAIL.match(email):
-        why = f"is longer than {EMAIL_MAX} characters, Constant Contact's limit" if len(email) > EMAIL_MAX else "is not a valid address"
-        return Skipped(client_id, f"client {client_id}: email {mask_email(email)} {why}; not sent ({_BY_HAND})")
+        return Skipped(client_id, f"client {shown(client_id)} has no email address; not sent ({_BY_HAND})")
+    if not valid:
+        why = (f"is longer than {EMAIL_MAX} characters, Constant Contact's limit" if len(email) > EMAIL_MAX
+               else "is not a valid address" if _encodable(email)
+               else "is not a valid address (it holds a broken character, a lone UTF-16 surrogate)")
+        masked = shown(mask_email(email))
+        return Skipped(client_id, f"client {shown(client_id)}: email {masked} {why}; not sent ({_BY_HAND})")
 
     fields = {}
     for body_key, (client_key, limit) in TEXT_FIELDS.items():
         value = get(client_key)
         if value is None or isinstance(value, bool):
             continue
-        value = str(value).strip()
+        value = value.strip() if isinstance(value, str) else str(value).strip()
         if not value:
             continue
         if len(value) > limit:
-            log.warning("client %s: %s is %d characters, Constant Contact allows %d; sending it truncated", client_id, client_key, len(value), limit)
+            log.warning("client %s: %s is %d characters, Constant Contact allows %d; sending it truncated",
+                        shown(client_id), client_key, len(value), limit)
             value = value[:limit].rstrip()
-        fields[body_key] = value
-    return Contact(client_id, email, fields, opt_in if isinstance(opt_in, bool) else None)
+        fields[body_key] = clean_text(value)
+    return Contact(client_id, email, fields, opt_in)
 
 
 def declined(client_id: str) -> str:
-    return f"client {client_id} declined marketing email (email_opt_in is False); not sent"
+    return f"client {shown(client_id)} declined marketing email (email_opt_in is False); not sent"
 
 
 def sign_up_body(contact: Contact, list_id: str) -> dict:

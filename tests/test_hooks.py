@@ -2,6 +2,7 @@
 
 import json
 import logging
+import os
 import threading
 import time
 
@@ -9,7 +10,7 @@ import pytest
 import requests
 
 from conftest import ACCESS_TOKEN, LIST_ID, SIGN_UP_URL, assert_no_secrets
-from remixcrm_plugin_ctct import api_client, dispatch, flush, outbox_admin
+from remixcrm_plugin_ctct import api_client, dispatch, flush, journal, outbox_admin
 from remixcrm_plugin_ctct.journal import Journal
 from remixcrm_plugin_ctct.sandbox import Sandbox
 
@@ -211,3 +212,74 @@ def test_an_unwritable_outbox_falls_back_to_memory_and_says_so_once(pm, write_co
     assert len(errors) == 1 and "No space left on device" in errors[0] and "kept in memory only" in errors[0]
     assert len(mocked.calls) == 3
     assert logs.text.count("from memory") == 3
+
+
+@pytest.mark.parametrize("opt_in", [0, 0.0, "0", "no", "No ", "FALSE", "off", "n"])
+def test_a_decline_in_any_common_spelling_is_never_pushed(pm, write_config, mocked, logs, opt_in):
+    write_config()
+    pm.hook.on_client_created(client={**ADA, "email_opt_in": opt_in})  # SQLite-backed hosts store 0/1
+    assert flush(5) and len(mocked.calls) == 0
+    assert "client 101 declined marketing email" in logs.text
+
+
+def test_poison_input_at_the_hook_never_stops_the_stream(pm, write_config, mocked, logs):
+    write_config()
+    clients = [
+        {**ADA, "id": "1\ud800", "email": "c1@example.com"},
+        {**ADA, "id": 2, "email": "c\ud8002@example.com"},  # not an address: skipped, said why
+        {**ADA, "id": 3, "email": "c3@example.com", "first_name": "A\udfff"},
+        {**ADA, "id": "4" * 300_000, "email": "c4@example.com"},  # a line over the fold's chunk, before
+        {**ADA, "id": 5, "email": "c5@example.com"},
+    ]
+    for _ in range(4):
+        mocked.post(SIGN_UP_URL, status=201, json=CREATED)
+    for client in clients:
+        pm.hook.on_client_created(client=client)
+    pm.hook.on_lead_converted(lead={"id": "\udc00" * 300_000}, client={**ADA, "id": 6, "email": "c6@example.com"})
+    mocked.post(SIGN_UP_URL, status=201, json=CREATED)
+    assert flush(5)
+    bodies = {b["email_address"]: b for b in sent_bodies(mocked)}
+    assert sorted(bodies) == ["c1@example.com", "c3@example.com", "c4@example.com", "c5@example.com", "c6@example.com"]
+    assert bodies["c3@example.com"]["first_name"] == "A\ufffd"
+    assert "client 2: email c***@example.com is not a valid address (it holds a broken character" in logs.text
+    assert not [r for r in logs.records if r.levelno >= logging.ERROR]
+    cut = "(300000 characters) is recorded cut to its first 256 characters"
+    assert len([r for r in logs.records if cut in r.getMessage()]) == 2
+
+
+def test_user_values_in_log_lines_are_quoted_and_capped(pm, write_config, mocked, logs):
+    write_config()
+    mocked.post(SIGN_UP_URL, status=201, json=CREATED)
+    mocked.post(SIGN_UP_URL, status=201, json=CREATED)
+    pm.hook.on_client_created(client={**ADA, "id": "7\nCRITICAL forged", "email": "c7@example.com"})
+    pm.hook.on_lead_converted(lead={"id": "9\r\nERROR forged"}, client={**ADA, "id": "x" * 5_000_000})
+    pm.hook.on_client_created(client={"id": "8\n" * 1000, "email": None})
+    assert flush(5)
+    ours = [r.getMessage() for r in logs.records if r.name == "remixcrm_plugin_ctct"]
+    assert all("\n" not in m and "\r" not in m and len(m) < 1000 for m in ours), ours
+    assert "client '7\\nCRITICAL forged' (c***@example.com) created contact c-101" in logs.text
+    assert "lead_converted from lead '9\\r\\nERROR forged'" in logs.text
+    assert "client '8\\n8\\n8" in logs.text and "has no email address" in logs.text
+
+
+def test_a_write_cut_short_by_a_full_disk_keeps_that_event_and_the_next(pm, write_config, mocked, logs, monkeypatch):
+    write_config()
+    for n in range(3):
+        mocked.post(SIGN_UP_URL, status=201, json={"contact_id": f"c-{n}"})
+    pm.hook.on_client_created(client={**ADA, "id": 0, "email": "c0@example.com"})
+    jr = dispatch.runtime().journal
+    real, done = os.write, []
+
+    def half_once(fd, data):  # ENOSPC halfway through the line
+        if fd == jr._fd and not done:
+            done.append(fd)
+            return real(fd, data[: len(data) // 2])
+        return real(fd, data)
+
+    monkeypatch.setattr(journal.os, "write", half_once)
+    pm.hook.on_client_created(client={**ADA, "id": 1, "email": "c1@example.com"})  # kept in memory
+    pm.hook.on_client_created(client={**ADA, "id": 2, "email": "c2@example.com"})  # the journal again
+    assert flush(5)
+    sent = sorted(b["email_address"] for b in sent_bodies(mocked))
+    assert sent == ["c0@example.com", "c1@example.com", "c2@example.com"]
+    assert "damaged" not in logs.text

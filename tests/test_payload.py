@@ -82,9 +82,79 @@ def test_declined_marketing_is_carried_as_such_and_never_becomes_a_body_of_its_o
     assert isinstance(no_email, Skipped) and no_email.level == logging.INFO and "declined" in no_email.reason
 
 
-@pytest.mark.parametrize("opt_in, kept", [(True, True), (None, None), ("yes", None)])
+@pytest.mark.parametrize("opt_in, kept", [(True, True), (False, False), (None, None), ("", None), ("  ", None)])
 def test_consent_is_carried_along(opt_in, kept):
     assert contact_from_client({**FULL, "email_opt_in": opt_in}).email_opt_in is kept
+
+
+@pytest.mark.parametrize("opt_in, kept", [
+    (0, False), (0.0, False), ("0", False), ("No ", False), ("no", False), ("FALSE", False), (" false\n", False),
+    ("n", False), ("Off", False), ("f", False), (b"0", False), ("0.0", False), ("never", False),
+    (1, True), (1.0, True), ("1", True), ("Yes", True), ("TRUE", True), (" y ", True), ("on", True), ("t", True),
+])
+def test_email_opt_in_as_hosts_spell_it(caplog, opt_in, kept):
+    caplog.set_level(logging.WARNING)
+    assert contact_from_client({**FULL, "email_opt_in": opt_in}).email_opt_in is kept
+    assert caplog.records == []
+
+
+@pytest.mark.parametrize("opt_in", ["maybe", 2, -1, float("nan"), [], {"yes": True}, object(), "ja"])
+def test_an_email_opt_in_that_means_neither_is_unknown_with_one_warning(caplog, opt_in):
+    caplog.set_level(logging.WARNING)
+    result = contact_from_client({**FULL, "id": "7\nERROR forged", "email_opt_in": opt_in})
+    assert result.email_opt_in is None  # never consent
+    (record,) = caplog.records
+    message = record.getMessage()
+    assert record.levelno == logging.WARNING and "client '7\\nERROR forged'" in message
+    assert f"email_opt_in is a {type(opt_in).__name__} " in message and "set it to true or false" in message
+
+
+def test_a_declined_client_without_a_valid_email_is_skipped_as_declined_whatever_the_spelling():
+    result = contact_from_client({"id": 8, "email": "nope", "email_opt_in": "no"})
+    assert isinstance(result, Skipped) and result.level == logging.INFO and "declined" in result.reason
+
+
+@pytest.mark.parametrize("value, expected", [
+    ("101", "101"), (101, "101"), ("t1-5", "t1-5"), ("ada@example.com", "ada@example.com"),
+    ("a b", "'a b'"), ("7\nERROR forged", "'7\\nERROR forged'"), ("\x1b[2J", "'\\x1b[2J'"), ("\ud800", "'\\ud800'"),
+    ("", "''"), ("x" * 100, "'" + "x" * 80 + "'... (100 characters)"),
+])
+def test_shown_quotes_escapes_and_caps_what_users_supply(value, expected):
+    assert payload.shown(value) == expected
+
+
+def test_shown_never_raises():
+    class Nasty:
+        def __str__(self):
+            raise RuntimeError("boom")
+
+    assert payload.shown(Nasty()) == "<a Nasty that cannot be shown>"
+    assert payload.shown(10 ** 5000) == "<a int that cannot be shown>"  # str() refuses ints this long
+
+
+def test_a_huge_id_is_cut_with_one_warning_and_the_log_line_stays_small(caplog):
+    caplog.set_level(logging.WARNING)
+    result = contact_from_client({**FULL, "id": "x" * 5_000_000, "first_name": "é" * 60})
+    assert isinstance(result, Contact) and result.client_id == "x" * payload.ID_MAX
+    assert len(caplog.records) == 2  # the id; the first name (naming the client by its cut id)
+    message = caplog.records[0].getMessage()
+    assert "id 'xxxx" in message and "(5000000 characters) is recorded cut" in message
+    assert all(len(r.getMessage()) < 400 for r in caplog.records)
+    assert isinstance(contact_from_client({**FULL, "id": 10 ** 5000}), Contact)  # str() of it would raise
+
+
+def test_lone_surrogates_are_replaced_in_ids_and_names():
+    result = contact_from_client({**FULL, "id": "7\ud800", "first_name": "A\udfffda", "last_name": "\ud83d\ude00"})
+    assert result.client_id == "7\ufffd" and result.fields["first_name"] == "A\ufffdda"
+    assert result.fields["last_name"] == "😀"  # a valid pair is the character it stands for
+    (result.client_id + "".join(result.fields.values())).encode("utf-8")
+
+
+def test_an_email_with_a_lone_surrogate_is_not_an_address():
+    result = contact_from_client({**FULL, "email": "ad\ud800a@example.com"})
+    assert isinstance(result, Skipped) and result.level == logging.WARNING
+    assert "lone UTF-16 surrogate" in result.reason and "by hand" in result.reason
+    result.reason.encode("utf-8")  # a log handler writing UTF-8 must not fail on it
 
 
 def test_missing_client_or_id():

@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 from typing import NamedTuple
 
-from . import db
+from . import db, forksafe
 from .journal import record as journal_record
 
 FILE_NAME = "outbox.sqlite3"
@@ -79,6 +79,10 @@ class Outbox:
         # milliseconds, a Python lock hands over in microseconds (this is the hook's path)
         self._write = threading.RLock()
         self._leases_checked_at = float("-inf")
+        forksafe.after_fork_in_child(self._after_fork)
+
+    def _after_fork(self) -> None:
+        self._write = threading.RLock()  # a parent thread may have held it at fork time
 
     def __repr__(self) -> str:
         return f"Outbox({str(self.path)!r})"

@@ -31,7 +31,7 @@ class Recorder:
         self.outbox.delivered(row.id, f"contact-{row.id}", "created")
 
     def work_memory(self, item):
-        self.memory.append(item)
+        self.memory.append(item.record)
 
 
 @pytest.fixture
@@ -95,7 +95,7 @@ def test_memory_items_are_worked_and_bounded(tmp_path):
     def work_memory(item):
         taken.set()
         recorder.block.wait()
-        recorder.memory.append(item)
+        recorder.memory.append(item.record)
 
     sender = OutboxSender(outbox, recorder.work_row, work_memory, workers=1, memory_limit=2)
     assert sender.submit_memory("a")

@@ -160,7 +160,8 @@ class Delivery:
         time to try again, or a Pause (held back without counting the attempt). Needs no disk:
         the governor and the token manager fall back to this process's memory."""
         record = item.record
-        contact = payload.Contact(str(record["client_id"]), record["email"], record.get("fields", {}), record.get("email_opt_in"))
+        contact = payload.Contact(str(record["client_id"]), record["email"], record.get("fields", {}),
+                                  record.get("email_opt_in"))
         who = f"client {contact.client_id} ({payload.mask_email(contact.email)}, kept in memory)"
         loaded = self.watcher.current()
         if loaded.status != config.ACTIVE:
@@ -174,10 +175,12 @@ class Delivery:
         except _QuotaUsedUp:
             return self._memory_pause(Pause("the daily quota", until=retry_policy.next_utc_midnight(self.clock())))
         if result.status in ("skipped", "dry_run"):
-            log.info("%s %s (%s)", who, result.outcome.replace(contact.email, payload.mask_email(contact.email)), record["event"])
+            outcome = result.outcome.replace(contact.email, payload.mask_email(contact.email))
+            log.info("%s %s (%s)", who, outcome, record["event"])
             return None
         if result.error is None:
-            log.info("%s %s contact %s in list %s (%s)", who, result.status, result.contact_id, loaded.settings.list_id, record["event"])
+            log.info("%s %s contact %s in list %s (%s)", who, result.status, result.contact_id, loaded.settings.list_id,
+                     record["event"])
             return None
         e = result.error
         decision = retry_policy.classify(e.status, e.error_key)
@@ -186,7 +189,8 @@ class Delivery:
         if decision.action == retry_policy.RETRY:
             return self._memory_retry(item, who, str(e), e.retry_after)
         if decision.action == retry_policy.AUTH:
-            log.error("%s: Constant Contact refuses even a freshly refreshed token (%s). Fix: %s", who, e, api_client.FIXES[401])
+            log.error("%s: Constant Contact refuses even a freshly refreshed token (%s). Fix: %s",
+                      who, e, api_client.FIXES[401])
             return self._memory_pause(self._pause_until_changed("a refused access token"))
         log.error("%s not sent, given up: Constant Contact answered %s.%s", who, e, f" Fix: {e.fix}" if e.fix else "")
         return None

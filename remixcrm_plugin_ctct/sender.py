@@ -176,7 +176,7 @@ class OutboxSender:
             while self._in_flight and time.monotonic() < deadline:
                 self._cond.wait(deadline - time.monotonic())
             self._cond.notify_all()  # the lease keeper leaves too
-        for t in self._threads:  # idle workers leave at once; one stuck in a send is left behind
+        for t in list(self._threads):  # idle workers leave at once; one stuck in a send is left behind
             if t is not threading.current_thread():
                 t.join(max(0.0, deadline - time.monotonic()))
         try:
@@ -234,13 +234,13 @@ class OutboxSender:
     def _step(self) -> bool:
         """One round of work; False when there was nothing to do at all (for the idle stop)."""
         now = time.time()
+        if len(self.memory) and time.monotonic() - self._moved_at >= MEMORY_MOVE_EVERY:
+            self._moved_at = time.monotonic()
+            self._move_memory()  # even while paused: durable is better than memory
         if self._paused_now(now):
             self._wait(1.0)
             return True
         if len(self.memory):
-            if now - self._moved_at >= MEMORY_MOVE_EVERY:
-                self._moved_at = now
-                self._move_memory()
             item = self.memory.take(now)
             if item is not None:
                 self._send_memory(item)

@@ -233,7 +233,8 @@ def test_leases_of_a_long_send_are_renewed(parts, monkeypatch):
     outbox, recorder, sender = parts
     monkeypatch.setattr(outbox_module, "LEASE_SECONDS", 0.15)  # renewed every 50 ms
     renewed = []
-    monkeypatch.setattr(Outbox, "renew", lambda self, owner, ids, lease: renewed.append((owner, list(ids), lease)), raising=False)
+    monkeypatch.setattr(Outbox, "renew", lambda self, owner, ids, lease: renewed.append((owner, list(ids), lease)),
+                        raising=False)
     recorder.block.clear()  # the send takes long
     outbox.add(contact(1), "e")
     sender.wake()

@@ -9,7 +9,7 @@ import logging
 import threading
 from dataclasses import dataclass
 
-from . import __version__
+from . import __version__, forksafe
 
 log = logging.getLogger("remixcrm_plugin_ctct")
 
@@ -56,9 +56,12 @@ class SignUpResult:
         return self.status == 201
 
 
+_fork_hook_registered = False
+
+
 def session():
     """The process-wide session, created on first use (importing this module opens nothing)."""
-    global _session
+    global _session, _fork_hook_registered
     with _session_lock:
         if _session is None:
             import requests  # lazy: keeps plugin import cheap
@@ -67,14 +70,27 @@ def session():
             s.headers["User-Agent"] = f"{USER_AGENT} {s.headers['User-Agent']}"
             s.headers["Accept"] = "application/json"
             _session = s
+            if not _fork_hook_registered:
+                _fork_hook_registered = True
+                forksafe.after_fork_in_child(_after_fork)
         return _session
 
 
 def reset_session() -> None:
-    """Forget the session (after fork, or between tests) so the next call makes a new one."""
+    """Forget the session (between tests) so the next call makes a new one."""
     global _session
     with _session_lock:
         _session = None
+
+
+def _after_fork() -> None:
+    """A child must never use the parent's keep-alive sockets: both would read each other's
+    answers (a consent lookup answered for another contact). The old session is parked, not
+    closed: closing it would shut sockets the parent still uses."""
+    global _session, _session_lock
+    _session_lock = threading.Lock()  # a parent thread may have held it at fork time
+    forksafe.keep(_session)
+    _session = None
 
 
 def parse_error(response) -> tuple[str, str]:

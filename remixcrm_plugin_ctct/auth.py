@@ -12,11 +12,10 @@ every refresh expires all earlier ones):
 
 import datetime as dt
 import logging
-import os
 import threading
 import time
 
-from . import oauth
+from . import forksafe, oauth
 from .token_store import TokenState, TokenStore, fingerprint
 
 log = logging.getLogger("remixcrm_plugin_ctct")
@@ -54,8 +53,7 @@ class TokenManager:
         self.store, self._clock, self._sleep = store, clock, sleep
         self._lock = threading.Lock()
         self._announced: str | None = None
-        if hasattr(os, "register_at_fork"):  # POSIX only; Windows has no fork
-            os.register_at_fork(after_in_child=self._after_fork)
+        forksafe.after_fork_in_child(self._after_fork)
 
     def __repr__(self) -> str:
         return f"TokenManager({self.store!r})"
@@ -129,7 +127,13 @@ class TokenManager:
     def state(self, settings) -> TokenState:
         """The current state (seeded from the config if needed), for status and check."""
         state = self.store.read()
-        return state if state is not None and state.seeded_from == _seed(settings) else self._reseed(settings)
+        if state is not None and state.seeded_from == _seed(settings):
+            return state
+        try:
+            return self._reseed(settings)
+        except OSError:  # the data dir takes no writes (full, read-only): the config's tokens, unsaved
+            expires = settings.token_expires_at.timestamp() if settings.token_expires_at else None
+            return TokenState(settings.access_token, settings.refresh_token, expires, None, seeded_from=_seed(settings))
 
     # --- helpers ---
     def _fresh(self, state: TokenState) -> bool:

@@ -154,24 +154,62 @@ class Delivery:
         return Pause(reason, changed=lambda: self.signature() != seen)
 
     # --- the in-memory fallback (the outbox could not be written) ---
-    def work_memory(self, item) -> None:
-        contact, event = item
+    def work_memory(self, item) -> Pause | float | None:
+        """One event of the memory lane (``memory_lane.MemoryEvent``), decided as a row would be;
+        its fate goes back to the lane: None when finished (sent, skipped or given up), an epoch
+        time to try again, or a Pause (held back without counting the attempt). Needs no disk:
+        the governor and the token manager fall back to this process's memory."""
+        record = item.record
+        contact = payload.Contact(str(record["client_id"]), record["email"], record.get("fields", {}),
+                                  record.get("email_opt_in"))
+        who = f"client {payload.shown(contact.client_id)} ({payload.mask_email(contact.email)}, kept in memory)"
         loaded = self.watcher.current()
-        who = f"client {payload.shown(contact.client_id)} ({payload.mask_email(contact.email)})"
         if loaded.status != config.ACTIVE:
-            log.error("%s was kept in memory and is dropped: the config is %s", who, loaded.status)
-            return
+            return self._memory_pause(self._pause_until_changed(f"the config ({loaded.status})"))
         try:
             result = self.send(contact, loaded.settings)
-        except (NeedsReauth, TokenUnavailable, _QuotaUsedUp) as e:
-            log.error("%s was kept in memory and is dropped: %s", who, e or "daily quota used up")
-            return
-        if result.error is not None:
-            log.error("%s was kept in memory and is dropped: Constant Contact answered %s", who, result.error)
-        elif result.status in ("skipped", "dry_run"):
-            log.info("%s %s (%s, from memory)", who, result.outcome, event)
-        else:
-            log.info("%s %s contact %s in list %s (%s, from memory)", who, result.status, result.contact_id, loaded.settings.list_id, event)
+        except NeedsReauth:
+            return self._memory_pause(self._pause_until_changed("Constant Contact needs re-authorisation"))
+        except (TokenUnavailable, OSError) as e:  # OSError: the token store's disk
+            return self._memory_retry(item, who, str(e), None)
+        except _QuotaUsedUp:
+            return self._memory_pause(Pause("the daily quota", until=retry_policy.next_utc_midnight(self.clock())))
+        if result.status in ("skipped", "dry_run"):
+            outcome = result.outcome.replace(contact.email, payload.mask_email(contact.email))
+            log.info("%s %s (%s)", who, outcome, record["event"])
+            return None
+        if result.error is None:
+            log.info("%s %s contact %s in list %s (%s)", who, result.status, result.contact_id, loaded.settings.list_id,
+                     record["event"])
+            return None
+        e = result.error
+        decision = retry_policy.classify(e.status, e.error_key)
+        if decision.action == retry_policy.QUOTA:
+            return self._memory_pause(Pause("the daily quota", until=retry_policy.next_utc_midnight(self.clock())))
+        if decision.action == retry_policy.RETRY:
+            return self._memory_retry(item, who, str(e), e.retry_after)
+        if decision.action == retry_policy.AUTH:
+            log.error("%s: Constant Contact refuses even a freshly refreshed token (%s). Fix: %s",
+                      who, e, api_client.FIXES[401])
+            return self._memory_pause(self._pause_until_changed("a refused access token"))
+        log.error("%s not sent, given up: Constant Contact answered %s.%s", who, e, f" Fix: {e.fix}" if e.fix else "")
+        return None
+
+    def _memory_pause(self, pause: Pause) -> Pause:
+        self.pause(pause)  # first: another worker must not take the event again meanwhile
+        return pause
+
+    def _memory_retry(self, item, who: str, error: str, retry_after: str | None) -> float | None:
+        """The outbox rows' retry policy: jittered backoff (or Retry-After) until max_age_hours."""
+        now = self.clock()
+        settings = self.watcher.current().settings
+        max_age = settings.max_age_hours * 3600 if settings else retry_policy.DEFAULT_MAX_AGE
+        if retry_policy.expired(item.record.get("at", now), now, max_age):
+            log.error("%s not sent, given up after %g h of failures; last error: %s", who, max_age / 3600, error)
+            return None
+        when = retry_policy.next_attempt_at(now, item.attempts, retry_policy.retry_after_seconds(retry_after, now))
+        log.warning("%s not sent yet: %s; attempt %d, next in %.0f s", who, error, item.attempts, when - now)
+        return when
 
 
 class _QuotaUsedUp(Exception):

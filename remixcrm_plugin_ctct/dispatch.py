@@ -6,13 +6,16 @@ api_client). Only :func:`handle_event` runs in the host's thread.
 """
 
 import logging
+import os
+import sqlite3
 import threading
 import time
 
-from . import config, journal, outbox_admin, payload
+from . import config, forksafe, journal, outbox_admin, payload
 from .auth import TokenManager
 from .delivery import Delivery
 from .governor import Governor
+from .outbox import FILE_NAME as OUTBOX_FILE
 from .outbox import Outbox
 from .sender import OutboxSender
 from .token_store import TokenStore
@@ -43,10 +46,10 @@ class Runtime:
         self.delivery.pause = self.sender.pause
         self._purged_at = 0.0
 
-    def governor_for(self, settings) -> Governor:
+    def governor_for(self, settings) -> "DisklessFallback":
         key = (settings.requests_per_second, settings.daily_quota)
         if self._governor is None or self._governor[0] != key:
-            self._governor = (key, Governor(self.data_dir, *key))
+            self._governor = (key, DisklessFallback(Governor(self.data_dir, *key)))
         return self._governor[1]
 
     def signature(self) -> tuple:
@@ -58,6 +61,36 @@ class Runtime:
         if settings is not None and now - self._purged_at >= PURGE_EVERY:
             self._purged_at = now
             outbox_admin.purge(self.outbox, settings.retention_days * 86400, now)
+
+
+class DisklessFallback:
+    """The governor, or plain spacing inside this process when its file cannot be used (a full
+    or read-only disk): events kept in memory must still go out, within the rate limit."""
+
+    def __init__(self, governor: Governor):
+        self.governor = governor
+        self._next = 0.0  # monotonic time of the next free slot in this process
+        self._lock = threading.Lock()
+        forksafe.after_fork_in_child(self._after_fork)
+
+    def __getattr__(self, name):  # today_count, rate, ...: the governor's own
+        return getattr(self.governor, name)
+
+    def _after_fork(self) -> None:
+        self._lock = threading.Lock()  # a parent thread may have held it at fork time
+
+    def wait_turn(self) -> int | None:
+        try:
+            return self.governor.wait_turn()
+        except (OSError, sqlite3.Error):
+            pass
+        with self._lock:
+            now = time.monotonic()
+            slot = max(now, self._next)
+            self._next = slot + self.governor.interval
+        if slot > now:
+            time.sleep(slot - now)  # our turn, as the governor would sleep
+        return 0  # the day's count is unknown without the file
 
 
 def handle_event(event: str, client, lead=None) -> None:
@@ -77,10 +110,11 @@ def handle_event(event: str, client, lead=None) -> None:
         # cancelled (the newest word on consent wins) and `status --client` can say why
         log.info("%s", payload.declined(contact.client_id))
     rt = runtime()
+    now = time.time()
     try:
-        rt.journal.append(journal.encode(contact, event, time.time()))
-    except OSError as e:  # disk full, read-only: keep it in memory
-        kept = rt.sender.submit_memory((contact, event))
+        rt.journal.append(journal.encode(contact, event, now))
+    except OSError as e:  # disk full, read-only: keep it in memory (it moves to the outbox when it can)
+        kept = rt.sender.submit_memory(journal.record(contact, event, now))
         now = time.monotonic()
         if now - _fallback_logged_at >= FALLBACK_LOG_INTERVAL:
             _fallback_logged_at = now
@@ -102,6 +136,29 @@ def runtime() -> Runtime:
     return _runtime
 
 
+def resume_pending() -> None:
+    """Called once when the hooks are loaded: if an earlier run left an outbox or journals in
+    the data dir, start the sender so pending work flows without waiting for a hook (a
+    restart, or a worker recycled after each request). Only two ``stat`` calls here: no file
+    is opened or created, and an empty data dir starts nothing; the sender reads the config in
+    its own thread and stops its threads again when nothing is pending."""
+    try:
+        base = config.data_dir()
+        if not (_exists(base / OUTBOX_FILE) or _exists(base / "journal")):
+            return
+        runtime().sender.wake()
+    except Exception:  # loading the plugin must never fail because of this
+        log.exception("could not start sending what an earlier run left; it goes out with the next event")
+
+
+def _exists(path) -> bool:
+    try:
+        os.stat(path)
+    except OSError:
+        return False
+    return True
+
+
 def tokens() -> TokenManager:
     return runtime().tokens
 
@@ -110,6 +167,15 @@ def flush(timeout: float = 5.0, retries: bool = False) -> bool:
     """Wait until nothing is in flight and nothing due can be sent (with ``retries``: nor
     scheduled for a retry); False after ``timeout``."""
     return _runtime.sender.flush(timeout, retries) if _runtime is not None else True
+
+
+def _after_fork() -> None:
+    global _lock
+    _lock = threading.Lock()  # a parent thread may have held it while making the runtime
+    _watcher._lock = threading.Lock()  # ... or while reading the config
+
+
+forksafe.after_fork_in_child(_after_fork)  # registers an at-fork hook only: nothing starts
 
 
 def reset(timeout: float = 5.0) -> None:

@@ -18,7 +18,7 @@ import time
 from collections import deque
 from pathlib import Path
 
-from . import db
+from . import db, forksafe
 
 FILE_NAME = "governor.sqlite3"
 _SCHEMA = ("CREATE TABLE IF NOT EXISTS budget (id INTEGER PRIMARY KEY CHECK (id = 1), "
@@ -41,6 +41,10 @@ class Governor:
         self._clock, self._sleep = clock, sleep
         self._conns = db.Connections(self.path, _SCHEMA, busy_timeout=30)
         self._lock = threading.Lock()  # one connection, one transaction at a time
+        forksafe.after_fork_in_child(self._after_fork)
+
+    def _after_fork(self) -> None:
+        self._lock = threading.Lock()  # a parent thread may have held it at fork time
 
     def __repr__(self) -> str:
         return f"Governor({str(self.path)!r}, rate={self.rate:g}/s, daily_quota={self.daily_quota})"

@@ -26,3 +26,8 @@ def on_lead_converted(lead, client):
         dispatch.handle_event("lead_converted", client, lead=lead)
     except Exception:  # never raise into the host
         log.exception("on_lead_converted failed inside the plugin; the CRM is unaffected")
+
+
+# What an earlier run left (a restart, a worker recycled after each request) starts flowing
+# now, not at the next hook; two stat calls, and nothing at all when the data dir is empty.
+dispatch.resume_pending()

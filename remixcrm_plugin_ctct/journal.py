@@ -30,7 +30,7 @@ from pathlib import Path
 
 from filelock import FileLock, Timeout
 
-from . import payload
+from . import forksafe, payload
 
 log = logging.getLogger("remixcrm_plugin_ctct")
 
@@ -84,6 +84,16 @@ class Journal:
         self.last_append = 0.0  # monotonic time of the last hook write
         self._folded = 0  # bytes of the current file already folded (a cheap "anything new?")
         self._adopted_at = -ADOPT_EVERY
+        forksafe.after_fork_in_child(self._after_fork)
+
+    def _after_fork(self) -> None:
+        """The child writes its own file (append() opens one, as the pid differs); the parent's
+        file, fd and owner lock stay the parent's: the lock object is parked, never released
+        here (releasing it would unlock the parent's file, which is shared across fork)."""
+        self._append_lock = threading.Lock()  # a parent thread may have held either at fork time
+        self._fold_lock = threading.Lock()
+        forksafe.keep(self._owner_lock)
+        self._fd, self._path, self._owner_lock, self._pid, self._size, self._folded = None, None, None, None, 0, 0
 
     def __repr__(self) -> str:
         return f"Journal({str(self.directory)!r})"

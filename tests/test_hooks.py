@@ -211,7 +211,8 @@ def test_an_unwritable_outbox_falls_back_to_memory_and_says_so_once(pm, write_co
     errors = [r.getMessage() for r in logs.records if "cannot write the outbox" in r.getMessage()]
     assert len(errors) == 1 and "No space left on device" in errors[0] and "kept in memory only" in errors[0]
     assert len(mocked.calls) == 3
-    assert logs.text.count("from memory") == 3
+    # each one sent once: from memory, or from the outbox they move into once it takes writes
+    assert logs.text.count("created contact") == 3
 
 
 @pytest.mark.parametrize("opt_in", [0, 0.0, "0", "no", "No ", "FALSE", "off", "n"])

@@ -31,7 +31,7 @@ class Recorder:
         self.outbox.delivered(row.id, f"contact-{row.id}", "created")
 
     def work_memory(self, item):
-        self.memory.append(item)
+        self.memory.append(item.record)
 
 
 @pytest.fixture
@@ -95,7 +95,7 @@ def test_memory_items_are_worked_and_bounded(tmp_path):
     def work_memory(item):
         taken.set()
         recorder.block.wait()
-        recorder.memory.append(item)
+        recorder.memory.append(item.record)
 
     sender = OutboxSender(outbox, recorder.work_row, work_memory, workers=1, memory_limit=2)
     assert sender.submit_memory("a")
@@ -198,3 +198,82 @@ def test_exit_waits_at_most_the_budget_and_leaves_everything_recorded(tmp_path):
     assert "exiting: 5 event(s) wait in the outbox and go out with the next run" in proc.stderr
     outbox = Outbox(tmp_path / "d")
     assert outbox.due_count() == 5  # leases handed back: the next process can send them at once
+
+
+def test_a_pause_cleared_by_another_worker_between_check_and_read_is_no_error(parts, caplog):
+    outbox, recorder, sender = parts
+
+    def cleared_meanwhile():  # the other worker clears the pause right after this one checked it
+        sender._pause = None
+        return True
+
+    sender.pause(Pause("a test", changed=cleared_meanwhile))
+    outbox.add(contact(1), "e")
+    started = time.monotonic()
+    sender.wake()
+    assert sender.flush(5)
+    assert "unexpected error" not in caplog.text
+    assert time.monotonic() - started < 1.5  # no stall after a crashed step
+    assert [r for r, _ in recorder.rows] == [1]
+
+
+def test_flush_is_false_while_the_outbox_cannot_be_read(tmp_path, caplog):
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "outbox.sqlite3").write_bytes(b"this is not a database" * 100)
+    sender = OutboxSender(Outbox(tmp_path / "d"), lambda row: None, lambda item: None, workers=1)
+    assert sender.flush(0.2) is False
+    assert sender.flush(0.2) is False
+    assert caplog.text.count("cannot read the outbox") == 1
+    sender.close(1)
+
+
+def test_leases_of_a_long_send_are_renewed(parts, monkeypatch):
+    from remixcrm_plugin_ctct import outbox as outbox_module
+
+    outbox, recorder, sender = parts
+    monkeypatch.setattr(outbox_module, "LEASE_SECONDS", 0.15)  # renewed every 50 ms
+    renewed = []
+    monkeypatch.setattr(Outbox, "renew", lambda self, owner, ids, lease: renewed.append((owner, list(ids), lease)),
+                        raising=False)
+    recorder.block.clear()  # the send takes long
+    outbox.add(contact(1), "e")
+    sender.wake()
+    assert recorder.started.wait(5)
+    deadline = time.monotonic() + 5
+    while len(renewed) < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert renewed[:2] == [(sender.owner, [1], 0.15)] * 2
+    recorder.block.set()
+    assert sender.flush(5)
+
+
+def test_idle_threads_stop_and_the_next_event_starts_them_again(parts, monkeypatch):
+    from remixcrm_plugin_ctct import sender as sender_module
+
+    outbox, recorder, sender = parts
+    monkeypatch.setattr(sender_module, "IDLE_STOP", 0.2)
+    monkeypatch.setattr(sender_module, "IDLE_POLL", 0.05)
+    sender.wake()
+    started = list(sender._threads)
+    deadline = time.monotonic() + 5
+    while any(t.is_alive() for t in started + [sender._keeper]) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert sender._threads == [] and not any(t.is_alive() for t in started + [sender._keeper])
+    outbox.add(contact(1), "e")
+    sender.wake()
+    assert sender.flush(5)
+    assert [r for r, _ in recorder.rows] == [1]
+
+
+def test_memory_events_wait_for_their_retry_and_count_as_unsettled(tmp_path):
+    attempts = []
+
+    def work_memory(item):
+        attempts.append((item.record, item.attempts))
+        return None if len(attempts) > 1 else time.time() + 0.2  # a 503 once: try again in 0.2 s
+
+    sender = OutboxSender(Outbox(tmp_path / "d"), lambda row: None, work_memory, workers=1)
+    assert sender.submit_memory({"client_id": "1"})
+    assert sender.flush(5, retries=True)
+    assert attempts == [({"client_id": "1"}, 1), ({"client_id": "1"}, 2)]
+    sender.close(1)

@@ -1,0 +1,130 @@
+"""A fork after events (gunicorn --preload) leaves the child nothing of the parent's to share:
+no HTTP session, no held lock, no thread. The forking happens in a subprocess, so the pytest
+process itself never forks while it has threads."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import ACCESS_TOKEN, RAW
+from remixcrm_plugin_ctct import config
+from remixcrm_plugin_ctct.outbox import Outbox
+from remixcrm_plugin_ctct.sandbox import Sandbox
+
+pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork (POSIX)")
+
+COMMON = r"""
+import contextlib, json, os, sys, threading, time
+from remixcrm_plugin_ctct import api_client, dispatch, flush
+from remixcrm_plugin_ctct.hookspecs import make_plugin_manager
+pm = make_plugin_manager()
+
+def fire(prefix, n):
+    for i in range(n):
+        pm.hook.on_client_created(client={"id": f"{prefix}{i}", "email": f"{prefix}{i}@example.com", "first_name": "F"})
+
+def wait_child(pid, timeout):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return os.waitstatus_to_exitcode(status)
+        time.sleep(0.01)  # polling with a deadline
+    os.kill(pid, 9)  # hung: the test reports it instead of hanging too
+    os.waitpid(pid, 0)
+    return "hung"
+"""
+
+SHARED_SESSION = COMMON + r"""
+fire("p", 4)  # before the fork, as with --preload
+assert flush(20)
+parent_session = api_client.session()
+pid = os.fork()
+if pid == 0:
+    code = 1
+    try:
+        if api_client.session() is parent_session:
+            code = 3
+        else:
+            fire("k", 12)  # the child sends while the parent does
+            code = 0 if flush(20) else 2
+    finally:
+        os._exit(code)
+fire("q", 12)
+ok = flush(20)
+print(json.dumps({"parent_flushed": ok, "child": wait_child(pid, 30)}))
+"""
+
+
+def unsubscribed(sandbox, prefixes, n):
+    """Every other contact the events name has unsubscribed before."""
+    emails = {f"{p}{i}@example.com" for p in prefixes for i in range(0, n, 2)}
+    for email in emails:
+        sandbox.api.seed_contact(email, permission_to_send="unsubscribed")
+    return emails
+
+
+def test_parent_and_child_never_share_the_http_session(write_config):
+    with Sandbox(access_token=ACCESS_TOKEN) as sandbox:
+        write_config(api_base_url=sandbox.api_base_url, consent_guard=RAW("true"))
+        opted_out = unsubscribed(sandbox, ("k", "q"), 12)
+        proc = subprocess.run([sys.executable, "-c", SHARED_SESSION], capture_output=True, text=True, timeout=90)
+        assert proc.returncode == 0, proc.stderr
+        report = json.loads(proc.stdout)
+        assert report == {"parent_flushed": True, "child": 0}, "child: 3 = it reused the parent's session"
+        for email in opted_out:  # nobody re-subscribed by an answer meant for another process
+            assert sandbox.api.contacts[email]["permission_to_send"] == "unsubscribed", email
+        rows = Outbox(config.data_dir())._query("SELECT email_key, state, contact_id FROM events")
+        assert len(rows) == 28
+        for email, state, contact_id in rows:
+            if email in opted_out:
+                assert state == "skipped", email
+            else:  # each row carries its own contact's id, not another's
+                assert state == "delivered" and contact_id == sandbox.api.contacts[email]["contact_id"], email
+
+
+HELD_LOCKS = COMMON + r"""
+from remixcrm_plugin_ctct import config
+fire("p", 2)
+assert flush(20)
+rt = dispatch.runtime()
+governor = rt.governor_for(dispatch._watcher.current().settings)
+locks = [rt.outbox._write, rt.sender._cond, rt.journal._append_lock, rt.journal._fold_lock, governor._lock,
+         api_client._session_lock, rt.tokens._lock, dispatch._lock, dispatch._watcher._lock]
+if hasattr(governor, "governor"):  # the diskless fallback around the governor
+    locks.append(governor.governor._lock)
+held, done = threading.Event(), threading.Event()
+
+def sender_thread_mid_write():  # a sender thread inside its critical sections at fork time
+    with contextlib.ExitStack() as stack:
+        for lock in locks:
+            stack.enter_context(lock)
+        held.set()
+        done.wait()
+
+threading.Thread(target=sender_thread_mid_write, daemon=True).start()
+assert held.wait(5)
+pid = os.fork()
+if pid == 0:
+    code = 1
+    try:
+        fire("k", 3)
+        code = 0 if flush(5) else 2
+    finally:
+        os._exit(code)
+done.set()
+print(json.dumps({"child": wait_child(pid, 15)}))
+"""
+
+
+def test_a_fork_while_a_sender_thread_holds_locks_does_not_hang_the_child(write_config):
+    with Sandbox(access_token=ACCESS_TOKEN) as sandbox:
+        write_config(api_base_url=sandbox.api_base_url)
+        proc = subprocess.run([sys.executable, "-c", HELD_LOCKS], capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 0, proc.stderr
+        assert json.loads(proc.stdout) == {"child": 0}, "the child's hook or flush hung on a lock held at fork time"
+        members = {c["email_address"].lower() for c in sandbox.members()}
+        assert {f"k{i}@example.com" for i in range(3)} <= members

@@ -1,8 +1,7 @@
 """Start, drive and stop a real gunicorn serving tests/prefork_app.py on a loopback port.
 
 Shared by tests/test_prefork.py and bench/prefork.py. Every wait here is bounded by a deadline;
-``stop`` always leaves no process behind (SIGTERM, then SIGKILL of the master and of the
-workers it had, by pid).
+``stop`` leaves no process behind (SIGTERM, then SIGKILL of the master and of its workers, by pid).
 """
 
 import http.client
@@ -64,7 +63,6 @@ class Gunicorn:
         self.env = {**env, "XDG_RUNTIME_DIR": str(self.workdir)}  # gunicorn >= 25.1 puts its control socket there
         self.log_path = self.workdir / f"gunicorn-{self.port}.log"
         self.proc: subprocess.Popen | None = None
-        self.seen_workers: set[int] = set()  # every worker pid seen, so stop() can kill leftovers
 
     # --- life cycle ---
     def start(self, timeout: float = 15.0) -> "Gunicorn":
@@ -83,9 +81,7 @@ class Gunicorn:
         return self.proc.pid
 
     def workers(self) -> set[int]:
-        found = children(self.pid)
-        self.seen_workers |= found
-        return found
+        return children(self.pid)
 
     def wait_workers(self, count: int, timeout: float = 15.0) -> set[int]:
         if not wait_until(lambda: len(self.workers()) >= count, timeout):
@@ -94,7 +90,6 @@ class Gunicorn:
 
     def terminate(self, timeout: float) -> float | None:
         """SIGTERM the master (a graceful stop); seconds until it exited, None if it did not in ``timeout``."""
-        self.workers()
         started = time.monotonic()
         self.proc.send_signal(signal.SIGTERM)
         try:
@@ -104,17 +99,19 @@ class Gunicorn:
         return time.monotonic() - started
 
     def stop(self) -> None:
-        """Always safe to call: graceful first, then SIGKILL of whatever is left (by pid)."""
-        if self.proc is None:
+        """Always safe to call: a graceful stop first; if the master does not exit, SIGKILL it and
+        the workers it has at that moment (by pid, read from /proc just before)."""
+        if self.proc is None or self.proc.poll() is not None:
             return
-        if self.proc.poll() is None and self.terminate(15.0) is None:
+        if self.terminate(15.0) is None:
+            workers = self.workers()
             self.proc.kill()
+            for pid in workers:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
             self.proc.wait(10)
-        for pid in self.seen_workers:
-            try:
-                os.kill(pid, signal.SIGKILL)  # only pids this master forked; gone already in a clean stop
-            except (ProcessLookupError, PermissionError):
-                pass
 
     def log(self) -> str:
         try:

@@ -5,9 +5,10 @@
 
 gunicorn (sync workers) serves tests/prefork_app.py on loopback; ``--threads`` client threads
 POST new clients to it, each request firing ``on_client_created``, paced at ``--rate`` requests/s
-in all (0: as fast as they can), until ``--requests`` were made or ``--seconds`` passed. Twice in the same run, each on a fresh server and data dir:
-with the plugin sending to a sandbox that enforces Constant Contact's 4 requests/s (its own
-process, as the real API is), and with ``provider = "none"`` (the hook returns at once).
+in all (0: as fast as they can), until ``--requests`` were made or ``--seconds`` passed. Twice in
+the same run, each on a fresh server and data dir: with the plugin sending to a sandbox that
+enforces Constant Contact's 4 requests/s (its own process, as the real API is), and with
+``provider = "none"`` (the hook returns at once).
 Printed: request p50/p99 for both and their ratio, the hook's own p50/p99 inside the worker
 (the app's ``X-Hook-Us`` header), 429 ``throttled`` answers, and the send rate (clients
 delivered per second, counted for ``--drain`` more seconds after the load: at 4/s a
@@ -52,7 +53,8 @@ def load(srv: Gunicorn, threads: int, requests: int, seconds: float, rate: float
                 return
             if rate:
                 time.sleep(max(0.0, begin + i / rate - time.monotonic()))  # pacing the load
-            record = {"id": f"{prefix}{i}", "email": f"{prefix}{i}@example.com", "first_name": "Prefork", "last_name": str(i)}
+            record = {"id": f"{prefix}{i}", "email": f"{prefix}{i}@example.com", "first_name": "Prefork",
+                      "last_name": str(i)}
             started = time.perf_counter()
             status, headers = srv.post_client(record)
             took = (time.perf_counter() - started) * 1e6
@@ -110,7 +112,8 @@ def main() -> int:
     parser.add_argument("--preload", action="store_true")
     args = parser.parse_args()
     print(f"prefork: gunicorn -w {args.workers}{' --preload' if args.preload else ''}, {args.threads} client threads, "
-          f"up to {args.requests:,} requests at {args.rate or 'max'}/s or {args.seconds:.0f} s; Python {sys.version.split()[0]}, {os.cpu_count()} CPUs")
+          f"up to {args.requests:,} requests at {args.rate or 'max'}/s or {args.seconds:.0f} s; "
+          f"Python {sys.version.split()[0]}, {os.cpu_count()} CPUs")
 
     proc, pipe, url = sandbox_process()
     try:

@@ -85,7 +85,8 @@ class Gunicorn:
 
     def wait_workers(self, count: int, timeout: float = 15.0) -> set[int]:
         if not wait_until(lambda: len(self.workers()) >= count, timeout):
-            raise AssertionError(f"gunicorn has {len(self.workers())} workers, not {count}, after {timeout} s:\n{self.log()}")
+            raise AssertionError(f"gunicorn has {len(self.workers())} workers, not {count}, after {timeout} s:\n"
+                                 f"{self.log()}")
         return self.workers()
 
     def terminate(self, timeout: float) -> float | None:

@@ -170,7 +170,8 @@ def test_every_accepted_client_is_delivered_once_with_its_newest_fields(preload,
     # consent unknown for most (so the guard looks each one up), explicit for some, leads for some
     creates = [client("c", i, opt_in=True if i % 4 == 0 else None, lead=i % 5 == 0) for i in range(40)]
     creates += [client("unsub", i) for i in range(3)]
-    updates = [[client("c", i, version=v, opt_in=True if i % 4 == 0 else None) for i in range(0, 40, 5)] for v in (2, 3)]
+    updates = [[client("c", i, version=v, opt_in=True if i % 4 == 0 else None) for i in range(0, 40, 5)]
+               for v in (2, 3)]
     at_import = []
     if preload:  # the master fires these before forking the workers, as a host doing work at start-up
         at_import = [client("pre", i) for i in range(6)] + [client("unsub", 0)]
@@ -188,7 +189,8 @@ def test_every_accepted_client_is_delivered_once_with_its_newest_fields(preload,
     def as_newest(email) -> bool:
         found = contact(sandbox, email)
         return (found is not None and SEEDED_LIST_ID in found["list_memberships"]
-                and found.get("first_name") == newest[email]["first_name"] and found.get("company_name") == newest[email]["company"])
+                and found.get("first_name") == newest[email]["first_name"]
+                and found.get("company_name") == newest[email]["company"])
 
     wait_until(lambda: all(as_newest(e) for e in expected), 20)
     wait_until(lambda: not unfinished(), 5)  # a stale event sent after the newest would show only then
@@ -250,7 +252,8 @@ def test_a_decline_as_the_next_workers_first_request_is_not_pushed(sandbox, writ
     wait_until(lambda: any(c["email"] == "x0@example.com" and c["start"] >= declined_at for c in sandbox.calls), 2)
     srv.stop()
 
-    pushed = [c for c in sandbox.calls if c["email"] == "x0@example.com" and c["start"] >= declined_at and c["status"] in OK]
+    pushed = [c for c in sandbox.calls
+              if c["email"] == "x0@example.com" and c["start"] >= declined_at and c["status"] in OK]
     assert not pushed, (f"x0@example.com declined (worker {decline_pid}'s first request) after opting in (worker "
                         f"{opt_in_pid}'s last), and was pushed {len(pushed)} time(s) after the decline:\n"
                         + outbox_rows(["x0@example.com"]))
@@ -262,15 +265,20 @@ def test_a_decline_as_the_next_workers_first_request_is_not_pushed(sandbox, writ
 def test_a_burst_across_workers_gets_no_throttled_answers_at_4_per_second(sandbox, write_config, server):
     write_config(api_base_url=sandbox.api_base_url, requests_per_second=RAW("4"))
     sandbox.faults.rate_limit = 4  # Constant Contact's limit, for all workers together
+    arrivals = api_arrivals(sandbox)
     srv = server("-w", "3")
     srv.wait_workers(3)
     burst = [client("burst", i, opt_in=True) for i in range(32)]
     accepted = fire_all(srv, burst)
     emails = set(accepted)
-    delivered = wait_until(lambda: all(is_member(sandbox, e) for e in emails), len(burst) / 4 + 15)
+    # polled gently: the sandbox shares this process, and its arrival times should be the network's
+    delivered = wait_until(lambda: all(is_member(sandbox, e) for e in emails), len(burst) / 4 + 15, interval=0.25)
     srv.stop()
-    assert sandbox.faults.throttled == 0, (f"{sandbox.faults.throttled} x 429 throttled in {len(sandbox.calls)} sign_up_form "
-                                           f"calls from {len({p for ps in accepted.values() for p in ps})} workers")
+    spans = [b - a for a, b in zip(arrivals, arrivals[4:])]  # 5 arrivals in under 1 s: a 429
+    workers = len({p for ps in accepted.values() for p in ps})
+    assert sandbox.faults.throttled == 0, (f"{sandbox.faults.throttled} x 429 throttled in {len(arrivals)} calls from "
+                                           f"{workers} workers; the tightest 5 arrivals spanned "
+                                           f"{min(spans, default=0):.3f} s")
     assert delivered, missing_report(sandbox, emails, accepted)
 
 
@@ -297,7 +305,8 @@ def test_a_killed_workers_events_are_delivered_within_30_s(sandbox, write_config
     os.kill(victim, signal.SIGKILL)
     killed_at = time.monotonic()
     mine = {e for e, ps in accepted.items() if victim in ps}
-    assert wait_until(lambda: victim not in srv.workers() and len(srv.workers()) == 3, 10), "gunicorn did not respawn the worker"
+    respawned = wait_until(lambda: victim not in srv.workers() and len(srv.workers()) == 3, 10)
+    assert respawned, "gunicorn did not respawn the worker"
 
     emails = set(accepted)
     delivered = wait_until(lambda: all(is_member(sandbox, e) for e in emails), 30)
@@ -317,7 +326,8 @@ def test_sigterm_stops_within_the_graceful_timeout_and_a_restart_delivers_withou
     assert wait_until(lambda: len(arrivals) >= 1, 10), "no send was attempted"  # a send hangs while we stop
 
     took = srv.terminate(timeout=15)
-    assert took is not None and took <= 5 + 1, f"the master took {took} s to exit after SIGTERM, not <= the 5 s graceful timeout"
+    assert took is not None and took <= 5 + 1, \
+        f"the master took {took} s to exit after SIGTERM (None: over 15 s), not <= the 5 s graceful timeout"
     with sandbox.faults._lock:
         sandbox.faults.script.clear()  # the API answers again
 

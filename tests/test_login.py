@@ -25,7 +25,7 @@ def store_state():
 
 
 def test_device_login_stores_tokens_and_prints_only_the_expiry(write_config, capsys):
-    with Sandbox(access_token=None, device_interval=0) as sandbox:
+    with Sandbox(access_token=None, device_interval=0, token_rate_limit=None) as sandbox:  # polls at interval 0
         sandbox_config(write_config, sandbox)
         assert cli.main(["login"]) == 0
         out = capsys.readouterr().out
@@ -37,7 +37,7 @@ def test_device_login_stores_tokens_and_prints_only_the_expiry(write_config, cap
 
 
 def test_device_login_waits_for_the_user_to_approve(write_config):
-    with Sandbox(access_token=None, device_interval=0, auto_approve_device=False) as sandbox:
+    with Sandbox(access_token=None, device_interval=0, auto_approve_device=False, token_rate_limit=None) as sandbox:
         sandbox_config(write_config, sandbox)
         lines = []
         shown = threading.Event()
@@ -129,7 +129,7 @@ def test_login_without_a_client_id_says_how_to_fix_it(write_config, capsys):
 
 
 def test_login_through_the_installed_command(write_config, tmp_path):
-    with Sandbox(access_token=None, device_interval=0) as sandbox:
+    with Sandbox(access_token=None, device_interval=0, token_rate_limit=None) as sandbox:  # polls at interval 0
         path = sandbox_config(write_config, sandbox, list_id=None)  # an admin often logs in before picking a list
         script = os.path.join(os.path.dirname(sys.executable), "remixcrm-ctct")
         proc = subprocess.run([script, "login"], capture_output=True, text=True, timeout=60,

@@ -5,7 +5,10 @@ Behaves as Constant Contact's documents say: access tokens live ``access_lifetim
 one stops working; a *long-lived* app gets the same one back. Refusals use the OAuth error
 body ``{"error": …, "error_description": …}``. Logins (device and PKCE) are approved without a
 human: a device code once its verification page is opened (or on the second poll, with
-``auto_approve_device``), an authorize request at once.
+``auto_approve_device``), an authorize request at once. The token endpoint takes at most
+``token_rate_limit`` requests a second (1 by default, strict: the plugin spaces token calls by
+>= 1 s) and answers 429 beyond it, in the Okta-style body its ``/oauth2/default/v1`` paths suggest
+([INFER]: Constant Contact documents no body for it, and a client must not rely on ``error``).
 """
 
 import base64
@@ -13,16 +16,19 @@ import hashlib
 import secrets
 import threading
 import time
+from collections import deque
 from urllib.parse import urlencode
 
 SANDBOX_CLIENT_ID = "sandbox-client-id"
 DEVICE_GRANT = "urn:ietf:params:oauth:grant-type:device_code"
+TOKEN_THROTTLED = {"errorCode": "E0000047", "errorSummary": "API call exceeded rate limit due to too many requests."}
 
 
 class AuthServer:
     def __init__(self, access_lifetime: float = 86400, rotating: bool = True, client_id: str = SANDBOX_CLIENT_ID,
                  client_secret: str | None = None, auto_approve_device: bool = True, device_interval: float = 1,
-                 scope: str = "contact_data offline_access", clock=time.time):
+                 scope: str = "contact_data offline_access", clock=time.time, token_rate_limit: float | None = 1,
+                 rate_clock=time.monotonic):
         self.access_lifetime, self.rotating = access_lifetime, rotating
         self.client_id, self.client_secret = client_id, client_secret
         self.auto_approve_device, self.device_interval, self.clock = auto_approve_device, device_interval, clock
@@ -34,6 +40,9 @@ class AuthServer:
         self.auth_codes: dict[str, dict] = {}
         self.token_calls = 0  # grant_type=refresh_token calls
         self.invalid_grants = 0
+        self.token_rate_limit, self.rate_clock = token_rate_limit, rate_clock
+        self.token_throttled = 0  # token requests answered 429
+        self._token_arrivals: deque = deque()
         self._lock = threading.Lock()
 
     def seed(self, expired: bool = False) -> dict:
@@ -80,6 +89,8 @@ class AuthServer:
 
     # --- endpoints: each returns (status, body) ---
     def token(self, form: dict, basic: tuple[str, str] | None) -> tuple[int, dict]:
+        if self._token_throttled():
+            return 429, TOKEN_THROTTLED
         client_id = basic[0] if basic else form.get("client_id")
         if client_id != self.client_id or (self.client_secret and (not basic or basic[1] != self.client_secret)):
             return 401, {"error": "invalid_client", "error_description": "Client authentication failed."}
@@ -96,6 +107,19 @@ class AuthServer:
             if grant == DEVICE_GRANT:
                 return self._device_grant(form)
         return 400, {"error": "unsupported_grant_type", "error_description": f"grant_type {grant!r} is not supported"}
+
+    def _token_throttled(self) -> bool:
+        if self.token_rate_limit is None:
+            return False
+        with self._lock:
+            now = self.rate_clock()
+            while self._token_arrivals and now - self._token_arrivals[0] >= 1.0:
+                self._token_arrivals.popleft()
+            if len(self._token_arrivals) >= self.token_rate_limit:
+                self.token_throttled += 1
+                return True
+            self._token_arrivals.append(now)
+            return False
 
     def device_authorize(self, form: dict, base_url: str) -> tuple[int, dict]:
         if form.get("client_id") != self.client_id:

@@ -10,6 +10,7 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qsl, urlsplit
 
+from .activities import Imports
 from .authz import AuthServer
 from .contacts import ContactsApi
 from .faults import Faults
@@ -17,16 +18,29 @@ from .faults import Faults
 SEEDED_TOKEN = "sandbox-access-token"  # a static token that never expires (tests, benchmarks)
 OAUTH_PREFIX = "/oauth2/default/v1"
 _UNAUTHORIZED = {"error_key": "unauthorized", "error_message": "Unauthorized"}
+_IMPORT_PATH = "/v3/activities/contacts_json_import"
+# GET /account/user/privileges in the spec's UserPrivilegesResource shape (ids are the sandbox's own)
+PRIVILEGES = [{"privilege_id": n, "privilege_name": name}
+              for n, name in enumerate(("contacts:read", "contacts:write", "contacts:lists:read"), start=1)]
 
 
 class Sandbox:
-    """``with Sandbox() as sb:`` serves on ``sb.api_base_url`` / ``sb.token_url`` until the block ends."""
+    """``with Sandbox() as sb:`` serves on ``sb.api_base_url`` / ``sb.token_url`` until the block ends.
 
-    def __init__(self, access_token: str | None = SEEDED_TOKEN, host: str = "127.0.0.1", port: int = 0, **authz_options):
+    ``confirmed_opt_in``: the account's Confirmed Opt-In is on (sign_up_form makes new contacts
+    ``pending_confirmation``). ``lowercase_lookups`` (on by default): ``GET /contacts?email=``
+    matches only the stored lower-case address. ``import_polls_to_complete``: the ``GET
+    /activities/{id}`` poll on which an import completes. ``token_rate_limit`` (1/s) and the rest
+    go to the authorization server."""
+
+    def __init__(self, access_token: str | None = SEEDED_TOKEN, host: str = "127.0.0.1", port: int = 0,
+                 confirmed_opt_in: bool = False, lowercase_lookups: bool = True, import_polls_to_complete: int = 2,
+                 **authz_options):
         self.static_token = access_token
-        self.api = ContactsApi()
+        self.api = ContactsApi(confirmed_opt_in=confirmed_opt_in, lowercase_lookups=lowercase_lookups)
         self.authz = AuthServer(**authz_options)
         self.faults = Faults()
+        self.imports = Imports(self.api, self.faults, polls_to_complete=import_polls_to_complete)
         self.hang = threading.Event()  # set: accept requests, never answer (until stop)
         self.unauthorized = 0  # 401s answered by the API
         self.calls: list[dict] = []  # every sign_up_form call: email, start, end, status (for overlap checks)
@@ -145,7 +159,7 @@ def _handler(sandbox: Sandbox):
                 if url.path == f"{OAUTH_PREFIX}/device/authorize":
                     return self._reply(*sandbox.authz.device_authorize(form, sandbox.base_url + OAUTH_PREFIX))
                 return self._reply(404, {"error": "not_found", "error_description": "no such endpoint"})
-            if url.path != "/v3/contacts/sign_up_form":
+            if url.path not in ("/v3/contacts/sign_up_form", _IMPORT_PATH):
                 return self._reply(404, [{"error_key": "not_found", "error_message": "no such endpoint"}])
             started = time.monotonic()
             if self._fault() or not self._bearer_ok():
@@ -154,6 +168,8 @@ def _handler(sandbox: Sandbox):
                 return self._reply(403, [{"error_key": "forbidden", "error_message": "The token does not have the contact_data scope"}])
             if not (self.headers.get("Content-Type") or "").startswith("application/json"):
                 return self._reply(415, [{"error_key": "unsupported_media_type", "error_message": "Content-Type must be application/json"}])
+            if url.path == _IMPORT_PATH:
+                return self._reply(*sandbox.imports.create(raw))
             try:
                 body = json.loads(raw)
             except ValueError:
@@ -177,20 +193,27 @@ def _handler(sandbox: Sandbox):
                 f = sandbox.faults
                 return self._reply(200, {"throttled": f.throttled, "quota_refused": f.quota_refused, "members": len(sandbox.members()),
                                          "unauthorized": sandbox.unauthorized, "sign_ups": len(sandbox.calls),
-                                         "token_calls": sandbox.authz.token_calls, "invalid_grants": sandbox.authz.invalid_grants})
+                                         "token_calls": sandbox.authz.token_calls,
+                                         "invalid_grants": sandbox.authz.invalid_grants,
+                                         "token_throttled": sandbox.authz.token_throttled,
+                                         "imports": len(sandbox.imports.activities)})
             if url.path == f"{OAUTH_PREFIX}/device":
                 ok = sandbox.authz.approve_device(query.get("user_code", ""))
                 return self._reply(200 if ok else 404, b"approved" if ok else b"unknown code")
             if url.path == "/sandbox/view":  # read-only JSON view for people (no token needed)
-                return self._reply(200, {"lists": list(sandbox.api.lists.values()), "contacts": sandbox.api.find(include_deleted=True)})
+                return self._reply(200, {"lists": list(sandbox.api.lists.values()),
+                                         "contacts": sandbox.api.find(include_deleted=True),
+                                         "activities": sandbox.imports.view()})
             if self._fault() or not self._bearer_ok():
                 return
             if url.path == "/v3/account/user/privileges":  # no scope needed: the cheapest "is this token alive"
-                return self._reply(200, [{"privilege": p} for p in ("contacts:read", "contacts:write", "contacts:lists:read")])
+                return self._reply(200, PRIVILEGES)
             if not sandbox.authz.has_scope(self._token(), "contact_data"):
                 return self._reply(403, [{"error_key": "forbidden", "error_message": "The token does not have the contact_data scope"}])
             if url.path == "/v3/contacts":
-                return self._reply(200, {"contacts": sandbox.api.find(query.get("email", ""), query.get("status") == "all")})
+                return self._reply(*sandbox.api.query(query))
+            if url.path.startswith("/v3/activities/"):
+                return self._reply(*sandbox.imports.get(url.path.removeprefix("/v3/activities/")))
             found = sandbox.api.get_list(url.path.removeprefix("/v3/contact_lists/"))
             if found is not None:
                 return self._reply(200, found)

@@ -64,7 +64,7 @@ def session():
     global _session, _fork_hook_registered
     with _session_lock:
         if _session is None:
-            import requests  # lazy: keeps plugin import cheap
+            requests = forksafe.load_module("requests")  # lazy (cheap plugin import), never torn by a fork
 
             s = requests.Session()
             s.headers["User-Agent"] = f"{USER_AGENT} {s.headers['User-Agent']}"
@@ -128,8 +128,10 @@ class CtctClient:
         return SignUpResult(response.status_code, data.get("contact_id"), data.get("action"))
 
     def find_contact(self, email: str) -> dict | None:
-        """``GET /contacts?email=…&status=all``: the contact with this email, deleted ones included."""
-        found = _json_or_empty(self._request("GET", "/contacts", params={"email": email, "status": "all"}))
+        """``GET /contacts?email=…&status=all``: the contact with this email, deleted ones included.
+        The query is lower-cased: Constant Contact stores addresses in lower case and a mixed-case
+        query matches nothing — a miss here would let the consent guard re-subscribe someone."""
+        found = _json_or_empty(self._request("GET", "/contacts", params={"email": email.lower(), "status": "all"}))
         for contact in found.get("contacts") or []:
             address = contact.get("email_address") or {}
             if isinstance(address, dict) and str(address.get("address", "")).lower() == email.lower():
@@ -145,7 +147,7 @@ class CtctClient:
         return _json_or_empty(self._request("GET", f"/contact_lists/{list_id}", params={"include_membership_count": "all"}))
 
     def _request(self, method: str, path: str, **kwargs):
-        import requests
+        requests = forksafe.load_module("requests")  # lazy (cheap plugin import), never torn by a fork
 
         headers = {"Authorization": f"Bearer {self._access_token}"}
         try:

@@ -12,10 +12,13 @@ may end the parent's session. They are parked in ``_inherited`` so the garbage c
 finalises them either.
 """
 
+import importlib
 import logging
 import os
+import sys
 import threading
 import weakref
+from types import ModuleType
 from typing import Any, Callable
 
 log = logging.getLogger("remixcrm_plugin_ctct")
@@ -24,21 +27,49 @@ _callbacks: list[Callable[[], Callable[[], None] | None]] = []  # each returns t
 _registered = False
 _lock = threading.Lock()
 _inherited: list[Any] = []  # objects from a parent process: never closed, never collected
+# Held while a background thread imports a heavy module (``requests``) and by every fork: a child
+# forked halfway through an import inherits a half-initialised module in sys.modules, and every
+# later send there fails with "partially initialized module 'requests' has no attribute …".
+_import_lock = threading.Lock()
 
 
 def after_fork_in_child(callback: Callable[[], None]) -> None:
     """Run ``callback()`` in every child right after a fork. A bound method is held weakly
     (its object may go away: tests build and drop many runtimes); a function strongly."""
-    global _registered
     if isinstance(callback, type(after_fork_in_child)) or not hasattr(callback, "__self__"):
         ref: Callable[[], Callable[[], None] | None] = lambda: callback  # noqa: E731
     else:
         ref = weakref.WeakMethod(callback)  # type: ignore[arg-type]
     with _lock:
         _callbacks.append(ref)
-        if not _registered and hasattr(os, "register_at_fork"):  # POSIX only; Windows has no fork
-            os.register_at_fork(after_in_child=_run_in_child)
-            _registered = True
+        _register_locked()
+
+
+def _register_locked() -> None:
+    global _registered
+    if not _registered and hasattr(os, "register_at_fork"):  # POSIX only; Windows has no fork
+        os.register_at_fork(before=_before_fork, after_in_parent=_after_fork_in_parent, after_in_child=_run_in_child)
+        _registered = True
+
+
+def _before_fork() -> None:
+    _import_lock.acquire()  # the global, looked up now: a child replaces it with a fresh lock
+
+
+def _after_fork_in_parent() -> None:
+    _import_lock.release()
+
+
+def load_module(name: str) -> ModuleType:
+    """``import name`` from any thread, never overlapping a fork (see ``_import_lock``). Cheap
+    once loaded: one dict lookup."""
+    module = sys.modules.get(name)
+    if module is not None and not getattr(getattr(module, "__spec__", None), "_initializing", False):
+        return module
+    with _lock:
+        _register_locked()
+    with _import_lock:
+        return importlib.import_module(name)
 
 
 def keep(obj: Any) -> None:
@@ -48,8 +79,9 @@ def keep(obj: Any) -> None:
 
 
 def _run_in_child() -> None:
-    global _lock
+    global _lock, _import_lock
     _lock = threading.Lock()  # the parent may have held it while registering
+    _import_lock = threading.Lock()  # held by the forking thread itself (the ``before`` hook)
     alive = []
     for ref in _callbacks:
         callback = ref()

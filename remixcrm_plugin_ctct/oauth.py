@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass, field
 from urllib.parse import urlencode
 
-from . import api_client
+from . import api_client, forksafe
 
 SCOPES = "contact_data offline_access"
 DEVICE_GRANT = "urn:ietf:params:oauth:grant-type:device_code"
@@ -82,7 +82,7 @@ def _jwt_exp(token: str) -> float | None:
 
 def token_request(url: str, data: dict, client_id: str | None, client_secret: str | None = None) -> dict:
     """POST a form to an authorization-server endpoint; the JSON answer, or OAuthError."""
-    import requests
+    requests = forksafe.load_module("requests")  # lazy (cheap plugin import), never torn by a fork
 
     data = dict(data)
     auth = None

@@ -94,8 +94,9 @@ def _expiry_check(expires_at) -> Check:
     if expires_at is None:
         return Check("access-token expiry", OK, f"expires at {expiry}")
     if not isinstance(expires_at, (int, float)) or not math.isfinite(expires_at) or expiry.startswith("an impossible"):
-        return Check("access-token expiry", WARN, f"expires at {expiry}: not a real expiry, so the token is only refreshed "
-                                                  "once Constant Contact rejects it", "run `remixcrm-ctct login`")
+        return Check("access-token expiry", WARN,
+                     f"expires at {expiry}: not a real expiry, so the token is only refreshed once Constant Contact "
+                     "rejects it", "run `remixcrm-ctct login`")
     if expires_at < time.time():
         return Check("access-token expiry", WARN, f"expired at {expiry}; it is refreshed before the next send")
     return Check("access-token expiry", OK, f"expires at {expiry}")

@@ -119,14 +119,16 @@ def _load(path: Path) -> LoadedConfig:
     except _Unreadable as e:
         return LoadedConfig(INVALID, str(e), path)
     except OSError as e:
-        return LoadedConfig(INVALID, f"cannot read {path} ({e.strerror or e}); make it readable by the RemixCRM user", path)
+        return LoadedConfig(INVALID, f"cannot read {path} ({e.strerror or e}); make it readable by the RemixCRM user",
+                            path)
 
     marketing = doc.get("email_marketing")
     if not isinstance(marketing, dict):
         return LoadedConfig(INACTIVE, f"no [email_marketing] section in {path}", path)
     provider = marketing.get("provider", "none")
     if not isinstance(provider, str) or provider not in PROVIDERS:
-        return LoadedConfig(INVALID, f"{path}: email_marketing.provider = {_show(provider)} is not one of {', '.join(PROVIDERS)}; choose a provider in {SETTINGS_PATH}", path)
+        return LoadedConfig(INVALID, f"{path}: email_marketing.provider = {_show(provider)} is not one of "
+                                     f"{', '.join(PROVIDERS)}; choose a provider in {SETTINGS_PATH}", path)
     if provider != "constant_contact":
         return LoadedConfig(INACTIVE, f"provider is {provider!r} in {path}", path)
 
@@ -181,7 +183,8 @@ def _read_doc(path: Path) -> dict:
     except tomllib.TOMLDecodeError as e:
         if bad is not None:
             raise _Unreadable(f"{path} is not UTF-8 text ({where}); {resave}") from None
-        raise _Unreadable(f"{path} is not valid TOML ({e}); fix the syntax or save the settings again in {SETTINGS_PATH}") from None
+        raise _Unreadable(f"{path} is not valid TOML ({e}); fix the syntax or save the settings again in "
+                          f"{SETTINGS_PATH}") from None
     except RecursionError:
         raise _Unreadable(f"{path} nests arrays or tables too deeply to be read; remove the deep nesting "
                           f"or save the settings again in {SETTINGS_PATH}") from None
@@ -304,9 +307,11 @@ def _parse_section(section: dict, problems: list[str], require_list: bool = True
         list_id = list_id or ""
     elif list_id is None:
         if len(problems) == said:  # (a wrongly typed one is named already)
-            problems.append(f"{_SECTION}.list_id is missing: set it in {SETTINGS_PATH} → List ID (the list's UUID from Constant Contact)")
+            problems.append(f"{_SECTION}.list_id is missing: set it in {SETTINGS_PATH} → List ID "
+                            "(the list's UUID from Constant Contact)")
     elif not _UUID.fullmatch(list_id):
-        problems.append(f"{_SECTION}.list_id {_show(list_id)} is not a UUID: copy the list's id from Constant Contact into {SETTINGS_PATH} → List ID")
+        problems.append(f"{_SECTION}.list_id {_show(list_id)} is not a UUID: copy the list's id from Constant Contact "
+                        f"into {SETTINGS_PATH} → List ID")
     # a missing token is not a config error: `remixcrm-ctct login` may have put one in the token store
     access_token = text("access_token", secret=True, token=True)
     api_base_url = _url(text("api_base_url") or DEFAULT_API_BASE_URL, "api_base_url", problems)
@@ -367,7 +372,8 @@ def _number(section: dict, key: str, default, problems: list[str]) -> float:
 
 
 def _url(value: str, key: str, problems: list[str]) -> str:
-    problem = f"{_SECTION}.{key} {_show(value)} must be an https:// URL (plain http:// only for 127.0.0.1, ::1 or localhost)"
+    problem = (f"{_SECTION}.{key} {_show(value)} must be an https:// URL "
+               "(plain http:// only for 127.0.0.1, ::1 or localhost)")
     if not _URL_CHARS.fullmatch(value):
         problems.append(f"{problem}, without spaces, line breaks or other control characters")
         return value
@@ -465,7 +471,10 @@ class ConfigWatcher:
             if snapshot is not None and snapshot[0] == key:
                 return snapshot
             if snapshot is not None and self._reader is not None:
-                return snapshot  # another thread is reading the change: its predecessor serves meanwhile
+                # another thread is reading the change: its predecessor serves meanwhile, under a
+                # signature of its own, so that a pause taken on it (or a flush() looking at such
+                # a pause) never mistakes "being read" for "unchanged"
+                return (*snapshot[0], "being read"), snapshot[1]
             token = object() if self._reader is None else None  # else: nothing read yet, read alongside
             if token is not None:
                 self._reader = token
@@ -492,8 +501,8 @@ class ConfigWatcher:
             self._generation += 1
 
     def signature(self) -> tuple:
-        """Changes when the file does — once this process has read the change (a pause taken on
-        a reading that another thread was just replacing must lift when the new reading lands)."""
+        """Changes when the file does, when another thread starts reading the change, and when
+        that reading lands (a pause taken on the previous reading lifts once the new one is in)."""
         return self._current()[0]
 
     def _after_fork(self) -> None:

@@ -213,7 +213,7 @@ def _read_bytes(path: Path) -> bytes:
                 break
             chunks.append(chunk)
             size += len(chunk)
-        _check_size(path, size)  # it grew while we read
+        _check_size(path, size, grew=True)
     finally:
         os.close(fd)
     return b"".join(chunks)
@@ -230,11 +230,11 @@ def _check_regular(path: Path, st: os.stat_result) -> None:
                           "(or unset it to use the default location)")
 
 
-def _check_size(path: Path, size: int) -> None:
+def _check_size(path: Path, size: int, grew: bool = False) -> None:
     if size > MAX_CONFIG_BYTES:
-        raise _Unreadable(f"{path} is {'more than ' if size == MAX_CONFIG_BYTES + 1 else ''}{size} bytes, over the "
-                          f"{MAX_CONFIG_BYTES} bytes a config file may have; point REMIXCRM_CONFIG at RemixCRM's "
-                          f"config.toml, or remove what does not belong in it")
+        told = "more than" if grew else f"{size} bytes,"  # (a file that grew while read was not read to its end)
+        raise _Unreadable(f"{path} is {told} over the {MAX_CONFIG_BYTES} bytes a config file may have; point "
+                          "REMIXCRM_CONFIG at RemixCRM's config.toml, or remove what does not belong in it")
 
 
 def _first_undecodable(value, name: str) -> str | None:
@@ -249,10 +249,13 @@ def _first_undecodable(value, name: str) -> str | None:
             for key, item in value.items():
                 if _has_surrogate(key):
                     return f"a key in {name}"
-                todo.append((f"{name}.{key}", item))
+                todo.append((f"{name}.{key if _BARE_KEY.fullmatch(key) else _show(key)}", item))
         elif isinstance(value, list):
             todo.extend((f"{name}[{i}]", item) for i, item in enumerate(value))
     return None
+
+
+_BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
 
 
 def _has_surrogate(text: str) -> bool:

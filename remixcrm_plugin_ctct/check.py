@@ -4,8 +4,8 @@ Reads the config as the plugin does, then asks Constant Contact (or the sandbox)
 questions: is the token alive, does it have the scope, does the list exist. Prints no secret.
 """
 
+import datetime as dt
 import json
-import math
 import tempfile
 import time
 from typing import NamedTuple
@@ -93,10 +93,11 @@ def _expiry_check(expires_at) -> Check:
     expiry = describe_expiry(expires_at)
     if expires_at is None:
         return Check("access-token expiry", OK, f"expires at {expiry}")
-    if not isinstance(expires_at, (int, float)) or not math.isfinite(expires_at) or expiry.startswith("an impossible"):
-        return Check("access-token expiry", WARN,
-                     f"expires at {expiry}: not a real expiry, so the token is only refreshed once Constant Contact "
-                     "rejects it", "run `remixcrm-ctct login`")
+    try:
+        dt.datetime.fromtimestamp(expires_at, dt.timezone.utc)
+    except (TypeError, OverflowError, ValueError, OSError):  # nan, inf, a year past 9999, not a number
+        return Check("access-token expiry", WARN, f"expires at {expiry}: not a real expiry",
+                     "run `remixcrm-ctct login` for a token whose expiry the plugin can plan by")
     if expires_at < time.time():
         return Check("access-token expiry", WARN, f"expired at {expiry}; it is refreshed before the next send")
     return Check("access-token expiry", OK, f"expires at {expiry}")

@@ -364,3 +364,21 @@ def test_a_slow_read_never_holds_up_other_threads(write_config, monkeypatch):
     during = answers[0][1]
     assert during != before
     assert watcher.current().status == config.ACTIVE and watcher.signature() not in (before, during)
+
+
+def test_a_pause_on_a_broken_config_lifts_when_the_fix_lands_just_after_the_reading():
+    from types import SimpleNamespace
+
+    from remixcrm_plugin_ctct.delivery import Delivery
+
+    version = [0]
+
+    class Watcher:
+        def current(self):
+            version[0] += 1  # the fix lands right after this reading (another thread's, or a write completing)
+            return config.LoadedConfig(config.INVALID, "broken", Path("config.toml"))
+
+    outbox = SimpleNamespace(retry_later=lambda *args, **kwargs: None)
+    delivery = Delivery(outbox, None, None, Watcher(), signature=lambda: version[0])
+    pause = delivery.work_row(SimpleNamespace(id=1))
+    assert pause is not None and pause.over(0.0)  # a signature taken after the reading would wait forever

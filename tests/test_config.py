@@ -268,8 +268,14 @@ def test_a_symlink_to_a_device_is_not_read(tmp_path):
 
 
 def test_a_huge_file_is_refused_unread(tmp_path, monkeypatch):
-    opened = []
-    monkeypatch.setattr(os, "read", lambda fd, n: opened.append(n) or b"")  # the cap, not the read, must refuse it
+    opened, real_read, me = [], os.read, threading.get_ident()
+
+    def spy(fd, n):  # the size seen at open must refuse it, before a byte is read
+        if threading.get_ident() == me:
+            opened.append(n)
+        return real_read(fd, n)
+
+    monkeypatch.setattr(os, "read", spy)
     path = write_bytes(tmp_path / "config.toml", render_config().encode() + b"# padding\n" * 500_000)
     loaded = config.load(path)
     assert loaded.status == config.INVALID and opened == []

@@ -12,6 +12,8 @@ every refresh expires all earlier ones):
 
 import datetime as dt
 import logging
+import math
+import os
 import threading
 import time
 
@@ -34,17 +36,28 @@ class TokenUnavailable(Exception):
 
 
 def describe_expiry(expires_at: float | None) -> str:
-    if expires_at is None:
+    """When a token expires, for people. Any number is described, never raised on: the expiry
+    comes from a token response or a hand-edited config (year 10000, inf and nan have been seen)."""
+    if expires_at is None or isinstance(expires_at, bool) or not isinstance(expires_at, (int, float)) \
+            or not math.isfinite(expires_at):
         return "an unknown time"
-    when = dt.datetime.fromtimestamp(expires_at, dt.timezone.utc).replace(microsecond=0)
+    try:
+        when = dt.datetime.fromtimestamp(expires_at, dt.timezone.utc).replace(microsecond=0)
+    except (OverflowError, ValueError, OSError):
+        return f"an impossible time ({expires_at:.0f} s after 1970, outside the years 1 to 9999)"
     return f"{when.isoformat().replace('+00:00', 'Z')} (in {_duration(expires_at - time.time())})"
 
 
 def _duration(seconds: float) -> str:
-    seconds = int(seconds)
+    if not math.isfinite(seconds):
+        return "an unknown time"
     if seconds < 0:
         return "the past"
+    seconds = int(seconds)
+    days, seconds = divmod(seconds, 86400)
     hours, rest = divmod(seconds, 3600)
+    if days:
+        return f"{days} d {hours} h"
     return f"{hours} h {rest // 60} min" if hours else f"{rest // 60} min {rest % 60} s"
 
 

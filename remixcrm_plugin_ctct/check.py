@@ -4,6 +4,7 @@ Reads the config as the plugin does, then asks Constant Contact (or the sandbox)
 questions: is the token alive, does it have the scope, does the list exist. Prints no secret.
 """
 
+import datetime as dt
 import json
 import tempfile
 import time
@@ -66,12 +67,7 @@ def _live_checks(settings, rt) -> list[Check]:
         except (NeedsReauth, TokenUnavailable, oauth.OAuthError) as refresh_error:
             return [Check("token works", FAIL, f"rejected (401) and refresh failed: {str(refresh_error).split(';')[0]}",
                           "run `remixcrm-ctct login`, or paste a new access and refresh token in Settings → Integrations → Email Marketing")]
-    state = rt.tokens.state(settings)
-    expiry = describe_expiry(state.expires_at)
-    if state.expires_at is not None and state.expires_at < time.time():
-        found.append(Check("access-token expiry", WARN, f"expired at {expiry}; it is refreshed before the next send"))
-    else:
-        found.append(Check("access-token expiry", OK, f"expires at {expiry}"))
+    found.append(_expiry_check(rt.tokens.state(settings).expires_at))
     try:
         found_list = api_client.CtctClient(settings.api_base_url, token).get_list(settings.list_id)
     except api_client.ApiError as e:
@@ -90,6 +86,21 @@ def _live_checks(settings, rt) -> list[Check]:
     else:
         found.append(Check("list exists", OK, f"{name!r}, {members} member(s)"))
     return found
+
+
+def _expiry_check(expires_at) -> Check:
+    # the expiry comes from a token response or a hand-edited file: any value is described, none crashes
+    expiry = describe_expiry(expires_at)
+    if expires_at is None:
+        return Check("access-token expiry", OK, f"expires at {expiry}")
+    try:
+        dt.datetime.fromtimestamp(expires_at, dt.timezone.utc)
+    except (TypeError, OverflowError, ValueError, OSError):  # nan, inf, a year past 9999, not a number
+        return Check("access-token expiry", WARN, f"expires at {expiry}: not a real expiry",
+                     "run `remixcrm-ctct login` for a token whose expiry the plugin can plan by")
+    if expires_at < time.time():
+        return Check("access-token expiry", WARN, f"expired at {expiry}; it is refreshed before the next send")
+    return Check("access-token expiry", OK, f"expires at {expiry}")
 
 
 def _data_dir_check(rt) -> Check:

@@ -76,9 +76,12 @@ class Delivery:
 
     # --- a durable row ---
     def work_row(self, row) -> Pause | None:
+        # the signature is taken *before* the config is read: taken after, a fix landing in between
+        # (another thread's reading, a write just completed) would be "seen" and never lift the pause
+        seen = self.signature()
         loaded = self.watcher.current()
         if loaded.status != config.ACTIVE:
-            return self._hold(row, self._pause_until_changed(f"the config ({loaded.status})"))
+            return self._hold(row, Pause(f"the config ({loaded.status})", changed=lambda: self.signature() != seen))
         contact = payload.Contact(row.client_id, row.contact["email"], row.contact.get("fields", {}), row.contact.get("email_opt_in"))
         who = f"client {payload.shown(row.client_id)} ({payload.mask_email(contact.email)})"
         try:

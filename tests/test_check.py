@@ -1,11 +1,13 @@
 """`remixcrm-ctct check` on a good setup and on each broken one, against the sandbox."""
 
 import json
+import time
 
 import pytest
 
 from conftest import RAW, assert_no_secrets
 from remixcrm_plugin_ctct import cli
+from remixcrm_plugin_ctct.auth import describe_expiry
 from remixcrm_plugin_ctct.sandbox import SANDBOX_CLIENT_ID, SEEDED_LIST_ID, Sandbox
 
 OTHER_LIST = "00000000-0000-4000-8000-000000000000"
@@ -86,3 +88,33 @@ def test_an_expired_token_that_can_be_refreshed_is_fine(write_config, capsys):
         code, out = check(capsys)
         assert sandbox.authz.token_calls == 1
     assert code == 0 and "✓ token works: it had expired; refreshed just now and saved" in out
+
+
+def test_an_expiry_in_the_year_10000_is_a_config_problem_not_a_crash(write_config, capsys):
+    with Sandbox(access_token=None) as sandbox:
+        setup(write_config, sandbox, token_expires_at=RAW("9999-12-31T23:59:59-01:00"))  # 10000-01-01 in UTC
+        code, out = check(capsys)
+    assert code == 1 and "✗ config readable:" in out
+    assert "token_expires_at 9999-12-31T23:59:59-01:00 is not a real expiry" in out
+
+
+def test_an_absurd_expiry_from_the_token_endpoint_is_described_not_a_crash(write_config, capsys):
+    # expires_in above 10⁹ is read as an epoch time: here, one in the year 33658
+    with Sandbox(access_token=None, access_lifetime=1e12) as sandbox:
+        setup(write_config, sandbox, expired=True)
+        code, out = check(capsys)
+    assert code == 0 and "✓ token works: it had expired; refreshed just now and saved" in out
+    assert "! access-token expiry: expires at an impossible time (1000000000000 s after 1970" in out
+
+
+@pytest.mark.parametrize("expires_at, expected", [
+    (None, "an unknown time"), (float("nan"), "an unknown time"), (float("inf"), "an unknown time"),
+    (253402300800.0, "an impossible time"), (1e300, "an impossible time"), (-1e20, "an impossible time"),
+    (253402300799.0, "9999-12-31T23:59:59Z (in "),
+])
+def test_describe_expiry_never_raises(expires_at, expected):
+    assert describe_expiry(expires_at).startswith(expected)
+
+
+def test_far_expiries_are_told_in_days():
+    assert describe_expiry(time.time() + 3 * 86400 + 7300).endswith("(in 3 d 2 h)")

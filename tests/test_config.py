@@ -1,11 +1,14 @@
 import datetime as dt
+import json
 import logging
+import os
+import threading
 from pathlib import Path
 
 import pytest
 
-from conftest import ACCESS_TOKEN, LIST_ID, RAW, assert_no_secrets, render_config
-from remixcrm_plugin_ctct import config
+from conftest import ACCESS_TOKEN, LIST_ID, RAW, SIGN_UP_URL, assert_no_secrets, render_config
+from remixcrm_plugin_ctct import config, flush
 
 
 def load_text(tmp_path, text):
@@ -144,3 +147,244 @@ def test_watcher_announces_each_state_once_and_follows_live_edits(write_config, 
         (logging.ERROR, "constant contact sync is paused, config problem"),
     ]
     assert_no_secrets(logs.text)
+
+
+# --- hostile files and values (issue 9, items 8 and 9): reported as one ERROR, never raised ---
+
+def write_bytes(path: Path, data: bytes) -> Path:
+    path.write_bytes(data)
+    st = path.stat()  # a rewrite within the same clock tick must still look changed to the watcher
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000))
+    return path
+
+
+NESTED = "\n[other]\ndeep = " + "[" * 3000 + "]" * 3000 + "\n"
+
+
+@pytest.mark.parametrize("values, expected", [
+    ({"api_base_url": "http://[::1/v3"}, "api_base_url 'http://[::1/v3' must be an https:// URL"),
+    ({"api_base_url": "https://api.cc.email:99999/v3"}, "api_base_url 'https://api.cc.email:99999/v3' must be an"),
+    ({"token_url": "https://user:pw@authz.example/token"}, "token_url must not contain a user name or password"),
+    ({"daily_quota": RAW("inf")}, "daily_quota must be a whole number from 1 to"),
+    ({"daily_quota": RAW("nan")}, "daily_quota must be a whole number from 1 to"),
+    ({"daily_quota": RAW("0.5")}, "daily_quota must be a whole number from 1 to"),
+    ({"daily_quota": RAW("9" * 40)}, "daily_quota must be a whole number from 1 to"),
+    ({"requests_per_second": RAW("nan")}, "requests_per_second must be a number from 0.001 to"),
+    ({"requests_per_second": RAW("inf")}, "requests_per_second must be a number from 0.001 to"),
+    ({"requests_per_second": RAW("9" * 400)}, "requests_per_second must be a number from 0.001 to"),
+    ({"requests_per_second": RAW("1e-300")}, "requests_per_second must be a number from 0.001 to"),
+    ({"max_age_hours": RAW("nan")}, "max_age_hours must be a number above 0"),
+    ({"retention_days": RAW("inf")}, "retention_days must be a number above 0"),
+    ({"token_expires_at": RAW("9999-12-31T23:59:59-01:00")}, "token_expires_at 9999-12-31T23:59:59-01:00 is not a"),
+    ({"token_expires_at": RAW("0001-01-01T00:00:00+01:00")}, "token_expires_at 0001-01-01T00:00:00+01:00 is not a"),
+    ({"list_id": RAW("{ id = 1 }")}, "list_id must be a quoted string (got {'id': 1})"),
+    ({"client_id": RAW('"app key\\u0001"')}, "client_id must be one word of printable ASCII characters"),
+    ({"access_token": RAW('"SECRET-access-0123456789\\nX-Injected: 1"')}, "access_token must be one word of printable"),
+])
+def test_hostile_values_are_one_clear_problem_each(tmp_path, values, expected):
+    loaded = load_text(tmp_path, render_config(**values))
+    assert loaded.status == config.INVALID
+    assert expected in loaded.message
+    assert loaded.message.count("email_marketing.constant_contact.") == 1  # one problem, not a cascade
+    assert_no_secrets(loaded.message)
+
+
+def test_the_section_must_be_a_table_and_echoed_values_are_capped(tmp_path):
+    loaded = load_text(tmp_path, '[email_marketing]\nprovider = "constant_contact"\nconstant_contact = 5\n')
+    assert "email_marketing.constant_contact must be a table" in loaded.message
+    # "\\n" is a TOML escape: the value holds real newlines
+    loaded = load_text(tmp_path, render_config(list_id=RAW('"' + "x\\n" * 50_000 + '"')))
+    assert loaded.status == config.INVALID and "list_id 'x\\nx\\n" in loaded.message
+    assert len(loaded.message) < 1000  # this text ends up in a log line
+
+
+def test_a_non_utf8_byte_outside_our_section_is_ignored(tmp_path):
+    data = render_config().encode() + b'\n[crm.clients]\ncity = "Montr\xe9al"  # RemixCRM\'s own Latin-1 text\n'
+    loaded = config.load(write_bytes(tmp_path / "config.toml", data))
+    assert loaded.status == config.ACTIVE and loaded.settings.list_id == LIST_ID
+
+
+@pytest.mark.parametrize("data, expected", [
+    (render_config(client_id="CLIENT").encode().replace(b"CLIENT", b"caf\xe9"),
+     "email_marketing.constant_contact.client_id is not UTF-8 text (the file's first such byte: byte 0xe9 at offset"),
+    (render_config().encode() + b"\n[other]\ncaf\xe9 = 1\n", "is not UTF-8 text (byte 0xe9 at offset"),
+    (render_config().encode("utf-16"), "is not UTF-8 text (byte 0xff at offset 0)"),
+])
+def test_non_utf8_text_we_need_is_named_with_its_offset(tmp_path, data, expected):
+    loaded = config.load(write_bytes(tmp_path / "config.toml", data))
+    assert loaded.status == config.INVALID
+    assert expected in loaded.message and "save it as UTF-8" in loaded.message
+
+
+def test_a_utf8_signature_at_the_start_is_accepted(tmp_path):
+    loaded = config.load(write_bytes(tmp_path / "config.toml", b"\xef\xbb\xbf" + render_config().encode()))
+    assert loaded.status == config.ACTIVE
+
+
+def test_deep_nesting_is_reported_not_raised(tmp_path):
+    loaded = load_text(tmp_path, render_config() + NESTED)
+    assert loaded.status == config.INVALID and "nests arrays or tables too deeply" in loaded.message
+
+
+def test_load_never_raises_even_on_a_bug_of_ours(tmp_path, monkeypatch):
+    def bug(*args, **kwargs):
+        raise KeyError("SECRET-access-0123456789")
+
+    monkeypatch.setattr(config, "_parse_section", bug)
+    loaded = load_text(tmp_path, render_config())
+    assert loaded.status == config.INVALID and "could not be read (KeyError)" in loaded.message
+    assert_no_secrets(loaded.message)
+    settings, problem = config.load_for_tokens(tmp_path / "config.toml")
+    assert settings is None and "KeyError" in problem
+
+
+def _unblock_fifo(path: Path) -> None:
+    """Give a reader stuck in open() on the FIFO its EOF (code that opens FIFOs would hang forever)."""
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_NONBLOCK))
+    except OSError:
+        pass  # no reader waiting
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no FIFOs here")
+def test_a_fifo_is_not_opened(tmp_path):
+    path = tmp_path / "config.toml"
+    os.mkfifo(path)
+    answer = []
+    reader = threading.Thread(target=lambda: answer.append(config.load(path)), daemon=True)
+    reader.start()
+    reader.join(5)
+    _unblock_fifo(path)
+    assert answer and answer[0].status == config.INVALID
+    assert "is a FIFO (named pipe), not a regular file; point REMIXCRM_CONFIG at" in answer[0].message
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/zero"), reason="no /dev/zero here")
+def test_a_symlink_to_a_device_is_not_read(tmp_path):
+    path = tmp_path / "config.toml"
+    path.symlink_to("/dev/zero")
+    loaded = config.load(path)
+    assert loaded.status == config.INVALID and "is a character device, not a regular file" in loaded.message
+
+
+def test_a_huge_file_is_refused_unread(tmp_path, monkeypatch):
+    opened, real_read, me = [], os.read, threading.get_ident()
+
+    def spy(fd, n):  # the size seen at open must refuse it, before a byte is read
+        if threading.get_ident() == me:
+            opened.append(n)
+        return real_read(fd, n)
+
+    monkeypatch.setattr(os, "read", spy)
+    path = write_bytes(tmp_path / "config.toml", render_config().encode() + b"# padding\n" * 500_000)
+    loaded = config.load(path)
+    assert loaded.status == config.INVALID and opened == []
+    size = path.stat().st_size
+    assert f"is {size} bytes, over the {config.MAX_CONFIG_BYTES} bytes a config file may have" in loaded.message
+
+
+# --- through the hooks: nothing fired while the config is broken is lost ---
+
+def _fire(pm, n: int) -> None:
+    pm.hook.on_client_created(client={"id": n, "email": f"c{n}@example.com"})
+
+
+BROKEN = {
+    "malformed url": render_config(api_base_url="http://[::1/v3").encode(),
+    "daily_quota inf": render_config(daily_quota=RAW("inf")).encode(),
+    "daily_quota 0.5": render_config(daily_quota=RAW("0.5")).encode(),
+    "requests_per_second nan": render_config(requests_per_second=RAW("nan")).encode(),
+    "year 10000": render_config(token_expires_at=RAW("9999-12-31T23:59:59-01:00")).encode(),
+    "latin-1 in our section": render_config(client_id="CLIENT").encode().replace(b"CLIENT", b"caf\xe9"),
+    "deep nesting": (render_config() + NESTED).encode(),
+    "5 MB": render_config().encode() + b"#" * 5_000_000,
+}
+
+
+@pytest.mark.parametrize("broken", BROKEN)
+def test_events_fired_under_a_broken_config_are_sent_once_it_is_fixed(pm, isolated, write_config, mocked, logs, broken):
+    write_bytes(isolated / "config.toml", BROKEN[broken])
+    for n in range(2):
+        assert _fire(pm, n) is None
+    assert flush(5) and len(mocked.calls) == 0
+    errors = [r.getMessage() for r in logs.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 1 and errors[0].startswith("constant contact sync is paused, config problem"), errors
+    for n in range(2):
+        mocked.post(SIGN_UP_URL, status=201, json={"contact_id": f"c-{n}"})
+    write_config()  # fixed: the pause lifts by itself, no new event needed
+    assert flush(5)
+    sent = sorted(json.loads(c.request.body)["email_address"] for c in mocked.calls)
+    assert sent == ["c0@example.com", "c1@example.com"]
+    assert "sending resumes" in logs.text
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no FIFOs here")
+def test_a_fifo_as_config_never_blocks_the_hook_and_its_events_are_kept(pm, isolated, write_config, mocked, logs):
+    path = isolated / "config.toml"
+    os.mkfifo(path)
+    host = threading.Thread(target=_fire, args=(pm, 1), daemon=True)
+    try:
+        host.start()
+        host.join(5)
+        assert not host.is_alive(), "the hook is stuck reading the FIFO"
+        _fire(pm, 2)  # another event, another thread's view: answered from the reading already made
+    finally:
+        _unblock_fifo(path)
+    errors = [r.getMessage() for r in logs.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 1 and "is a FIFO (named pipe)" in errors[0]
+    path.unlink()
+    for n in range(2):
+        mocked.post(SIGN_UP_URL, status=201, json={"contact_id": f"c-{n}"})
+    write_config()
+    assert flush(5) and len(mocked.calls) == 2
+
+
+def test_a_slow_read_never_holds_up_other_threads(write_config, monkeypatch):
+    watcher = config.ConfigWatcher()
+    write_config(provider="mailchimp")
+    assert watcher.current().status == config.INACTIVE
+    before = watcher.signature()
+    real_load, reading, release = config.load, threading.Event(), threading.Event()
+
+    def slow_load(path):
+        reading.set()
+        release.wait(10)  # a slow disk
+        return real_load(path)
+
+    monkeypatch.setattr(config, "load", slow_load)
+    write_config()
+    noticed = threading.Thread(target=watcher.current, daemon=True)
+    noticed.start()
+    assert reading.wait(5)
+    answers = []
+    other = threading.Thread(target=lambda: answers.append((watcher.current().status, watcher.signature())),
+                             daemon=True)
+    other.start()
+    other.join(5)
+    release.set()
+    noticed.join(5)
+    # meanwhile the other thread got the previous reading at once, under a signature of its own:
+    # a pause taken on that reading must lift when the new reading lands, and one taken before
+    # must not look settled (unchanged) while the change is being read
+    assert [status for status, _ in answers] == [config.INACTIVE]
+    during = answers[0][1]
+    assert during != before
+    assert watcher.current().status == config.ACTIVE and watcher.signature() not in (before, during)
+
+
+def test_a_pause_on_a_broken_config_lifts_when_the_fix_lands_just_after_the_reading():
+    from types import SimpleNamespace
+
+    from remixcrm_plugin_ctct.delivery import Delivery
+
+    version = [0]
+
+    class Watcher:
+        def current(self):
+            version[0] += 1  # the fix lands right after this reading (another thread's, or a write completing)
+            return config.LoadedConfig(config.INVALID, "broken", Path("config.toml"))
+
+    outbox = SimpleNamespace(retry_later=lambda *args, **kwargs: None)
+    delivery = Delivery(outbox, None, None, Watcher(), signature=lambda: version[0])
+    pause = delivery.work_row(SimpleNamespace(id=1))
+    assert pause is not None and pause.over(0.0)  # a signature taken after the reading would wait forever

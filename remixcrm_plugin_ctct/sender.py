@@ -295,7 +295,8 @@ class OutboxSender:
                     for rest in rows[n:]:
                         self.outbox.retry_later(rest.id, time.time(), None, count_attempt=False)
                     return
-                if row.id not in self.outbox.renew(self.owner, [r.id for r in rows[n:]]):  # the rest wait: renew all
+                ids = [r.id for r in rows[n:]]  # the rest wait: renew them all
+                if row.id not in self.outbox.renew(self.owner, ids, outbox_module.LEASE_SECONDS):
                     continue  # its lease ran out during earlier sends and another process took it
                 try:
                     pause = self.work_row(row)

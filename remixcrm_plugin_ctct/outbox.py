@@ -280,6 +280,15 @@ class Outbox:
                 (now + lease, owner, json.dumps(ids))).fetchall()
         return {r[0] for r in found}
 
+    def refreshed(self, row: Row) -> Row:
+        """``row`` with the newest known state of its email as of now. Called right before the
+        send: a decline folded from another process's journal after the claim must still win."""
+        with self._write:
+            found = self._conn().execute(
+                "UPDATE events SET contact = coalesce((SELECT l.contact FROM latest l WHERE l.email_key = events.email_key), "
+                "contact) WHERE id = ? RETURNING contact", (row.id,)).fetchall()
+        return row._replace(contact=json.loads(found[0][0])) if found and found[0][0] else row
+
     def delivered(self, row_id: int, contact_id: str | None, outcome: str, now: float | None = None) -> None:
         self._exec("UPDATE events SET state = 'delivered', contact_id = ?, outcome = ?, last_error = NULL, "
                    "lease_owner = NULL, lease_until = NULL, updated_at = ? WHERE id = ?",

@@ -83,6 +83,7 @@ class OutboxSender:
         self._next_due: float | None = 0.0  # when the outbox next has a row to send (None: empty)
         self._woken_at = -FOLD_QUIET
         self._flushing = 0  # callers waiting in flush(): fold at once for them
+        self._exiting = False  # at exit: send what the outbox holds, fold nothing more
         self._moved_at = float("-inf")
         self._trouble_logged_at = float("-inf")
         self._unreadable_said = False
@@ -152,7 +153,7 @@ class OutboxSender:
             return None
         try:
             due = self.outbox.due_count(until)
-            if not due and self.journal is not None and self.journal.backlog(self.outbox.journal_offset):
+            if not due and not self._exiting and self.journal is not None and self.journal.backlog(self.outbox.journal_offset):
                 due = 1  # written by a hook, not yet folded into the outbox
         except Exception as e:
             if not os.path.exists(self.outbox.path):
@@ -249,7 +250,7 @@ class OutboxSender:
             self._wait(FOLD_QUIET)  # nothing to send yet, and the hooks should have the CPU
             return True
         with self._busy():  # before the claim, so flush() never sees a row in between
-            if self.journal is not None and self._fold_now():
+            if self.journal is not None and not self._exiting and self._fold_now():
                 if self.journal.fold_into(self.outbox):  # what the hooks wrote since the last look
                     self._next_due = now
             rows = self.outbox.claim_many(self.owner, CLAIM_BATCH)
@@ -299,7 +300,7 @@ class OutboxSender:
                 if row.id not in self.outbox.renew(self.owner, ids, outbox_module.LEASE_SECONDS):
                     continue  # its lease ran out during earlier sends and another process took it
                 try:
-                    pause = self.work_row(row)
+                    pause = self.work_row(self.outbox.refreshed(row))
                 except Exception:  # a bug, not an API answer: log it, try the row again in a minute
                     log.exception("sending client %s hit an unexpected error; it is tried again in %.0f s",
                                   row.client_id, ERROR_RETRY)
@@ -417,9 +418,12 @@ class OutboxSender:
     def _at_exit(self) -> None:
         if self._pid != os.getpid() or (not self._threads and not self.memory_left()):
             return
-        # what is due goes out within the budget (the journal is folded at once for flush), then
-        # whatever is still leased is handed back; never more than the budget in total
+        # What is already in the outbox and due goes out within the budget, then whatever is still
+        # leased is handed back; never more than the budget in total. The journal is *not* folded
+        # now: a newer event for the same person (a decline, say) may sit in another process's
+        # journal, and the next process adopts ours and merges both in event order.
         deadline = time.monotonic() + self.exit_budget
+        self._exiting = True
         try:
             self.flush(self.exit_budget)
         except Exception:  # exit must go on whatever the outbox says

@@ -243,6 +243,15 @@ class Outbox:
         else:
             self._exec("INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value", (key, value))
 
+    # --- counters (e.g. `throttled` answers), for status ---
+    def bump_counter(self, name: str, by: int = 1) -> None:
+        self._exec("INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) "
+                   "DO UPDATE SET value = CAST(value AS INTEGER) + ?", (f"counter:{name}", str(by), by))
+
+    def counter(self, name: str) -> int:
+        found = self.get_meta(f"counter:{name}")
+        return int(found) if found else 0
+
     def close(self) -> None:
         conn = getattr(self._local, "conn", None)
         if conn is not None and self._local.pid == os.getpid():

@@ -24,9 +24,10 @@ _SECRET_FIELD = re.compile(
     r"((?:access|refresh|id)_token|client_secret|password|code_verifier|device_code)"
     r"([\"']?\s*(?:=|:)\s*[\"']?)[^\s\"',;&]+", re.IGNORECASE)
 _UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", re.IGNORECASE)
-# long runs of token alphabet with letters and digits: JWTs, opaque tokens, keys
-_TOKENISH = re.compile(r"(?<![A-Za-z0-9_\-.~+/=])(?=[A-Za-z0-9_\-.~+/=]*\d)(?=[A-Za-z0-9_\-.~+/=]*[A-Za-z])"
-                       r"[A-Za-z0-9_\-.~+/=]{32,}")
+# long runs of token alphabet (base64url: no "/", so URLs stay readable) with letters and digits:
+# JWTs, opaque tokens, keys
+_TOKENISH = re.compile(r"(?<![A-Za-z0-9_\-.~+=])(?=[A-Za-z0-9_\-.~+=]*\d)(?=[A-Za-z0-9_\-.~+=]*[A-Za-z])"
+                       r"[A-Za-z0-9_\-.~+=]{32,}")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f\u2028\u2029]+")
 REDACTED = "<redacted>"
 

@@ -146,8 +146,8 @@ class CtctClient:
         except requests.RequestException as e:
             raise ApiError(None, "connection_error", f"cannot reach {self.api_base_url} ({type(e).__name__})") from None
         if response.status_code >= 400:
-            raise ApiError(response.status_code, *parse_error(response), retry_after=response.headers.get("Retry-After"),
-                           known_secrets=(self._access_token,))
+            raise ApiError(response.status_code, *parse_error(response),
+                           retry_after=response.headers.get("Retry-After"), known_secrets=(self._access_token,))
         return response
 
 

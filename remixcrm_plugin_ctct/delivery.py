@@ -150,9 +150,9 @@ class Delivery:
         recheck = retry_policy.FORBIDDEN_RECHECK
         marker = object()
         if self._said.setdefault("forbidden", marker) is marker:
-            log.error("constant contact refuses our requests (%s): all sending is paused, nothing is dropped; it resumes "
-                      "when the config or the tokens change, or tries again in %d min. Fix: %s", e, recheck // 60,
-                      api_client.FIXES[403])
+            log.error("constant contact refuses our requests (%s): all sending is paused, nothing is dropped; "
+                      "it resumes when the config or the tokens change, or tries again in %d min. Fix: %s",
+                      e, recheck // 60, api_client.FIXES[403])
         else:
             log.info("constant contact still refuses our requests (%s); sending stays paused", e)
         seen = self.signature()

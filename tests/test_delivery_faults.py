@@ -92,7 +92,8 @@ def test_a_403_pauses_sending_with_one_error_and_loses_nothing(pm, write_config,
     with Sandbox(access_token=None) as sandbox:
         sandbox.authz.scope = "offline_access"  # a token without the contact_data scope: every call is 403
         pair = sandbox.authz.seed()
-        tokens = dict(api_base_url=sandbox.api_base_url, token_url=sandbox.token_url, client_id=SANDBOX_CLIENT_ID, client_secret=None)
+        tokens = dict(api_base_url=sandbox.api_base_url, token_url=sandbox.token_url, client_id=SANDBOX_CLIENT_ID,
+                      client_secret=None)
         write_config(**tokens, access_token=pair["access_token"], refresh_token=pair["refresh_token"])
         emails = fire(pm, 5)
         assert flush(10)  # a pause counts as settled: its cause needs a fix

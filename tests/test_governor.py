@@ -171,8 +171,8 @@ def test_four_processes_with_jitter_meet_no_throttling(tmp_path):
     with Sandbox(access_token=ACCESS_TOKEN) as sandbox:
         sandbox.faults.rate_limit = 4  # as strict as Constant Contact: 4 in any 1 s window
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
-        procs = [subprocess.Popen([sys.executable, "-c", JITTERY, str(tmp_path / "data"), sandbox.api_base_url, ACCESS_TOKEN, "15"],
-                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+        args = [sys.executable, "-c", JITTERY, str(tmp_path / "data"), sandbox.api_base_url, ACCESS_TOKEN, "15"]
+        procs = [subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
                  for _ in range(4)]
         for p in procs:
             assert p.stdout.readline().strip() == "ready", p.stderr.read()

@@ -32,9 +32,11 @@ def test_error_bodies_that_echo_an_email_or_a_token_are_redacted_in_logs_and_sta
     def answer(request):
         email = json.loads(request.body)["email_address"]
         if email == EMAIL:  # Constant Contact's 400 echoes the address it refused
-            return 400, {}, json.dumps([{"error_key": "json.field.invalid", "error_message": f"Email {email} is not valid"}])
+            body = [{"error_key": "json.field.invalid", "error_message": f"Email {email} is not valid"}]
+            return 400, {}, json.dumps(body)
         # a proxy's text page echoing our request, headers and all (Retry-After: no retry within the test)
-        return 503, {"Retry-After": "300"}, f"upstream down\nGET /v3/contacts HTTP/1.1\nAuthorization: Bearer {ACCESS_TOKEN}\n"
+        page = f"upstream down\nGET /v3/contacts HTTP/1.1\nAuthorization: Bearer {ACCESS_TOKEN}\n"
+        return 503, {"Retry-After": "300"}, page
 
     mocked.add_callback(responses.POST, SIGN_UP_URL, callback=answer)
     pm.hook.on_client_created(client={"id": "ada", "email": EMAIL})

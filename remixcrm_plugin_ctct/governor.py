@@ -33,7 +33,7 @@ from collections import deque
 from pathlib import Path
 from typing import NamedTuple
 
-from . import db
+from . import db, forksafe
 
 FILE_NAME = "governor.sqlite3"
 _SCHEMA = """
@@ -76,6 +76,12 @@ class Governor:
         self._conn: sqlite3.Connection | None = None
         self._pid: int | None = None
         self._lock = threading.Lock()  # one connection, one transaction at a time
+        forksafe.after_fork_in_child(self._after_fork)
+
+    def _after_fork(self) -> None:
+        # a parent's sender thread may have held the lock at the fork; its slots are the parent's
+        self._lock = threading.Lock()
+        self._local = deque()
 
     def __repr__(self) -> str:
         return f"Governor({str(self.path)!r}, rate={self.rate:g}/s, daily_quota={self.daily_quota})"

@@ -186,3 +186,26 @@ def test_four_processes_with_jitter_meet_no_throttling(tmp_path):
         assert [out.split() for out, _ in outs] == [["throttled", "0"]] * 4
         assert sandbox.faults.throttled == 0
         assert 60 / elapsed >= 3.3, f"{60 / elapsed:.2f} requests/s"  # heavy jitter costs a little, not more
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="POSIX only")
+def test_a_fork_while_a_thread_holds_the_lock_leaves_the_child_working(tmp_path):
+    gov = Governor(tmp_path, rate=1000)
+    gov.reserve()
+    with gov._lock:  # as if a sender thread were inside a transaction at the fork
+        pid = os.fork()
+        if pid == 0:  # the child: must get a turn, not hang on the parent's lock
+            try:
+                os._exit(0 if gov.wait_turn() else 1)
+            except BaseException:
+                os._exit(2)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            assert os.waitstatus_to_exitcode(status) == 0
+            return
+        time.sleep(0.02)  # polling the child's exit, with a deadline
+    os.kill(pid, 9)
+    os.waitpid(pid, 0)
+    pytest.fail("the child hung on the lock it inherited")

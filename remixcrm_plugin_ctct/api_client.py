@@ -9,7 +9,7 @@ import logging
 import threading
 from dataclasses import dataclass
 
-from . import __version__, forksafe
+from . import __version__, forksafe, redact
 
 log = logging.getLogger("remixcrm_plugin_ctct")
 
@@ -34,12 +34,16 @@ _session_lock = threading.Lock()
 
 
 class ApiError(Exception):
-    """A failed call: HTTP status (None for a transport error) and Constant Contact's words."""
+    """A failed call: HTTP status (None for a transport error) and Constant Contact's words,
+    redacted once here (no email, no token, one capped line): they go to the log and the outbox."""
 
-    def __init__(self, status: int | None, error_key: str, error_message: str, retry_after: str | None = None):
-        self.status, self.error_key, self.error_message = status, error_key, error_message
+    def __init__(self, status: int | None, error_key: str, error_message: str, retry_after: str | None = None,
+                 known_secrets: tuple = ()):
+        self.status = status
+        self.error_key = redact.upstream_text(error_key, 100, known_secrets)
+        self.error_message = redact.upstream_text(error_message, known=known_secrets)
         self.retry_after = retry_after  # the Retry-After header, if Constant Contact ever sends one
-        super().__init__(f"{status or 'no response'} {error_key}: {error_message}")
+        super().__init__(f"{status or 'no response'} {self.error_key}: {self.error_message}")
 
     @property
     def fix(self) -> str | None:
@@ -149,6 +153,7 @@ class CtctClient:
     def _request(self, method: str, path: str, **kwargs):
         requests = forksafe.load_module("requests")  # lazy (cheap plugin import), never torn by a fork
 
+        redact.guard_urllib3()  # before our first request: urllib3 logs query strings (emails) at DEBUG
         headers = {"Authorization": f"Bearer {self._access_token}"}
         try:
             response = session().request(
@@ -159,7 +164,8 @@ class CtctClient:
         except requests.RequestException as e:
             raise ApiError(None, "connection_error", f"cannot reach {self.api_base_url} ({type(e).__name__})") from None
         if response.status_code >= 400:
-            raise ApiError(response.status_code, *parse_error(response), retry_after=response.headers.get("Retry-After"))
+            raise ApiError(response.status_code, *parse_error(response),
+                           retry_after=response.headers.get("Retry-After"), known_secrets=(self._access_token,))
         return response
 
 

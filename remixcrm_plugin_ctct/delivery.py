@@ -12,6 +12,7 @@ from typing import NamedTuple
 
 from . import api_client, config, consent, payload, retry_policy
 from .auth import NeedsReauth, TokenUnavailable
+from .outbox import THROTTLED
 from .sender import Pause
 
 log = logging.getLogger("remixcrm_plugin_ctct")
@@ -34,6 +35,7 @@ class Delivery:
         self.signature, self.clock = signature, clock
         self.pause = lambda pause: None  # the sender's pause switch; set when the sender is built
         self._quota_said = False
+        self._said: dict = {}  # causes already logged as ERROR (setdefault: one thread wins)
 
     def send(self, contact: payload.Contact, settings: config.Settings) -> Result:
         """The consent guard's lookup if needed, then one POST — or nothing, when the guard says
@@ -59,16 +61,30 @@ class Delivery:
         """Our turn, a token, one request; on a 401 one refresh (or another process's new token)
         and one more try. Every call counts against the rate governor and the day's quota."""
         token = self.tokens.access_token(settings)
+        api_client.session()  # made (and requests imported) before our turn: the turn is when we send
         self._turn(settings)
         try:
-            return request(api_client.CtctClient(settings.api_base_url, token))
+            return self._throttle_aware(settings, request, token)
         except api_client.ApiError as e:
             if e.status != 401:
                 raise
             log.info("client %s: Constant Contact rejected the access token (401); refreshing it and trying again", contact.client_id)
             token = self.tokens.after_unauthorized(settings, token)
             self._turn(settings)
+            return self._throttle_aware(settings, request, token)
+
+    def _throttle_aware(self, settings: config.Settings, request, token: str):
+        try:
             return request(api_client.CtctClient(settings.api_base_url, token))
+        except api_client.ApiError as e:
+            if e.status == 429 and e.error_key != "quota_exceeded":
+                # our sends still arrived too close: every process spaces them wider for a while
+                self.governor_for(settings).throttled()
+                try:
+                    self.outbox.bump_counter(THROTTLED)  # for `status`
+                except Exception:  # a counter is not worth a failed send (the outbox may be unwritable)
+                    log.debug("could not count a throttled answer", exc_info=True)
+            raise
 
     def _turn(self, settings: config.Settings) -> None:
         if self.governor_for(settings).wait_turn() is None:
@@ -98,6 +114,7 @@ class Delivery:
             log.info("%s %s (%s)", who, result.outcome.replace(contact.email, payload.mask_email(contact.email)), row.event)
             return None
         if result.error is None:
+            self._said.pop("forbidden", None)  # privileges work (again): a new 403 is news
             self.outbox.delivered(row.id, result.contact_id, result.status)
             log.info("%s %s contact %s in list %s (%s)", who, result.status, result.contact_id, loaded.settings.list_id, row.event)
             return None
@@ -110,6 +127,8 @@ class Delivery:
         if decision.action == retry_policy.AUTH:  # a freshly refreshed token was refused too
             log.error("%s: Constant Contact refuses even a freshly refreshed token (%s). Fix: %s", who, e, api_client.FIXES[401])
             return self._hold(row, self._pause_until_changed("a refused access token"), str(e))
+        if decision.action == retry_policy.FORBIDDEN:
+            return self._forbidden(row, e)
         self.outbox.dead(row.id, str(e))
         log.error("%s not sent, given up: Constant Contact answered %s.%s", who, e, f" Fix: {e.fix}" if e.fix else "")
         return None
@@ -126,6 +145,26 @@ class Delivery:
         self.outbox.retry_later(row.id, when, error)
         log.warning("%s not sent yet: %s; attempt %d, next in %.0f s", who, error, row.attempts, when - now)
         return None
+
+    def _forbidden(self, row, e: api_client.ApiError) -> Pause:
+        """403: missing scope or privilege, or a deactivated app. Not this row's fault, and no
+        other request would fare better: pause (the row stays pending, its attempt uncounted)."""
+        return self._hold(row, self._forbidden_pause(e), str(e))
+
+    def _forbidden_pause(self, e: api_client.ApiError) -> Pause:
+        """Until the config or tokens change, or, as privileges can be fixed in Constant Contact's
+        own UI, until the recheck time."""
+        recheck = retry_policy.FORBIDDEN_RECHECK
+        marker = object()
+        if self._said.setdefault("forbidden", marker) is marker:
+            log.error("constant contact refuses our requests (%s): all sending is paused, nothing is dropped; "
+                      "it resumes when the config or the tokens change, or tries again in %d min. Fix: %s",
+                      e, recheck // 60, api_client.FIXES[403])
+        else:
+            log.info("constant contact still refuses our requests (%s); sending stays paused", e)
+        seen = self.signature()
+        return Pause("Constant Contact's 403 (missing scope or privilege)", until=self.clock() + recheck,
+                     changed=lambda: self.signature() != seen)
 
     def _quota(self, row, why: str) -> Pause:
         until = retry_policy.next_utc_midnight(self.clock())
@@ -195,6 +234,8 @@ class Delivery:
             log.error("%s: Constant Contact refuses even a freshly refreshed token (%s). Fix: %s",
                       who, e, api_client.FIXES[401])
             return self._memory_pause(self._pause_until_changed("a refused access token"))
+        if decision.action == retry_policy.FORBIDDEN:
+            return self._memory_pause(self._forbidden_pause(e))
         log.error("%s not sent, given up: Constant Contact answered %s.%s", who, e, f" Fix: {e.fix}" if e.fix else "")
         return None
 

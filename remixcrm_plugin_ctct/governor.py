@@ -1,33 +1,64 @@
 """Keeps every process on this machine under Constant Contact's rate limits, together.
 
 Constant Contact allows 4 requests/s and 10,000 requests/day per API key; over either, it
-answers 429. The governor hands out send *slots* spaced ``1/rate`` seconds apart from one small
-SQLite table (``governor.sqlite3``): a ``BEGIN IMMEDIATE`` transaction is the cross-process lock,
-so RemixCRM's worker processes share one budget with no extra dependency, and the table also
-counts the day's requests (UTC, as the quota resets at 00:00 UTC).
+answers 429. The governor hands out send *slots* spaced ``(1 + MARGIN) / rate`` seconds apart
+from one small SQLite table (``governor.sqlite3``): a ``BEGIN IMMEDIATE`` transaction is the
+cross-process lock, so RemixCRM's worker processes share one budget with no extra dependency,
+and the table also counts the day's requests (UTC, as the quota resets at 00:00 UTC).
 
 Why spacing and not a burst of 4 per second: the server counts requests as they *arrive*; a
-burst plus a little network jitter can put 5 arrivals inside one second. Even spacing, with a
-small safety margin, keeps steady load at zero ``throttled`` answers.
+burst plus a little network jitter can put 5 arrivals inside one second. Spacing alone is not
+enough either: a send that goes out 30–80 ms after its slot (a busy worker's GIL, a late wake-up)
+puts a later, punctual one into the same second. So, at Constant Contact's rates, each send is
+also *checked in* when it actually goes: the table keeps the actual times of the last few sends,
+and a send waits until the 4th-newest is at least ``(1 + MARGIN)`` s old. Lateness before the
+check-in is thereby absorbed; ``MARGIN`` covers what comes after it (building the request, the
+network).
+
+And it adapts: a ``throttled`` answer means our sends still arrived too close, so the spacing
+widens (``WIDEN``, for every process, for ``WIDEN_HOLD`` s) and then narrows back slowly.
+
+Every time in the table is wall time, so a backwards clock step (NTP, a VM resumed) would leave
+slots and send times in the "future" and stop sending for the length of the step: a stored
+time further ahead than any legitimate reservation is taken as such a step and reset to now.
 """
 
 import datetime as dt
+import json
+import os
 import sqlite3
 import threading
 import time
 from collections import deque
 from pathlib import Path
+from typing import NamedTuple
 
 from . import db, forksafe
 
 FILE_NAME = "governor.sqlite3"
-_SCHEMA = ("CREATE TABLE IF NOT EXISTS budget (id INTEGER PRIMARY KEY CHECK (id = 1), "
-           "next_slot REAL NOT NULL, day TEXT NOT NULL, day_count INTEGER NOT NULL);")
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS budget (id INTEGER PRIMARY KEY CHECK (id = 1),
+  next_slot REAL NOT NULL, day TEXT NOT NULL, day_count INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS pace (id INTEGER PRIMARY KEY CHECK (id = 1),
+  sent TEXT NOT NULL,        -- JSON list: wall times of the last few check-ins, oldest first
+  widen REAL NOT NULL,       -- spacing factor set by the last `throttled` answer (1: none)
+  widened_at REAL NOT NULL);
+"""
 DEFAULT_RATE = 4.0  # requests per second, all processes together
 DEFAULT_DAILY_QUOTA = 10_000
+WINDOW = 1.0  # seconds: Constant Contact's limit is per second, counted as requests arrive
+# 4 sends span at least 1.07 s (3.74/s at most): what happens after the check-in (building the
+# request, a busy CPU, the network) may add up to 70 ms to one send and not to the 4th after it
+MARGIN = 0.07
+TRACKED_RATE = 16.0  # up to this rate, sends are checked in (above: raised limits in tests, spacing only)
 BATCH_WINDOW = 0.05  # seconds of slots one transaction may reserve (1 slot at 4/s, more when raised)
 MAX_BATCH = 20  # ...but never more: unused slots still count towards the day
-SAFETY = 1.03  # slots 3 % further apart than the limit: jitter must not add up to a 5th request
+WIDEN = 1.5  # after a `throttled` answer, slots this much further apart...
+WIDEN_MAX = 2.25  # (repeated answers compound, up to this)
+WIDEN_HOLD = 60.0  # ...for this long...
+NARROW_OVER = 120.0  # ...then back to normal, linearly, over this many seconds
+STEP_SLACK = 16  # slots: a next slot further ahead than this means the wall clock stepped back
+STEP_TOLERANCE = 0.25  # seconds: a check-in time further ahead of now than this, likewise
 
 
 class Governor:
@@ -35,16 +66,21 @@ class Governor:
                  clock=time.time, sleep=time.sleep):
         self.path = Path(directory) / FILE_NAME
         self.rate, self.daily_quota = rate, daily_quota
-        self.interval = SAFETY / rate if rate > 0 else 0.0
+        self.interval = (1 + MARGIN) / rate if rate > 0 else 0.0
         self.batch = max(1, min(MAX_BATCH, int(rate * BATCH_WINDOW)))
+        # check-ins: the newest may not be closer than ``span`` to the ``per_window``-th newest
+        self.per_window = max(1, int(rate)) if 0 < rate <= TRACKED_RATE else 0
+        self.span = self.per_window * self.interval
         self._local: deque = deque()  # slots this process reserved and has not used yet
         self._clock, self._sleep = clock, sleep
         self._conns = db.Connections(self.path, _SCHEMA, busy_timeout=30)
-        self._lock = threading.Lock()  # one connection, one transaction at a time
+        self._lock = threading.Lock()  # one reservation at a time in this process (``_local`` is shared)
         forksafe.after_fork_in_child(self._after_fork)
 
     def _after_fork(self) -> None:
-        self._lock = threading.Lock()  # a parent thread may have held it at fork time
+        # a parent's sender thread may have held the lock at the fork; its slots are the parent's
+        self._lock = threading.Lock()
+        self._local = deque()
 
     def __repr__(self) -> str:
         return f"Governor({str(self.path)!r}, rate={self.rate:g}/s, daily_quota={self.daily_quota})"
@@ -60,9 +96,15 @@ class Governor:
         with self._lock:
             while self._local and self._local[0][0] < now - BATCH_WINDOW:
                 self._local.popleft()  # reserved but not used in time: spent
+            if self._local and self._local[0][0] > now + self._slack(WIDEN_MAX):
+                self._local.clear()  # reserved before the clock stepped back
             if not self._local:
                 self._local.extend(self._reserve_locked(now, today))
             return self._local.popleft() if self._local else None
+
+    def _slack(self, factor: float) -> float:
+        """How far ahead a legitimate slot may be: many threads waiting, each holding one."""
+        return max(STEP_SLACK * self.interval * factor, STEP_TOLERANCE)
 
     def _reserve_locked(self, now: float, today: str) -> list[tuple[float, int]]:
         # at a high rate, a few slots per transaction (``batch``); at Constant Contact's 4/s, one
@@ -73,24 +115,89 @@ class Governor:
             take = min(self.batch, self.daily_quota - count)
             if take <= 0:
                 return []  # nothing written: the commit is empty
-            first = max(now, next_slot)
-            slots = [(first + i * self.interval, count + i + 1) for i in range(take)]
+            pace = self._pace_locked(conn, now)
+            factor = pace.factor(now)
+            if pace.stepped or next_slot > now + self._slack(factor):
+                next_slot = now  # the clock stepped back: the stored slot is not really in the future
+            if pace.stepped:
+                self._write_pace_locked(conn, pace.sent, pace.widen, pace.widened_at)
+            interval = self.interval * factor
+            # spaced from the newest check-in too: a send held back at its check-in (late, or after
+            # a `throttled` answer) must not leave the next slot in the past, or sends bunch
+            first = max(now, next_slot, pace.sent[-1] + interval if pace.sent else now)
+            slots = [(first + i * interval, count + i + 1) for i in range(take)]
             conn.execute("INSERT INTO budget (id, next_slot, day, day_count) VALUES (1, ?, ?, ?) ON CONFLICT (id) "
                          "DO UPDATE SET next_slot = excluded.next_slot, day = excluded.day, day_count = excluded.day_count",
-                         (first + take * self.interval, today, count + take))
+                         (first + take * interval, today, count + take))
         return slots
+
+    def _pace_locked(self, conn: sqlite3.Connection, now: float) -> "_Pace":
+        """The check-in times and widening, with any time ahead of ``now`` (the clock stepped
+        back: they were all "now" once) pulled back to it."""
+        found = conn.execute("SELECT sent, widen, widened_at FROM pace WHERE id = 1").fetchone()
+        if found is None:
+            return _Pace([], 1.0, 0.0, False)
+        try:
+            sent = [float(t) for t in json.loads(found[0])]
+        except (ValueError, TypeError):  # unreadable: as if nothing was sent lately
+            sent = []
+        widen, widened_at = float(found[1]), float(found[2])
+        stepped = max(sent + [widened_at]) > now + STEP_TOLERANCE
+        return _Pace([min(t, now) for t in sent], widen, min(widened_at, now), stepped)
+
+    def _write_pace_locked(self, conn: sqlite3.Connection, sent: list[float], widen: float, widened_at: float) -> None:
+        conn.execute("INSERT INTO pace (id, sent, widen, widened_at) VALUES (1, ?, ?, ?) ON CONFLICT (id) "
+                     "DO UPDATE SET sent = excluded.sent, widen = excluded.widen, widened_at = excluded.widened_at",
+                     (json.dumps(sent[-self.per_window:] if self.per_window else []), widen, widened_at))
 
     def wait_turn(self) -> int | None:
         """Block until this process may send; the day's count, or None when the quota is used up
-        (nothing reserved then: the caller pauses until midnight UTC)."""
+        (nothing reserved then: the caller pauses until midnight UTC). Call it right before the
+        request: the moment it returns is recorded as the send's time."""
         reserved = self.reserve()
         if reserved is None:
             return None
         slot, count = reserved
         delay = slot - self._clock()
         if delay > 0:
-            self._sleep(delay)
+            self._sleep(min(delay, self._slack(WIDEN_MAX)))
+        if self.per_window:
+            self._check_in()
         return count
+
+    def _check_in(self) -> None:
+        """Record this send's actual time, first waiting while the ``per_window``-th newest send is
+        less than ``span`` ago (an earlier send went out late, or the spacing widened meanwhile)."""
+        while True:
+            with self._lock, db.transaction(self._db()) as conn:  # nothing written while we wait
+                now = self._clock()  # after the lock: the time we really go
+                pace = self._pace_locked(conn, now)
+                wait = 0.0
+                if len(pace.sent) >= self.per_window:
+                    wait = pace.sent[-self.per_window] + self.span * pace.factor(now) - now
+                if wait <= 0:
+                    self._write_pace_locked(conn, pace.sent + [now], pace.widen, pace.widened_at)
+            if wait <= 0:
+                return
+            self._sleep(wait)
+
+    def throttled(self) -> None:
+        """Constant Contact answered 429 ``throttled``: our sends still arrived too close. Widen
+        the spacing for every process (x``WIDEN``, compounding up to ``WIDEN_MAX``) and, as the
+        server's window is full now, let it clear before the next send."""
+        now = self._clock()
+        with self._lock:
+            with db.transaction(self._db()) as conn:
+                widen = min(WIDEN_MAX, self._pace_locked(conn, now).factor(now) * WIDEN)
+                self._write_pace_locked(conn, [now] * self.per_window, widen, now)
+                conn.execute("UPDATE budget SET next_slot = max(next_slot, ?) WHERE id = 1", (now + self.span * widen,))
+            self._local.clear()  # reserved at the old spacing
+
+    def spacing(self) -> float:
+        """The factor the spacing is widened by now (1.0: not widened), for status and tests."""
+        now = self._clock()
+        with self._lock:
+            return self._pace_locked(self._db(), now).factor(now)
 
     def today_count(self) -> int:
         now = self._clock()
@@ -98,3 +205,19 @@ class Governor:
         with self._lock:
             found = self._db().execute("SELECT day, day_count FROM budget WHERE id = 1").fetchone()
         return found[1] if found and found[0] == today else 0
+
+
+class _Pace(NamedTuple):
+    sent: list  # wall times of the last few check-ins, oldest first
+    widen: float  # the factor the last `throttled` answer set
+    widened_at: float
+    stepped: bool  # a stored time was ahead of now: the clock stepped back
+
+    def factor(self, now: float) -> float:
+        """``widen`` for WIDEN_HOLD s after it was set, then linearly back to 1 over NARROW_OVER s."""
+        if self.widen <= 1.0:
+            return 1.0
+        age = now - self.widened_at
+        if age <= WIDEN_HOLD:
+            return self.widen
+        return max(1.0, self.widen - (self.widen - 1.0) * (age - WIDEN_HOLD) / NARROW_OVER)

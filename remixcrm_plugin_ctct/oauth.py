@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass, field
 from urllib.parse import urlencode
 
-from . import api_client, forksafe
+from . import api_client, forksafe, redact
 
 SCOPES = "contact_data offline_access"
 DEVICE_GRANT = "urn:ietf:params:oauth:grant-type:device_code"
@@ -24,6 +24,8 @@ class OAuthError(Exception):
     """The token endpoint said no (``error``), or could not be reached (``transient``)."""
 
     def __init__(self, error: str, description: str = "", status: int | None = None):
+        # the server's words (or a redirect's query), redacted once: they are logged and stored
+        error, description = redact.upstream_text(error, 100), redact.upstream_text(description)
         self.error, self.description, self.status = error, description, status
         super().__init__(f"{error}: {description}" if description else error)
 
@@ -90,6 +92,7 @@ def token_request(url: str, data: dict, client_id: str | None, client_secret: st
         auth = (client_id or "", client_secret)
     elif client_id:
         data["client_id"] = client_id
+    redact.guard_urllib3()
     try:
         response = api_client.session().post(
             url, data=data, auth=auth, headers={"Accept": "application/json"},

@@ -1,7 +1,8 @@
 """What to do after a failed send, and when to try again. Pure functions: no I/O, no clock.
 
 The facts behind them are Constant Contact's (``shared/ctct-api-facts.md`` §1, §3): 409 on
-sign_up_form means two simultaneous writes to one contact, so it is transient here; 429 comes
+sign_up_form means two simultaneous writes to one contact, so it is transient here; 403 means a
+missing scope or privilege or a deactivated app, so no request can succeed until that is fixed; 429 comes
 as ``throttled`` (4 requests/s) or ``quota_exceeded`` (10,000 requests/day, reset at 00:00 UTC);
 no Retry-After header is documented, but one is honoured if it ever appears.
 """
@@ -15,11 +16,14 @@ BASE_DELAY = 1.0  # seconds before the first retry (before jitter)
 MAX_DELAY = 300.0  # the cap: a few minutes
 DEFAULT_MAX_AGE = 72 * 3600.0  # seconds after which a row that keeps failing is dead
 
-RETRY, DEAD, QUOTA, AUTH = "retry", "dead", "quota", "auth"
+RETRY, DEAD, QUOTA, AUTH, FORBIDDEN = "retry", "dead", "quota", "auth", "forbidden"
+FORBIDDEN_RECHECK = 600.0  # seconds: privileges fixed in Constant Contact's UI change no file here
 
 
 class Decision(NamedTuple):
-    action: str  # RETRY, DEAD, QUOTA (pause all sending until midnight UTC) or AUTH (token path)
+    # RETRY, DEAD, QUOTA (pause all sending until midnight UTC), AUTH (token path) or FORBIDDEN
+    # (pause all sending until the config or tokens change, or FORBIDDEN_RECHECK has passed)
+    action: str
     reason: str
 
 
@@ -33,6 +37,8 @@ def classify(status: int | None, error_key: str = "") -> Decision:
         return Decision(RETRY, "throttled (more than the allowed requests per second)")
     if status == 401:
         return Decision(AUTH, "the access token was rejected")
+    if status == 403:  # about the token or the account, not this row: every request would fail
+        return Decision(FORBIDDEN, "the token lacks a scope or privilege, or the app is deactivated")
     if status in (408, 409) or status >= 500:
         return Decision(RETRY, f"HTTP {status} is transient")
     return Decision(DEAD, f"HTTP {status} will not succeed by resending the same data")

@@ -77,3 +77,14 @@ def test_one_session_is_shared_and_made_lazily():
     api_client.reset_session()
     assert api_client._session is None
     assert api_client.session() is api_client.session()
+
+
+def test_error_text_is_redacted_where_the_error_is_built(mocked):
+    echo = f"ada.lovelace@example.com is invalid (request had token {ACCESS_TOKEN})\n" + "x" * 5000
+    mocked.post(SIGN_UP_URL, status=400, json=[{"error_key": "json.field.invalid", "error_message": echo}])
+    with pytest.raises(ApiError) as info:
+        client().sign_up(BODY)
+    message = info.value.error_message
+    assert message.startswith("a***@example.com is invalid (request had token <redacted>)")
+    assert "\n" not in message and len(message) <= 300
+    assert_no_secrets(str(info.value))

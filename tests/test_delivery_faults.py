@@ -83,6 +83,35 @@ def test_throttled_bursts_are_retried(pm, write_config, sandbox, fast_retries):
     assert drain(60)
     assert sandbox.faults.throttled > 0
     assert_all_delivered_once_at_a_time(sandbox, emails)
+    rt = dispatch.runtime()
+    assert rt.outbox.counter_today("throttled") == sandbox.faults.throttled  # counted, for `status`
+    assert rt.governor_for(dispatch._watcher.current().settings).spacing() > 1  # and every process slows down
+
+
+def test_a_403_pauses_sending_with_one_error_and_loses_nothing(pm, write_config, logs):
+    with Sandbox(access_token=None) as sandbox:
+        sandbox.authz.scope = "offline_access"  # a token without the contact_data scope: every call is 403
+        pair = sandbox.authz.seed()
+        tokens = dict(api_base_url=sandbox.api_base_url, token_url=sandbox.token_url, client_id=SANDBOX_CLIENT_ID,
+                      client_secret=None)
+        write_config(**tokens, access_token=pair["access_token"], refresh_token=pair["refresh_token"])
+        emails = fire(pm, 5)
+        assert flush(10)  # a pause counts as settled: its cause needs a fix
+        rt = dispatch.runtime()
+        counts = outbox_admin.summary(rt.outbox).counts
+        assert counts.get("dead", 0) == 0 and counts.get("pending") == 5
+        assert rt.outbox._query("SELECT max(attempts) FROM events")[0][0] == 0  # no attempt counted against a row
+        pause = rt.sender.paused
+        assert pause is not None and "403" in pause.reason
+        assert pause.until == pytest.approx(time.time() + retry_policy.FORBIDDEN_RECHECK, abs=15)  # re-probed later too
+        errors = [r for r in logs.records if r.levelname == "ERROR"]
+        assert len(errors) == 1 and api_client.FIXES[403] in errors[0].getMessage()
+        sandbox.authz.scope = "contact_data offline_access"  # the admin logs in again, with the scope
+        pair = sandbox.authz.seed()
+        write_config(**tokens, access_token=pair["access_token"], refresh_token=pair["refresh_token"])
+        assert drain()
+        assert_all_delivered_once_at_a_time(sandbox, emails)
+        assert outbox_admin.summary(rt.outbox).counts.get("delivered") == 5
 
 
 def test_the_governor_keeps_steady_load_free_of_throttling(pm, write_config, sandbox):

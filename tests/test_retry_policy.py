@@ -8,7 +8,7 @@ from remixcrm_plugin_ctct import retry_policy as rp
 @pytest.mark.parametrize("status, key, action", [
     (None, "", rp.RETRY), (408, "", rp.RETRY), (409, "conflict", rp.RETRY), (500, "", rp.RETRY), (503, "", rp.RETRY),
     (429, "throttled", rp.RETRY), (429, "", rp.RETRY), (429, "quota_exceeded", rp.QUOTA), (401, "unauthorized", rp.AUTH),
-    (400, "json.field.invalid", rp.DEAD), (403, "forbidden", rp.DEAD), (404, "not_found", rp.DEAD), (415, "", rp.DEAD),
+    (400, "json.field.invalid", rp.DEAD), (403, "forbidden", rp.FORBIDDEN), (404, "not_found", rp.DEAD), (415, "", rp.DEAD),
 ])
 def test_classification_follows_constant_contacts_meanings(status, key, action):
     assert rp.classify(status, key).action == action

@@ -1,8 +1,11 @@
 """What can go wrong, on purpose: Constant Contact's rate limits and injected faults.
 
 Limits as the facts file gives them: more than ``rate_limit`` requests in any one second gets
-429 ``throttled``; more than ``daily_quota`` in a UTC day gets 429 ``quota_exceeded`` (the count
-starts again at 00:00 UTC by ``wall_clock``, which tests replace). Faults:
+429 ``throttled``; more than ``daily_quota`` in a UTC day gets 429 ``quota_exceeded``
+(the count starts again at 00:00 UTC by ``wall_clock``, which tests replace). The second
+is a *sliding* window over arrival times, closed at both ends (a request exactly 1 s after the
+4th before it is refused too), and counts every key together: at least as strict as Constant
+Contact's 4 requests/s per API key, however it counts (a fixed per-second counter lets more through). Faults:
 a random error rate, a fixed answer for the next N calls, added latency, dropped connections,
 hangs, a failed import activity. Only the API (``/v3``) is affected, never the authorization server.
 """
@@ -76,7 +79,7 @@ class Faults:
                     self.quota_refused += 1
                     return ("status", 429, QUOTA_EXCEEDED)
             if self.rate_limit is not None:
-                while self._arrivals and now - self._arrivals[0] >= 1.0:
+                while self._arrivals and now - self._arrivals[0] > 1.0:
                     self._arrivals.popleft()
                 if len(self._arrivals) >= self.rate_limit:
                     self.throttled += 1

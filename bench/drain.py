@@ -52,7 +52,8 @@ def stats(api_base_url: str) -> dict:
 
 def drain(api_base_url: str, events: int, rate: float, prefix: str) -> float:
     """Queue ``events`` in a fresh outbox, then time the sender emptying it. Returns events/s."""
-    from remixcrm_plugin_ctct import config, dispatch, journal, payload
+    from remixcrm_plugin_ctct import config, runtime as dispatch, payload
+    from remixcrm_plugin_ctct.store import journal
 
     use_sandbox_config(api_base_url, f"requests_per_second = {rate}\ndaily_quota = 1000000000\n")
     dispatch.reset(timeout=0)
@@ -91,8 +92,9 @@ work = Path(tempfile.mkdtemp())
     'api_base_url = "http://127.0.0.1:9/v3"\n')
 os.environ["REMIXCRM_CONFIG"] = str(work / "config.toml")
 os.environ["REMIXCRM_DATA_DIR"] = str(work / "data")
-from remixcrm_plugin_ctct import dispatch, outbox_admin
-from remixcrm_plugin_ctct.delivery import QUOTA_KEY
+from remixcrm_plugin_ctct import runtime as dispatch
+from remixcrm_plugin_ctct.store import outbox_admin
+from remixcrm_plugin_ctct.delivery.send import QUOTA_KEY
 from remixcrm_plugin_ctct.hookspecs import make_plugin_manager
 pm = make_plugin_manager()
 rt = dispatch.runtime()

@@ -104,7 +104,8 @@ def one_row(impl: str, api: str, ctct_url: str, segment_url: str, calls: int) ->
     figures = {"p50": statistics.median(samples), "p99": samples[int(len(samples) * 0.99) - 1], "max": samples[-1]}
     if impl == "ctct":
         # every call the hook returned from is on disk: fold the journal and count the outbox rows
-        from remixcrm_plugin_ctct import dispatch, outbox_admin
+        from remixcrm_plugin_ctct import runtime as dispatch
+        from remixcrm_plugin_ctct.store import outbox_admin
 
         rt = dispatch.runtime()
         rt.journal.fold_into(rt.outbox)

@@ -15,6 +15,6 @@ def flush(timeout: float = 5.0, retries: bool = False) -> bool:
     stay recorded either way. Hosts call this before a planned shutdown, tests before leaving
     a ``responses`` block.
     """
-    from .dispatch import flush as _flush  # lazy: keeps `import remixcrm_plugin_ctct` free
+    from .runtime import flush as _flush  # lazy: keeps `import remixcrm_plugin_ctct` free
 
     return _flush(timeout, retries)

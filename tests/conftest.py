@@ -6,7 +6,9 @@ import os
 import pytest
 import responses
 
-from remixcrm_plugin_ctct import api_client, config, dispatch
+from remixcrm_plugin_ctct.ctct import client as api_client
+from remixcrm_plugin_ctct import config, intake
+from remixcrm_plugin_ctct import runtime as dispatch
 from remixcrm_plugin_ctct.hookspecs import make_plugin_manager
 from remixcrm_plugin_ctct.sandbox import SEEDED_LIST_ID
 
@@ -28,6 +30,7 @@ def isolated(tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg-data"))
     config._default_config_file.cache_clear()
     dispatch.reset()
+    intake.reset()
     api_client.reset_session()
     yield tmp_path
     dispatch.reset(timeout=5)

@@ -5,8 +5,9 @@ import pytest
 import requests
 
 from conftest import ACCESS_TOKEN, API, LIST_ID, SIGN_UP_URL, assert_no_secrets
-from remixcrm_plugin_ctct import api_client, retry_policy
-from remixcrm_plugin_ctct.api_client import ApiError, CtctClient
+from remixcrm_plugin_ctct.ctct import client as api_client
+from remixcrm_plugin_ctct.delivery import retry_policy
+from remixcrm_plugin_ctct.ctct.client import ApiError, CtctClient
 
 BODY = {"email_address": "ada@example.com", "list_memberships": [LIST_ID]}
 

@@ -8,10 +8,10 @@ import time
 import pytest
 
 from conftest import ACCESS_TOKEN, CLIENT_SECRET, REFRESH_TOKEN, RAW, SIGN_UP_URL, assert_no_secrets
-from remixcrm_plugin_ctct import config, dispatch, flush
-from remixcrm_plugin_ctct.auth import NeedsReauth, TokenManager
-from remixcrm_plugin_ctct.oauth import Tokens
-from remixcrm_plugin_ctct.token_store import TokenStore
+from remixcrm_plugin_ctct import config, runtime as dispatch, flush
+from remixcrm_plugin_ctct.ctct.token_manager import NeedsReauth, TokenManager
+from remixcrm_plugin_ctct.ctct.oauth import Tokens
+from remixcrm_plugin_ctct.store.tokens import TokenStore
 
 TOKEN_URL = "https://authz.constantcontact.com/oauth2/default/v1/token"
 SOON = RAW("2000-01-01T00:00:00Z")  # long expired

@@ -6,8 +6,8 @@ import time
 import pytest
 
 from conftest import RAW, assert_no_secrets
-from remixcrm_plugin_ctct import cli
-from remixcrm_plugin_ctct.auth import describe_expiry
+from remixcrm_plugin_ctct.admin import cli
+from remixcrm_plugin_ctct.ctct.token_manager import describe_expiry
 from remixcrm_plugin_ctct.sandbox import SANDBOX_CLIENT_ID, SEEDED_LIST_ID, Sandbox
 
 OTHER_LIST = "00000000-0000-4000-8000-000000000000"

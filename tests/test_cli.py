@@ -5,7 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from remixcrm_plugin_ctct import __version__, cli
+from remixcrm_plugin_ctct import __version__
+from remixcrm_plugin_ctct.admin import cli
 
 SCRIPT = Path(sys.executable).parent / "remixcrm-ctct"
 

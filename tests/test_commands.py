@@ -4,10 +4,12 @@ import re
 import time
 
 from conftest import SIGN_UP_URL
-from remixcrm_plugin_ctct import cli, config, dispatch, flush, retry_policy
-from remixcrm_plugin_ctct.delivery import QUOTA_KEY
-from remixcrm_plugin_ctct.outbox import THROTTLED
-from remixcrm_plugin_ctct.token_store import TokenState
+from remixcrm_plugin_ctct.admin import cli
+from remixcrm_plugin_ctct import config, runtime as dispatch, flush
+from remixcrm_plugin_ctct.delivery import retry_policy
+from remixcrm_plugin_ctct.delivery.send import QUOTA_KEY
+from remixcrm_plugin_ctct.store.outbox import THROTTLED
+from remixcrm_plugin_ctct.store.tokens import TokenState
 
 
 def run(capsys, *args):

@@ -375,7 +375,7 @@ def test_a_slow_read_never_holds_up_other_threads(write_config, monkeypatch):
 def test_a_pause_on_a_broken_config_lifts_when_the_fix_lands_just_after_the_reading():
     from types import SimpleNamespace
 
-    from remixcrm_plugin_ctct.delivery import Delivery
+    from remixcrm_plugin_ctct.delivery.send import Delivery
 
     version = [0]
 

@@ -6,7 +6,9 @@ import itertools
 import pytest
 
 from conftest import ACCESS_TOKEN, RAW
-from remixcrm_plugin_ctct import cli, dispatch, flush, outbox_admin
+from remixcrm_plugin_ctct.admin import cli
+from remixcrm_plugin_ctct import runtime as dispatch, flush
+from remixcrm_plugin_ctct.store import outbox_admin
 from remixcrm_plugin_ctct.sandbox import Sandbox
 
 
@@ -81,7 +83,7 @@ def test_dry_run_makes_no_write_and_records_the_payloads(pm, write_config, sandb
 
 
 def test_a_failed_lookup_never_leads_to_an_unguarded_push(pm, write_config, sandbox, monkeypatch):
-    from remixcrm_plugin_ctct import retry_policy
+    from remixcrm_plugin_ctct.delivery import retry_policy
 
     monkeypatch.setattr(retry_policy, "BASE_DELAY", 0.01)
     sandbox.api.seed_contact("left@example.com", permission_to_send="unsubscribed")

@@ -11,8 +11,9 @@ import threading
 
 import pytest
 
-from remixcrm_plugin_ctct import db, forksafe
-from remixcrm_plugin_ctct.outbox import Outbox
+from remixcrm_plugin_ctct.store import db
+from remixcrm_plugin_ctct import forksafe
+from remixcrm_plugin_ctct.store.outbox import Outbox
 from remixcrm_plugin_ctct.payload import Contact
 
 SCHEMA = "CREATE TABLE IF NOT EXISTS t (n INTEGER);"
@@ -30,7 +31,7 @@ def test_commits_survive_when_two_threads_connect_at_once_and_another_process_le
     path = tmp_path / "data" / "x.sqlite3"
     done = run_python("""
         import os, subprocess, sys, threading
-        from remixcrm_plugin_ctct import db
+        from remixcrm_plugin_ctct.store import db
         path, schema = sys.argv[1], sys.argv[2]
         conns = {}
         def connect(name):
@@ -58,7 +59,7 @@ def test_commits_survive_a_natural_race_of_first_connections(tmp_path):
     process opens and closes each file. On the old code about a third of the files lost commits."""
     done = run_python("""
         import os, subprocess, sys, threading, time
-        from remixcrm_plugin_ctct import db
+        from remixcrm_plugin_ctct.store import db
         paths = [os.path.join(sys.argv[1], f"x{i}.sqlite3") for i in range(40)]
         pairs = []
         for i, path in enumerate(paths):
@@ -98,7 +99,7 @@ def test_the_database_file_is_never_opened_outside_sqlite_and_stays_private(tmp_
             if event == "open" and str(args[0]).startswith(path):
                 opened.append(args[0])
         sys.addaudithook(watch)
-        from remixcrm_plugin_ctct import db
+        from remixcrm_plugin_ctct.store import db
         start = threading.Barrier(8)
         conns = []
         def connect():

@@ -11,7 +11,10 @@ from collections import defaultdict
 import pytest
 
 from conftest import ACCESS_TOKEN, RAW
-from remixcrm_plugin_ctct import api_client, dispatch, flush, outbox_admin, retry_policy
+from remixcrm_plugin_ctct.ctct import client as api_client
+from remixcrm_plugin_ctct import runtime as dispatch, flush
+from remixcrm_plugin_ctct.store import outbox_admin
+from remixcrm_plugin_ctct.delivery import retry_policy
 from remixcrm_plugin_ctct.sandbox import SANDBOX_CLIENT_ID, Sandbox
 
 
@@ -152,7 +155,8 @@ def test_a_401_mid_stream_refreshes_once_and_loses_nothing(pm, write_config):
 
 HOST = r"""
 import os, sys, time
-from remixcrm_plugin_ctct import flush, retry_policy
+from remixcrm_plugin_ctct import flush
+from remixcrm_plugin_ctct.delivery import retry_policy
 from remixcrm_plugin_ctct.hookspecs import make_plugin_manager
 retry_policy.BASE_DELAY, retry_policy.MAX_DELAY = 0.01, 0.05
 pm = make_plugin_manager()

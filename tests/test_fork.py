@@ -11,14 +11,15 @@ import pytest
 
 from conftest import ACCESS_TOKEN, RAW
 from remixcrm_plugin_ctct import config
-from remixcrm_plugin_ctct.outbox import Outbox
+from remixcrm_plugin_ctct.store.outbox import Outbox
 from remixcrm_plugin_ctct.sandbox import Sandbox
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork (POSIX)")
 
 COMMON = r"""
 import contextlib, json, os, sys, threading, time
-from remixcrm_plugin_ctct import api_client, dispatch, flush
+from remixcrm_plugin_ctct.ctct import client as api_client
+from remixcrm_plugin_ctct import runtime as dispatch, flush
 from remixcrm_plugin_ctct.hookspecs import make_plugin_manager
 pm = make_plugin_manager()
 

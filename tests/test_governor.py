@@ -7,8 +7,8 @@ import time
 import pytest
 
 from conftest import ACCESS_TOKEN
-from remixcrm_plugin_ctct import governor
-from remixcrm_plugin_ctct.governor import MARGIN, WIDEN, WIDEN_HOLD, Governor
+from remixcrm_plugin_ctct.delivery import governor
+from remixcrm_plugin_ctct.delivery.governor import MARGIN, WIDEN, WIDEN_HOLD, Governor
 from remixcrm_plugin_ctct.sandbox import Sandbox
 
 T0 = 1_800_000_000.0
@@ -142,9 +142,9 @@ def test_a_raised_rate_reserves_a_few_slots_per_transaction(tmp_path):
 
 JITTERY = r"""
 import random, sys, time
-from remixcrm_plugin_ctct import api_client
-from remixcrm_plugin_ctct.api_client import ApiError, CtctClient
-from remixcrm_plugin_ctct.governor import Governor
+from remixcrm_plugin_ctct.ctct import client as api_client
+from remixcrm_plugin_ctct.ctct.client import ApiError, CtctClient
+from remixcrm_plugin_ctct.delivery.governor import Governor
 
 data_dir, api, token, count = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
 # a busy worker wakes 0-80 ms after its slot

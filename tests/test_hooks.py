@@ -10,8 +10,10 @@ import pytest
 import requests
 
 from conftest import ACCESS_TOKEN, LIST_ID, SIGN_UP_URL, assert_no_secrets
-from remixcrm_plugin_ctct import api_client, dispatch, flush, journal, outbox_admin
-from remixcrm_plugin_ctct.journal import Journal
+from remixcrm_plugin_ctct.ctct import client as api_client
+from remixcrm_plugin_ctct import runtime as dispatch, flush
+from remixcrm_plugin_ctct.store import journal, outbox_admin
+from remixcrm_plugin_ctct.store.journal import Journal
 from remixcrm_plugin_ctct.sandbox import Sandbox
 
 ADA = {"id": 101, "email": "ada@example.com", "first_name": "Ada", "last_name": "Lovelace", "phone": "555-0101"}

@@ -9,9 +9,11 @@ import re
 import pytest
 from filelock import FileLock
 
-from remixcrm_plugin_ctct import cli, dispatch, journal
-from remixcrm_plugin_ctct.journal import Journal, encode, record
-from remixcrm_plugin_ctct.outbox import Outbox
+from remixcrm_plugin_ctct.admin import cli
+from remixcrm_plugin_ctct import runtime as dispatch
+from remixcrm_plugin_ctct.store import journal
+from remixcrm_plugin_ctct.store.journal import Journal, encode, record
+from remixcrm_plugin_ctct.store.outbox import Outbox
 from remixcrm_plugin_ctct.payload import Contact, contact_from_client, shown
 
 

@@ -9,7 +9,8 @@ import threading
 import requests
 
 from conftest import assert_no_secrets
-from remixcrm_plugin_ctct import cli, config, dispatch, login
+from remixcrm_plugin_ctct.admin import cli, login
+from remixcrm_plugin_ctct import config, runtime as dispatch
 from remixcrm_plugin_ctct.sandbox import SANDBOX_CLIENT_ID, SEEDED_LIST_ID, Sandbox
 
 

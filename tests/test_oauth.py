@@ -7,7 +7,7 @@ import pytest
 import requests
 
 from conftest import CLIENT_SECRET, REFRESH_TOKEN, assert_no_secrets
-from remixcrm_plugin_ctct import oauth
+from remixcrm_plugin_ctct.ctct import oauth
 
 TOKEN_URL = "https://authz.constantcontact.com/oauth2/default/v1/token"
 ISSUED = {"access_token": "new-access", "refresh_token": "new-refresh", "expires_in": 86400, "token_type": "Bearer"}

@@ -9,9 +9,10 @@ import time
 import pytest
 
 from conftest import ACCESS_TOKEN
-from remixcrm_plugin_ctct import dispatch, flush, outbox_admin, owners
-from remixcrm_plugin_ctct.journal import Journal, encode
-from remixcrm_plugin_ctct.outbox import LEASE_CHECK_EVERY, LIVE_HOLDER_GRACE, THROTTLED, Outbox
+from remixcrm_plugin_ctct import runtime as dispatch, flush
+from remixcrm_plugin_ctct.store import outbox_admin, owners
+from remixcrm_plugin_ctct.store.journal import Journal, encode
+from remixcrm_plugin_ctct.store.outbox import LEASE_CHECK_EVERY, LIVE_HOLDER_GRACE, THROTTLED, Outbox
 from remixcrm_plugin_ctct.payload import Contact
 from remixcrm_plugin_ctct.sandbox import Sandbox
 
@@ -209,7 +210,7 @@ def test_a_newer_decline_is_never_pushed_when_an_older_consent_is_folded_later(w
 
 HOLD_AND_EXIT = """
 import sys
-from remixcrm_plugin_ctct.outbox import Outbox
+from remixcrm_plugin_ctct.store.outbox import Outbox
 print(len(Outbox(sys.argv[1]).claim_many("worker", 8)), flush=True)
 sys.stdout.close()
 """

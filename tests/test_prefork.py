@@ -21,7 +21,7 @@ import pytest
 from conftest import ACCESS_TOKEN, RAW
 from prefork_server import Gunicorn, wait_until
 from remixcrm_plugin_ctct import config
-from remixcrm_plugin_ctct.outbox import FILE_NAME as OUTBOX_FILE
+from remixcrm_plugin_ctct.store.outbox import FILE_NAME as OUTBOX_FILE
 from remixcrm_plugin_ctct.sandbox import SEEDED_LIST_ID, Sandbox
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("gunicorn") is None or not hasattr(os, "fork"),

@@ -8,8 +8,10 @@ import pytest
 import responses
 
 from conftest import ACCESS_TOKEN, RAW, SIGN_UP_URL, assert_no_secrets
-from remixcrm_plugin_ctct import commands, flush, oauth, redact
-from remixcrm_plugin_ctct.api_client import ApiError
+from remixcrm_plugin_ctct.admin import commands
+from remixcrm_plugin_ctct import flush
+from remixcrm_plugin_ctct.ctct import oauth, redact
+from remixcrm_plugin_ctct.ctct.client import ApiError
 from remixcrm_plugin_ctct.sandbox import Sandbox
 
 EMAIL = "Ada.Lovelace@example.com"

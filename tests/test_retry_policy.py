@@ -2,7 +2,7 @@ import datetime as dt
 
 import pytest
 
-from remixcrm_plugin_ctct import retry_policy as rp
+from remixcrm_plugin_ctct.delivery import retry_policy as rp
 
 
 @pytest.mark.parametrize("status, key, action", [

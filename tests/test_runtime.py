@@ -8,8 +8,9 @@ import time
 import pytest
 
 from conftest import ACCESS_TOKEN
-from remixcrm_plugin_ctct import config, dispatch, flush, retry_policy
-from remixcrm_plugin_ctct.outbox import Outbox
+from remixcrm_plugin_ctct import config, runtime as dispatch, flush
+from remixcrm_plugin_ctct.delivery import retry_policy
+from remixcrm_plugin_ctct.store.outbox import Outbox
 from remixcrm_plugin_ctct.payload import Contact
 from remixcrm_plugin_ctct.sandbox import Sandbox
 

@@ -6,9 +6,9 @@ import time
 
 import pytest
 
-from remixcrm_plugin_ctct.outbox import Outbox
+from remixcrm_plugin_ctct.store.outbox import Outbox
 from remixcrm_plugin_ctct.payload import Contact
-from remixcrm_plugin_ctct.sender import OutboxSender, Pause
+from remixcrm_plugin_ctct.delivery.worker import OutboxSender, Pause
 
 
 def contact(n):
@@ -176,9 +176,9 @@ def test_a_forked_child_gets_its_own_threads_and_identity(parts):
 EXITING_HOST = r"""
 import logging, sys, threading, time
 logging.basicConfig(level=logging.INFO, stream=sys.stderr)
-from remixcrm_plugin_ctct.outbox import Outbox
+from remixcrm_plugin_ctct.store.outbox import Outbox
 from remixcrm_plugin_ctct.payload import Contact
-from remixcrm_plugin_ctct.sender import OutboxSender
+from remixcrm_plugin_ctct.delivery.worker import OutboxSender
 outbox = Outbox(sys.argv[1])
 for n in range(5):
     outbox.add(Contact(str(n), f"c{n}@example.com", {}), "e")
@@ -228,7 +228,7 @@ def test_flush_is_false_while_the_outbox_cannot_be_read(tmp_path, caplog):
 
 
 def test_leases_of_a_long_send_are_renewed(parts, monkeypatch):
-    from remixcrm_plugin_ctct import outbox as outbox_module
+    from remixcrm_plugin_ctct.store import outbox as outbox_module
 
     outbox, recorder, sender = parts
     monkeypatch.setattr(outbox_module, "LEASE_SECONDS", 0.15)  # renewed every 50 ms
@@ -251,7 +251,7 @@ def test_leases_of_a_long_send_are_renewed(parts, monkeypatch):
 
 
 def test_idle_threads_stop_and_the_next_event_starts_them_again(parts, monkeypatch):
-    from remixcrm_plugin_ctct import sender as sender_module
+    from remixcrm_plugin_ctct.delivery import worker as sender_module
 
     outbox, recorder, sender = parts
     monkeypatch.setattr(sender_module, "IDLE_STOP", 0.2)

@@ -3,7 +3,7 @@ import os
 import stat
 
 from conftest import ACCESS_TOKEN, REFRESH_TOKEN, assert_no_secrets
-from remixcrm_plugin_ctct.token_store import TokenState, TokenStore, fingerprint
+from remixcrm_plugin_ctct.store.tokens import TokenState, TokenStore, fingerprint
 
 
 def test_round_trip_and_private_files(tmp_path):

@@ -17,8 +17,9 @@ import os
 import threading
 import time
 
-from . import forksafe, oauth
-from .token_store import TokenState, TokenStore, fingerprint
+from .. import forksafe
+from . import oauth
+from ..store.tokens import TokenState, TokenStore, fingerprint
 
 log = logging.getLogger("remixcrm_plugin_ctct")
 

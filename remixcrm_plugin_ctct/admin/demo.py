@@ -13,9 +13,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from . import dispatch, outbox_admin
-from .hookspecs import make_plugin_manager
-from .sandbox import SANDBOX_CLIENT_ID, SEEDED_LIST_ID, Sandbox
+from .. import runtime as dispatch
+from ..store import outbox_admin
+from ..hookspecs import make_plugin_manager
+from ..sandbox import SANDBOX_CLIENT_ID, SEEDED_LIST_ID, Sandbox
 
 UNSUBSCRIBED = "lee@example.com"  # the sandbox knows this contact: it unsubscribed long ago
 

@@ -5,7 +5,7 @@ import dataclasses
 import os
 import sys
 
-from . import __version__
+from .. import __version__
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -109,7 +109,7 @@ def _main(argv: list[str] | None) -> int:
 
         return demo.run(dry_run=args.dry_run)
     if args.command == "sandbox":
-        from .sandbox import serve
+        from ..sandbox import serve
 
         return serve.run(lambda text: print(text, flush=True), args.port, args.token_lifetime, args.long_lived,
                          args.rate_limit, args.daily_quota, args.error_rate, args.latency)
@@ -137,8 +137,10 @@ def _main(argv: list[str] | None) -> int:
 
 
 def _tokens_command(args) -> int:
-    from . import config, dispatch, login, oauth
-    from .auth import NeedsReauth, TokenUnavailable, describe_expiry
+    from .. import config, runtime as dispatch
+    from . import login
+    from ..ctct import oauth
+    from ..ctct.token_manager import NeedsReauth, TokenUnavailable, describe_expiry
 
     def say(text: str) -> None:
         print(text, flush=True)

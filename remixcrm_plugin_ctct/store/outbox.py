@@ -24,7 +24,8 @@ import time
 from pathlib import Path
 from typing import NamedTuple
 
-from . import db, forksafe, newest, owners
+from . import db, newest, owners
+from .. import forksafe
 from .journal import record as journal_record
 
 log = logging.getLogger("remixcrm_plugin_ctct")

@@ -33,7 +33,8 @@ from collections import deque
 from pathlib import Path
 from typing import NamedTuple
 
-from . import db, forksafe
+from ..store import db
+from .. import forksafe
 
 FILE_NAME = "governor.sqlite3"
 _SCHEMA = """

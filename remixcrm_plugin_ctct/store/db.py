@@ -16,7 +16,7 @@ import threading
 import time
 from pathlib import Path
 
-from . import files, forksafe
+from .. import files, forksafe
 
 log = logging.getLogger("remixcrm_plugin_ctct")
 

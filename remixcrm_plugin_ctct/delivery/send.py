@@ -10,10 +10,12 @@ import logging
 import time
 from typing import NamedTuple
 
-from . import api_client, config, consent, payload, retry_policy
-from .auth import NeedsReauth, TokenUnavailable
-from .outbox import THROTTLED
-from .sender import Pause
+from ..ctct import client as api_client
+from .. import config, consent, payload
+from . import retry_policy
+from ..ctct.token_manager import NeedsReauth, TokenUnavailable
+from ..store.outbox import THROTTLED
+from .worker import Pause
 
 log = logging.getLogger("remixcrm_plugin_ctct")
 

@@ -13,7 +13,8 @@ import time
 from dataclasses import dataclass, field
 from urllib.parse import urlencode
 
-from . import api_client, forksafe, redact
+from . import client as api_client, redact
+from .. import forksafe
 
 SCOPES = "contact_data offline_access"
 DEVICE_GRANT = "urn:ietf:params:oauth:grant-type:device_code"

@@ -10,8 +10,10 @@ import tempfile
 import time
 from typing import NamedTuple
 
-from . import api_client, config, dispatch, oauth, outbox_admin
-from .auth import NeedsReauth, TokenUnavailable, describe_expiry
+from ..ctct import client as api_client, oauth
+from .. import config, runtime as dispatch
+from ..store import outbox_admin
+from ..ctct.token_manager import NeedsReauth, TokenUnavailable, describe_expiry
 
 OK, FAIL, WARN = "ok", "fail", "warn"
 MARKS = {OK: "✓", FAIL: "✗", WARN: "!"}

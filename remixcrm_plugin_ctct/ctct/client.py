@@ -9,7 +9,8 @@ import logging
 import threading
 from dataclasses import dataclass
 
-from . import __version__, forksafe, redact
+from .. import __version__, forksafe
+from . import redact
 
 log = logging.getLogger("remixcrm_plugin_ctct")
 

@@ -19,8 +19,8 @@ import time
 from contextlib import contextmanager
 from typing import Callable, NamedTuple
 
-from . import forksafe
-from . import outbox as outbox_module
+from .. import forksafe
+from ..store import outbox as outbox_module
 from .memory_lane import LIMIT as MEMORY_LIMIT
 from .memory_lane import MemoryEvent, MemoryLane
 

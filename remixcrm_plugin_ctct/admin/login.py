@@ -14,8 +14,8 @@ import webbrowser
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from urllib.parse import parse_qsl, urlsplit
 
-from . import oauth
-from .auth import TokenManager, describe_expiry
+from ..ctct import oauth
+from ..ctct.token_manager import TokenManager, describe_expiry
 
 CALLBACK_TIMEOUT = 300.0  # seconds to wait for the browser
 

@@ -5,9 +5,10 @@ import sqlite3
 import sys
 import time
 
-from . import config, db, dispatch, outbox_admin
-from .delivery import QUOTA_KEY
-from .outbox import THROTTLED
+from .. import config, runtime as dispatch
+from ..store import db, outbox_admin
+from ..delivery.send import QUOTA_KEY
+from ..store.outbox import THROTTLED
 
 STATES = ("pending", "sending", "delivered", "dead", "skipped", "dry_run")
 

@@ -30,7 +30,7 @@ from pathlib import Path
 
 from filelock import FileLock, Timeout
 
-from . import forksafe, payload
+from .. import forksafe, payload
 
 log = logging.getLogger("remixcrm_plugin_ctct")
 

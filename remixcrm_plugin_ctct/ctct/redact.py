@@ -14,7 +14,7 @@ import logging
 import re
 import threading
 
-from .payload import mask_email
+from ..payload import mask_email
 
 LIMIT = 300  # characters of upstream text kept
 

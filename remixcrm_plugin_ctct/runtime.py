@@ -1,8 +1,9 @@
-"""Turns one hook event into one durable outbox row, and wires up the machinery behind it.
+"""The composition root: builds this process's machinery for one data dir, once, and hands each
+part what it needs (nothing calls back up through here).
 
-The path of a client: hooks → config (is Constant Contact chosen?) → payload (what to send) →
-outbox (recorded durably) → sender (background threads) → delivery (governor, auth,
-api_client). Only :func:`handle_event` runs in the host's thread.
+The path of a client: hooks → intake (validate, map, append to the journal, wake) → store
+(journal folded into the outbox) → delivery worker (background threads) → delivery.send
+(governor, token manager, Constant Contact client).
 """
 
 import logging
@@ -11,24 +12,23 @@ import sqlite3
 import threading
 import time
 
-from . import config, forksafe, journal, outbox_admin, payload
-from .auth import TokenManager
-from .delivery import Delivery
-from .governor import Governor
-from .outbox import FILE_NAME as OUTBOX_FILE
-from .outbox import Outbox
-from .sender import OutboxSender
-from .token_store import TokenStore
+from . import config, forksafe
+from .store import journal, outbox_admin
+from .ctct.token_manager import TokenManager
+from .delivery.send import Delivery
+from .delivery.governor import Governor
+from .store.outbox import FILE_NAME as OUTBOX_FILE
+from .store.outbox import Outbox
+from .delivery.worker import OutboxSender
+from .store.tokens import TokenStore
 
 log = logging.getLogger("remixcrm_plugin_ctct")
 
-FALLBACK_LOG_INTERVAL = 60.0  # seconds between "outbox not writable" errors
 PURGE_EVERY = 3600.0
 
 _watcher = config.ConfigWatcher()
 _lock = threading.Lock()
 _runtime = None
-_fallback_logged_at = -FALLBACK_LOG_INTERVAL
 
 
 class Runtime:
@@ -93,38 +93,6 @@ class DisklessFallback:
         return 0  # the day's count is unknown without the file
 
 
-def handle_event(event: str, client, lead=None) -> None:
-    """Validate ``client`` and record its push; returns at once. Called by the hookimpls."""
-    global _fallback_logged_at
-    loaded = _watcher.current()
-    if loaded.status == config.INACTIVE:
-        return
-    contact = payload.contact_from_client(client)
-    if isinstance(contact, payload.Skipped):
-        log.log(contact.level, "%s", contact.reason)
-        return
-    if lead is not None:  # the event names the lead in log lines: shown, so an odd id cannot forge one
-        event = f"{event} from lead {payload.shown(payload.an_id(payload.read(lead, 'id'), contact.client_id))}"
-    if contact.email_opt_in is False:
-        # never sent; recorded all the same, so that a push still waiting for this email is
-        # cancelled (the newest word on consent wins) and `status --client` can say why
-        log.info("%s", payload.declined(contact.client_id))
-    rt = runtime()
-    now = time.time()
-    try:
-        rt.journal.append(journal.encode(contact, event, now))
-    except OSError as e:  # disk full, read-only: keep it in memory (it moves to the outbox when it can)
-        kept = rt.sender.submit_memory(journal.record(contact, event, now))
-        now = time.monotonic()
-        if now - _fallback_logged_at >= FALLBACK_LOG_INTERVAL:
-            _fallback_logged_at = now
-            log.error("cannot write the outbox journal in %s (%s): client %s is %s; fix the disk or the folder's permissions",
-                      rt.journal.directory, e, payload.shown(contact.client_id),
-                      "kept in memory only" if kept else "dropped (memory is full)")
-        return
-    rt.sender.wake()
-
-
 def runtime() -> Runtime:
     """The machinery for the data dir in force when it was first needed (created lazily:
     importing the plugin starts nothing)."""
@@ -159,6 +127,11 @@ def _exists(path) -> bool:
     return True
 
 
+def watcher() -> config.ConfigWatcher:
+    """The config as this process last read it (re-read when the file changes)."""
+    return _watcher
+
+
 def tokens() -> TokenManager:
     return runtime().tokens
 
@@ -180,11 +153,10 @@ forksafe.after_fork_in_child(_after_fork)  # registers an at-fork hook only: not
 
 def reset(timeout: float = 5.0) -> None:
     """Stop and forget the sender, the outbox connection, tokens and config cache (tests, demo)."""
-    global _runtime, _fallback_logged_at
+    global _runtime
     with _lock:
         rt, _runtime = _runtime, None
     if rt is not None:
         rt.sender.close(timeout)
         rt.outbox.close()
     _watcher.forget()
-    _fallback_logged_at = -FALLBACK_LOG_INTERVAL

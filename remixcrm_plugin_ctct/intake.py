@@ -1,0 +1,55 @@
+"""The hook's side: validate a client, record it durably in this process's journal, wake the
+worker. Runs in the host's thread, so it does as little as possible and never raises.
+"""
+
+import logging
+import time
+
+from . import config, payload
+from .runtime import runtime, watcher
+from .store import journal
+
+log = logging.getLogger("remixcrm_plugin_ctct")
+
+FALLBACK_LOG_INTERVAL = 60.0  # seconds between "outbox not writable" errors
+_fallback_logged_at = -FALLBACK_LOG_INTERVAL
+
+
+def handle_event(event: str, client, lead=None) -> None:
+    """Validate ``client`` and record its push; returns at once. Called by the hookimpls."""
+    global _fallback_logged_at
+    loaded = watcher().current()
+    if loaded.status == config.INACTIVE:
+        return
+    contact = payload.contact_from_client(client)
+    if isinstance(contact, payload.Skipped):
+        log.log(contact.level, "%s", contact.reason)
+        return
+    if lead is not None:  # the event names the lead in log lines: shown, so an odd id cannot forge one
+        event = f"{event} from lead {payload.shown(payload.an_id(payload.read(lead, 'id'), contact.client_id))}"
+    if contact.email_opt_in is False:
+        # never sent; recorded all the same, so that a push still waiting for this email is
+        # cancelled (the newest word on consent wins) and `status --client` can say why
+        log.info("%s", payload.declined(contact.client_id))
+    rt = runtime()
+    now = time.time()
+    try:
+        rt.journal.append(journal.encode(contact, event, now))
+    except OSError as e:  # disk full, read-only: keep it in memory (it moves to the outbox when it can)
+        kept = rt.sender.submit_memory(journal.record(contact, event, now))
+        now = time.monotonic()
+        if now - _fallback_logged_at >= FALLBACK_LOG_INTERVAL:
+            _fallback_logged_at = now
+            log.error("cannot write the outbox journal in %s (%s): client %s is %s; fix the disk or the folder's permissions",
+                      rt.journal.directory, e, payload.shown(contact.client_id),
+                      "kept in memory only" if kept else "dropped (memory is full)")
+        return
+    rt.sender.wake()
+
+
+
+
+def reset() -> None:
+    """Forget the rate limit of the "not writable" error (tests, the demo)."""
+    global _fallback_logged_at
+    _fallback_logged_at = -FALLBACK_LOG_INTERVAL

@@ -72,6 +72,11 @@ def load_module(name: str) -> ModuleType:
         return importlib.import_module(name)
 
 
+def kept() -> list[Any]:
+    """The objects parked by ``keep`` in this process (for tests)."""
+    return list(_inherited)
+
+
 def keep(obj: Any) -> None:
     """Park an object inherited from the parent so it is never closed or finalised here."""
     if obj is not None:

@@ -2,6 +2,7 @@
 
 import logging
 import os
+import time
 
 import pytest
 import responses
@@ -10,6 +11,7 @@ from remixcrm_plugin_ctct.ctct import client as api_client
 from remixcrm_plugin_ctct import config, intake
 from remixcrm_plugin_ctct import runtime as dispatch
 from remixcrm_plugin_ctct.hookspecs import make_plugin_manager
+from remixcrm_plugin_ctct.record import Event
 from remixcrm_plugin_ctct.sandbox import SEEDED_LIST_ID
 
 LIST_ID = SEEDED_LIST_ID
@@ -112,3 +114,8 @@ def logs(caplog):
 def assert_no_secrets(text: str) -> None:
     for secret in SECRETS:
         assert secret not in text
+
+
+def add_event(box, contact, event: str, now: float | None = None) -> None:
+    """Record one event straight into an outbox: what the fold does with the hook's journal line."""
+    box.add_records([Event.of(contact, event, time.time() if now is None else now).to_record()])

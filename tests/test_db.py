@@ -11,6 +11,7 @@ import threading
 
 import pytest
 
+from conftest import add_event
 from remixcrm_plugin_ctct.store import db
 from remixcrm_plugin_ctct import forksafe
 from remixcrm_plugin_ctct.store.outbox import Outbox
@@ -38,7 +39,7 @@ def test_commits_survive_when_two_threads_connect_at_once_and_another_process_le
             conns[name] = db.connect(path, schema)
         t = threading.Thread(target=connect, args=("a",)); t.start(); t.join()
         conns["a"].execute("INSERT INTO t VALUES (1)")
-        db._ready.clear()  # thread b looked before thread a marked the file set up: the race, held open
+        db.forget_setups()  # thread b looked before thread a marked the file set up: the race, held open
         t = threading.Thread(target=connect, args=("b",)); t.start(); t.join()
         # another process comes and goes: as the last connection it knows of, it checkpoints and
         # deletes the WAL if it can lock the file exclusively
@@ -168,7 +169,7 @@ def test_a_forked_child_opens_its_own_connection_and_never_closes_the_parents(tm
         try:
             childs = holder.get()
             childs.execute("INSERT INTO t VALUES (2)")
-            parked = {id(c): c for c in forksafe._inherited if c is parents or c is others[0]}
+            parked = {id(c): c for c in forksafe.kept() if c is parents or c is others[0]}
             for c in parked.values():
                 c.total_changes  # raises if it was closed here
             code = 0 if childs is not parents and childs is not others[0] and len(parked) == 2 else 3
@@ -187,17 +188,17 @@ def test_a_forked_child_opens_its_own_connection_and_never_closes_the_parents(tm
 def test_an_outbox_file_replaced_under_a_running_process_is_picked_up(tmp_path, monkeypatch):
     monkeypatch.setattr(db, "REPLACED_CHECK_EVERY", 0.0)  # look on every use, not every few seconds
     box = Outbox(tmp_path / "data")
-    box.add(Contact("1", "a@example.com", {}), "e")
+    add_event(box, Contact("1", "a@example.com", {}), "e")
     assert box.due_count() == 1
     fresh = Outbox(tmp_path / "backup")  # say, an admin restores an empty outbox
-    fresh.add(Contact("2", "b@example.com", {}), "e")
-    fresh.add(Contact("3", "c@example.com", {}), "e")
+    add_event(fresh, Contact("2", "b@example.com", {}), "e")
+    add_event(fresh, Contact("3", "c@example.com", {}), "e")
     fresh.close()  # the last connection: checkpointed, no -wal left
     for suffix in ("", "-wal", "-shm"):  # the damaged one is moved aside with its side files, as status says
         os.replace(f"{box.path}{suffix}", tmp_path / f"aside{suffix}")
     os.replace(fresh.path, box.path)
     assert box.due_count() == 2
-    box.add(Contact("4", "d@example.com", {}), "e")  # and writes go to the new file
+    add_event(box, Contact("4", "d@example.com", {}), "e")  # and writes go to the new file
     assert sqlite3.connect(box.path).execute("SELECT count(*) FROM events").fetchone() == (3,)
 
 

@@ -8,9 +8,9 @@ import time
 
 import pytest
 
-from conftest import ACCESS_TOKEN
+from conftest import ACCESS_TOKEN, add_event
 from remixcrm_plugin_ctct import runtime as dispatch, flush
-from remixcrm_plugin_ctct.store import outbox_admin, owners
+from remixcrm_plugin_ctct.store import leases, outbox_admin, owners
 from remixcrm_plugin_ctct.store.journal import Journal, encode
 from remixcrm_plugin_ctct.store.outbox import LEASE_CHECK_EVERY, LIVE_HOLDER_GRACE, THROTTLED, Outbox
 from remixcrm_plugin_ctct.payload import Contact
@@ -23,15 +23,15 @@ def contact(n, email=None, **fields):
 
 def test_files_are_private(tmp_path):
     box = Outbox(tmp_path / "d")
-    box.add(contact(1), "e")
+    add_event(box, contact(1), "e")
     assert stat.S_IMODE(os.stat(box.path).st_mode) == 0o600
     assert stat.S_IMODE(os.stat(box.path.parent).st_mode) == 0o700
 
 
 def test_pending_events_for_one_email_coalesce_newest_fields_winning(tmp_path):
     box = Outbox(tmp_path)
-    box.add(Contact("1", "Ada@Example.com", {"first_name": "Ada", "phone_number": "1"}), "client_created")
-    box.add(Contact("2", "ada@example.com", {"first_name": "Augusta"}, True), "lead_converted from lead 7")
+    add_event(box, Contact("1", "Ada@Example.com", {"first_name": "Ada", "phone_number": "1"}), "client_created")
+    add_event(box, Contact("2", "ada@example.com", {"first_name": "Augusta"}, True), "lead_converted from lead 7")
     row = box.claim("me")
     assert row.contact == {"email": "ada@example.com", "fields": {"first_name": "Augusta", "phone_number": "1"}, "email_opt_in": True}
     assert (row.client_id, row.event) == ("2", "lead_converted from lead 7")
@@ -39,12 +39,22 @@ def test_pending_events_for_one_email_coalesce_newest_fields_winning(tmp_path):
     assert [r["client_id"] for r in outbox_admin.for_client(box, "1")] == ["2"]  # client 1 is traceable
 
 
-def test_a_lease_gives_a_row_to_one_owner_until_it_expires(tmp_path):
+def elsewhere(monkeypatch, machine="another machine", started=None):
+    """Leases taken while this is in force are held by a process that cannot be looked at from here."""
+    monkeypatch.setattr(leases, "identity", lambda: (machine, os.getpid(), started))
+
+
+def held(box, owner):
+    return sum(r["state"] == "sending" and r["lease_owner"] == owner for r in box.rows())
+
+
+def test_a_lease_gives_a_row_to_one_owner_until_it_expires(tmp_path, monkeypatch):
     box = Outbox(tmp_path)
-    box.add(contact(1), "e")
+    add_event(box, contact(1), "e")
     now = time.time()
-    assert box.claim("a", now=now, lease=60).id == 1
-    box._exec("UPDATE owners SET machine = 'another machine'")  # a's process cannot be looked at from here
+    with monkeypatch.context() as m:
+        elsewhere(m)  # a's process cannot be looked at from here
+        assert box.claim("a", now=now, lease=60).id == 1
     assert box.claim("b", now=now + 30) is None  # a still holds it
     stolen = box.claim("b", now=now + 61)  # a's lease expired: it may have died
     assert stolen.id == 1 and stolen.attempts == 2
@@ -52,7 +62,7 @@ def test_a_lease_gives_a_row_to_one_owner_until_it_expires(tmp_path):
 
 def test_a_live_holder_on_this_machine_keeps_a_lapsed_lease_a_while(tmp_path):
     box = Outbox(tmp_path)
-    box.add(contact(1), "e")
+    add_event(box, contact(1), "e")
     now = time.time()
     assert box.claim("a", now=now, lease=30).id == 1  # "a" is this very process: alive
     assert box.claim("b", now=now + 31) is None  # one slow send (token wait, refresh, two calls) is no death
@@ -61,9 +71,9 @@ def test_a_live_holder_on_this_machine_keeps_a_lapsed_lease_a_while(tmp_path):
 
 def test_a_second_event_waits_while_the_first_for_that_email_is_in_flight(tmp_path):
     box = Outbox(tmp_path)
-    box.add(contact(1, "x@example.com"), "e")
+    add_event(box, contact(1, "x@example.com"), "e")
     first = box.claim("a")
-    box.add(contact(2, "x@example.com"), "e")  # arrives while the first is being sent
+    add_event(box, contact(2, "x@example.com"), "e")  # arrives while the first is being sent
     assert box.claim("b") is None  # would be a simultaneous write to one contact: Constant Contact's 409
     box.delivered(first.id, "c", "created")
     assert box.claim("b").client_id == "2"
@@ -71,9 +81,9 @@ def test_a_second_event_waits_while_the_first_for_that_email_is_in_flight(tmp_pa
 
 def test_a_retried_row_merges_with_a_newer_pending_one(tmp_path):
     box = Outbox(tmp_path)
-    box.add(contact(1, "x@example.com", first_name="Old", job_title="CEO"), "e")
+    add_event(box, contact(1, "x@example.com", first_name="Old", job_title="CEO"), "e")
     first = box.claim("a")
-    box.add(contact(2, "x@example.com", first_name="New"), "e")
+    add_event(box, contact(2, "x@example.com", first_name="New"), "e")
     box.retry_later(first.id, time.time(), "503")
     (row,) = [box.claim("a")]
     assert row.contact["fields"] == {"first_name": "New", "job_title": "CEO"}
@@ -83,7 +93,7 @@ def test_a_retried_row_merges_with_a_newer_pending_one(tmp_path):
 
 def test_release_hands_back_unfinished_rows_without_counting_the_attempt(tmp_path):
     box = Outbox(tmp_path)
-    box.add(contact(1), "e")
+    add_event(box, contact(1), "e")
     box.claim("me")
     assert box.release("me") == 1
     assert box.due_count() == 1 and box.claim("other").attempts == 1
@@ -91,19 +101,19 @@ def test_release_hands_back_unfinished_rows_without_counting_the_attempt(tmp_pat
 
 def test_purge_forgets_emails_but_keeps_the_status_record(tmp_path):
     box = Outbox(tmp_path)
-    box.add(contact(1), "e")
+    add_event(box, contact(1), "e")
     row = box.claim("me")
     box.delivered(row.id, "contact-1", "created", now=time.time() - 31 * 86400)
     assert outbox_admin.purge(box, 30 * 86400) == 1
     (record,) = outbox_admin.for_client(box, "1")
     assert (record["state"], record["contact_id"], record["outcome"]) == ("delivered", "contact-1", "created")
-    assert box._query("SELECT contact, email_key FROM events") == [(None, None)]
-    assert box._query("SELECT count(*) FROM latest") == [(0,)]  # the newest known state is forgotten too
+    assert [(r["contact"], r["email_key"]) for r in box.rows()] == [(None, None)]
+    assert box.known_emails() == []  # the newest known state is forgotten too
 
 
 def test_retry_dead_gives_a_dead_row_a_new_life(tmp_path):
     box = Outbox(tmp_path)
-    box.add(contact(1), "e")
+    add_event(box, contact(1), "e")
     box.dead(box.claim("me").id, "400 bad")
     assert outbox_admin.retry(box) == 0
     assert outbox_admin.retry(box, dead=True) == 1
@@ -219,7 +229,7 @@ sys.stdout.close()
 def test_the_leases_of_a_dead_process_are_taken_back_at_once(tmp_path):
     box = Outbox(tmp_path)
     for n in range(3):
-        box.add(contact(n), "e")
+        add_event(box, contact(n), "e")
     done = subprocess.run([sys.executable, "-c", HOLD_AND_EXIT, str(tmp_path)],
                           capture_output=True, text=True, timeout=30)
     assert done.stdout.strip() == "3", done.stderr
@@ -230,12 +240,12 @@ def test_the_leases_of_a_dead_process_are_taken_back_at_once(tmp_path):
 @pytest.mark.skipif(not os.path.exists("/proc/self/stat"), reason="needs /proc")
 def test_a_killed_process_not_yet_reaped_is_dead_too(tmp_path):
     box = Outbox(tmp_path)
-    box.add(contact(1), "e")
+    add_event(box, contact(1), "e")
     child = subprocess.Popen([sys.executable, "-c", HOLD_AND_EXIT, str(tmp_path)], stdout=subprocess.PIPE, text=True)
     try:
         assert child.stdout.read().strip() == "1"
         deadline = time.monotonic() + 10
-        while owners._stat(child.pid)[0] != "Z":  # exited; its parent (we) has not reaped it: a zombie
+        while owners.status(child.pid) != "Z":  # exited; its parent (we) has not reaped it: a zombie
             assert time.monotonic() < deadline
             time.sleep(0.01)
         assert box.claim("me").client_id == "1"
@@ -243,26 +253,27 @@ def test_a_killed_process_not_yet_reaped_is_dead_too(tmp_path):
         child.wait()
 
 
-def test_a_holder_whose_pid_now_belongs_to_another_process_is_dead(tmp_path):
+def test_a_holder_whose_pid_now_belongs_to_another_process_is_dead(tmp_path, monkeypatch):
     box = Outbox(tmp_path)
-    box.add(contact(1), "e")
+    add_event(box, contact(1), "e")
     now = time.time()
-    assert box.claim("old", now=now) is not None
     started = owners.started(os.getpid())
     if started is None:
         pytest.skip("no process start times here")
-    # the same pid, but an earlier process
-    box._exec("UPDATE owners SET started = ? WHERE owner = 'old'", (str(int(started) - 1),))
+    with monkeypatch.context() as m:
+        elsewhere(m, owners.machine(), str(int(started) - 1))  # the same pid, but an earlier process
+        assert box.claim("old", now=now) is not None
     assert box.claim("me", now=now + LEASE_CHECK_EVERY).client_id == "1"
 
 
-def test_renew_extends_a_lease_and_tells_a_lost_row(tmp_path):
+def test_renew_extends_a_lease_and_tells_a_lost_row(tmp_path, monkeypatch):
     box = Outbox(tmp_path)
-    box.add(contact(1), "e")
-    box.add(contact(2), "e")
+    add_event(box, contact(1), "e")
+    add_event(box, contact(2), "e")
     now = time.time()
-    first, second = box.claim_many("a", 2, now=now, lease=30)
-    box._exec("UPDATE owners SET machine = 'elsewhere'")
+    with monkeypatch.context() as m:
+        elsewhere(m, "elsewhere")
+        first, second = box.claim_many("a", 2, now=now, lease=30)
     assert box.renew("a", [first.id, second.id], lease=30, now=now + 20) == {first.id, second.id}
     assert box.claim("b", now=now + 40) is None  # renewed until now + 50
     assert box.claim("b", now=now + 51 + LEASE_CHECK_EVERY).id == first.id  # lapsed: b took one
@@ -272,22 +283,22 @@ def test_renew_extends_a_lease_and_tells_a_lost_row(tmp_path):
 def test_release_counts_only_this_owners_rows(tmp_path):
     box = Outbox(tmp_path)
     for n in range(3):
-        box.add(contact(n), "e")
+        add_event(box, contact(n), "e")
     box.claim_many("a", 2)
     box.claim_many("b", 1)
-    assert (box.held("a"), box.held("b"), box.pending_count()) == (2, 1, 3)
+    assert (held(box, "a"), held(box, "b"), box.pending_count()) == (2, 1, 3)
     assert box.release("a") == 2
-    assert (box.held("a"), box.held("b"), box.pending_count(), box.due_count()) == (0, 1, 3, 2)
+    assert (held(box, "a"), held(box, "b"), box.pending_count(), box.due_count()) == (0, 1, 3, 2)
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="POSIX only")
 def test_a_fork_while_a_sender_thread_holds_the_write_lock_leaves_the_child_working(tmp_path):
     box = Outbox(tmp_path)
-    box.add(contact(1), "e")
+    add_event(box, contact(1), "e")
     holding, release = threading.Event(), threading.Event()
 
     def sender_thread():
-        with box._write:
+        with box.write_lock:
             holding.set()
             release.wait(30)
 
@@ -299,7 +310,7 @@ def test_a_fork_while_a_sender_thread_holds_the_write_lock_leaves_the_child_work
         signal.alarm(5)  # a hang ends the child (and fails the test) instead of the run
         code = 1
         try:
-            box.add(contact(2), "e")
+            add_event(box, contact(2), "e")
             code = 0
         finally:
             os._exit(code)

@@ -6,6 +6,7 @@ import time
 
 import pytest
 
+from conftest import add_event
 from remixcrm_plugin_ctct.store.outbox import Outbox
 from remixcrm_plugin_ctct.payload import Contact
 from remixcrm_plugin_ctct.delivery.worker import OutboxSender, Pause
@@ -47,7 +48,7 @@ def parts(tmp_path):
 def test_rows_are_worked_off_the_callers_thread_and_flush_waits(parts):
     outbox, recorder, sender = parts
     for n in range(20):
-        outbox.add(contact(n), "client_created")
+        add_event(outbox, contact(n), "client_created")
     sender.wake()
     assert sender.flush(10)
     assert sorted(r for r, _ in recorder.rows) == list(range(1, 21))
@@ -58,7 +59,7 @@ def test_rows_are_worked_off_the_callers_thread_and_flush_waits(parts):
 def test_flush_gives_up_at_its_timeout(parts):
     outbox, recorder, sender = parts
     recorder.block.clear()
-    outbox.add(contact(1), "client_created")
+    add_event(outbox, contact(1), "client_created")
     sender.wake()
     assert recorder.started.wait(5)
     assert sender.flush(0.05) is False
@@ -77,8 +78,8 @@ def test_an_unexpected_error_is_logged_and_the_worker_carries_on(parts, caplog):
         outbox.delivered(row.id, "c", "created")
 
     sender.work_row = flaky
-    outbox.add(contact(1), "e")
-    outbox.add(contact(2), "e")
+    add_event(outbox, contact(1), "e")
+    add_event(outbox, contact(2), "e")
     sender.wake()
     assert sender.flush(5)
     assert "hit an unexpected error; it is tried again in 60 s" in caplog.text
@@ -131,7 +132,7 @@ def test_a_pause_stops_claiming_until_its_cause_changes(parts):
 
     sender.work_row = needs_fix
     for n in range(3):
-        outbox.add(contact(n), "e")
+        add_event(outbox, contact(n), "e")
     sender.wake()
     assert sender.flush(5)  # paused counts as settled
     assert sender.paused is not None and outbox.due_count() == 3
@@ -147,7 +148,7 @@ def test_a_pause_stops_claiming_until_its_cause_changes(parts):
 def test_a_shared_pause_from_another_process_is_honoured(parts):
     outbox, recorder, sender = parts
     sender.shared_pause = lambda: Pause("the daily quota", until=time.time() + 3600)
-    outbox.add(contact(1), "e")
+    add_event(outbox, contact(1), "e")
     sender.wake()
     assert sender.flush(2)
     assert recorder.rows == [] and outbox.due_count() == 1
@@ -178,10 +179,11 @@ import logging, sys, threading, time
 logging.basicConfig(level=logging.INFO, stream=sys.stderr)
 from remixcrm_plugin_ctct.store.outbox import Outbox
 from remixcrm_plugin_ctct.payload import Contact
+from remixcrm_plugin_ctct.record import Event
 from remixcrm_plugin_ctct.delivery.worker import OutboxSender
 outbox = Outbox(sys.argv[1])
 for n in range(5):
-    outbox.add(Contact(str(n), f"c{n}@example.com", {}), "e")
+    outbox.add_records([Event.of(Contact(str(n), f"c{n}@example.com", {}), "e", time.time()).to_record()])
 s = OutboxSender(outbox, lambda row: threading.Event().wait(), lambda item: None, workers=2, exit_budget=float(sys.argv[2]))
 s.wake()
 while s._in_flight < 2:   # both workers are inside a send that never ends (an API that never answers)
@@ -208,7 +210,7 @@ def test_a_pause_cleared_by_another_worker_between_check_and_read_is_no_error(pa
         return True
 
     sender.pause(Pause("a test", changed=cleared_meanwhile))
-    outbox.add(contact(1), "e")
+    add_event(outbox, contact(1), "e")
     started = time.monotonic()
     sender.wake()
     assert sender.flush(5)
@@ -239,7 +241,7 @@ def test_leases_of_a_long_send_are_renewed(parts, monkeypatch):
 
     monkeypatch.setattr(Outbox, "renew", renew)
     recorder.block.clear()  # the send takes long
-    outbox.add(contact(1), "e")
+    add_event(outbox, contact(1), "e")
     sender.wake()
     assert recorder.started.wait(5)
     deadline = time.monotonic() + 5
@@ -262,7 +264,7 @@ def test_idle_threads_stop_and_the_next_event_starts_them_again(parts, monkeypat
     while any(t.is_alive() for t in started + [sender._keeper]) and time.monotonic() < deadline:
         time.sleep(0.01)
     assert sender._threads == [] and not any(t.is_alive() for t in started + [sender._keeper])
-    outbox.add(contact(1), "e")
+    add_event(outbox, contact(1), "e")
     sender.wake()
     assert sender.flush(5)
     assert [r for r, _ in recorder.rows] == [1]

@@ -69,6 +69,12 @@ def _connect(path: Path, schema: str, busy_timeout: float) -> tuple[sqlite3.Conn
     return conn, found
 
 
+def forget_setups() -> None:
+    """As if this process had set up no file yet (its next connection to each sets it up again):
+    for tests of concurrent first connections."""
+    _ready.clear()
+
+
 def _lock() -> threading.Lock:
     global _hooked
     if not _hooked:  # lazily: importing the plugin registers nothing. A double registration is harmless

@@ -1,34 +1,96 @@
-"""What ``status``, ``retry`` and ``purge`` ask of the outbox (the sending path never needs it)."""
+"""What ``status``, ``retry`` and ``purge`` ask of the outbox (the sending path never needs it).
 
+:class:`AdminQueries` holds the SQL, as a base class of :class:`.outbox.Outbox`; the functions
+below are the old module API over the public methods (new code calls the methods)."""
+
+import sqlite3
+import threading
 import time
-from typing import NamedTuple
 
-from .outbox import Outbox
+from . import db
+from .interfaces import Outbox, Summary
+
+__all__ = ["AdminQueries", "Summary", "summary", "for_client", "retry", "purge"]
+ROW_KEYS = ("id", "state", "event", "attempts", "created_at", "updated_at", "next_attempt_at", "contact_id",
+            "outcome", "last_error", "client_id")
 
 
-class Summary(NamedTuple):
-    counts: dict  # state -> rows
-    oldest_pending_at: float | None
-    last_error: str | None
-    last_error_at: float | None
+class AdminQueries:
+    """The CLI's part of :class:`.outbox.Outbox` (a base class of it: same connections, same lock)."""
+
+    _write: threading.RLock
+
+    def _conn(self) -> sqlite3.Connection: ...
+    def _exec(self, sql: str, args: tuple = ()) -> sqlite3.Cursor: ...
+    def _query(self, sql: str, args: tuple = ()) -> list: ...
+    def retry_later(self, row_id: int, when: float, error: str | None, count_attempt: bool = True) -> None: ...
+
+    def summary(self) -> Summary:
+        counts = dict(self._query("SELECT state, count(*) FROM events GROUP BY state"))
+        oldest = self._query("SELECT min(created_at) FROM events WHERE state IN ('pending', 'sending')")[0][0]
+        found = self._query("SELECT last_error, updated_at FROM events WHERE last_error IS NOT NULL "
+                            "AND state IN ('pending', 'sending', 'dead') ORDER BY updated_at DESC LIMIT 1")
+        return Summary(counts, oldest, *(found[0] if found else (None, None)))
+
+    def for_client(self, client_id: str) -> list[dict]:
+        """Every row that carries this client's event (also when it was coalesced into another)."""
+        rows = self._query(f"SELECT {', '.join(ROW_KEYS)} FROM events "
+                           "WHERE client_id = ? OR instr(' ' || other_clients || ' ', ' ' || ? || ' ') ORDER BY id",
+                           (client_id, client_id))
+        return [dict(zip(ROW_KEYS, r)) for r in rows]
+
+    def rows(self) -> list[dict]:
+        """Every row with its email key, contact and lease, oldest first: for inspection (tests,
+        debugging), not for the sending path."""
+        keys = (*ROW_KEYS, "email_key", "contact", "other_clients", "lease_owner", "lease_until")
+        found = self._query(f"SELECT {', '.join(keys)} FROM events ORDER BY id")
+        return [dict(zip(keys, r)) for r in found]
+
+    def known_emails(self) -> list[str]:
+        """The emails (lower-cased) whose newest known state is kept: for inspection, like ``rows``."""
+        return [r[0] for r in self._query("SELECT email_key FROM latest ORDER BY email_key")]
+
+    def retry(self, dead: bool = False, now: float | None = None) -> int:
+        """Make pending rows due now; with ``dead``, give dead rows (that still have their
+        contact) a fresh start too. Returns how many."""
+        now = time.time() if now is None else now
+        count = self._exec("UPDATE events SET next_attempt_at = ? WHERE state = 'pending' AND next_attempt_at > ?",
+                           (now, now)).rowcount
+        if dead:
+            for (row_id,) in self._query("SELECT id FROM events WHERE state = 'dead' AND contact IS NOT NULL"):
+                # via 'sending' so that retry_later can coalesce it with a newer pending row
+                self._exec("UPDATE events SET state = 'sending', created_at = ?, attempts = 0, outcome = NULL "
+                           "WHERE id = ?", (now, row_id))
+                self.retry_later(row_id, now, None)  # attempts stay 0: a fresh start
+                count += 1
+        return count
+
+    def purge(self, before: float) -> int:
+        """Forget emails and names of rows finished before ``before``, and the newest known
+        state of emails that no row names any more. Returns how many rows."""
+        with self._write, db.transaction(self._conn()) as conn:
+            count = conn.execute("UPDATE events SET contact = NULL, email_key = NULL WHERE state IN "
+                                 "('delivered', 'skipped', 'dry_run') AND contact IS NOT NULL AND updated_at < ?",
+                                 (before,)).rowcount
+            # every fold leaves a row naming its email: a state no row names is of no further use
+            conn.execute("DELETE FROM latest WHERE NOT EXISTS "
+                         "(SELECT 1 FROM events e WHERE e.email_key = latest.email_key)")
+        return count
+
 
 
 def summary(outbox: Outbox) -> Summary:
-    return Summary(outbox.state_counts(), outbox.oldest_unsent_at(), *outbox.last_error())
+    return outbox.summary()
 
 
 def for_client(outbox: Outbox, client_id: str) -> list[dict]:
     """Every row that carries this client's event (also when it was coalesced into another)."""
-    return outbox.rows_for_client(client_id)
+    return outbox.for_client(client_id)
 
 
 def retry(outbox: Outbox, dead: bool = False, now: float | None = None) -> int:
     """Make pending rows due now; with ``dead``, give dead rows a new life too. Returns how many."""
-    now = time.time() if now is None else now
-    count = outbox.make_due(now)
-    if dead:
-        count += outbox.revive_dead(now)
-    return count
+    return outbox.retry(dead, now)
 
 
 def purge(outbox: Outbox, retention_seconds: float, now: float | None = None) -> int:

@@ -40,6 +40,12 @@ def _stat(pid: int) -> list[str] | None:
     return text[text.rfind(")") + 2:].split()
 
 
+def status(pid: int) -> str | None:
+    """The process's state letter from /proc (``R``, ``S``, ``Z`` for a zombie…), or None."""
+    fields = _stat(pid)
+    return fields[0] if fields else None
+
+
 def started(pid: int) -> str | None:
     """The process's start time (field 22: clock ticks after boot), where /proc has it."""
     fields = _stat(pid)

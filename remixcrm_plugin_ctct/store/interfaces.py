@@ -1,0 +1,109 @@
+"""The storage seam: what delivery, the worker, the CLI and the token manager ask of storage.
+
+Today's implementations are embedded and zero-config (SQLite files and a JSON file in the data
+dir): :class:`.outbox.Outbox`, :class:`.budget.SqliteBudget`, :class:`.pause.SqlitePause`,
+:class:`.tokens.TokenStore`. A second backend (PostgreSQL, say) implements these Protocols and
+is chosen where the parts are built (``runtime``); nothing that uses them changes. Hence the
+rules the methods keep: each call is one atomic step (its own transaction), times are epoch
+seconds passed in, and nothing returns a cursor, a connection or a lock of the backend's own
+(the token lock is a context manager).
+"""
+
+from collections.abc import Callable, Iterable
+from contextlib import AbstractContextManager
+from typing import Any, NamedTuple, Protocol, TypeVar
+
+T = TypeVar("T")
+
+
+class Row(NamedTuple):
+    """An outbox row leased for sending."""
+
+    id: int
+    client_id: str
+    event: str
+    contact: dict  # the newest known state of its email: {"email": …, "fields": {…}, "email_opt_in": …}
+    attempts: int
+    created_at: float
+
+
+class Summary(NamedTuple):
+    counts: dict  # state -> rows
+    oldest_pending_at: float | None
+    last_error: str | None
+    last_error_at: float | None
+
+
+class JournalSink(Protocol):
+    """Where the journal folds its lines, noting in the same step how far it got."""
+
+    def add_records(self, records: list[dict], journal: str | None = None, offset: int = 0) -> None: ...
+    def journal_offset(self, journal: str) -> int: ...
+    def forget_journal(self, journal: str) -> None: ...
+
+
+class Outbox(JournalSink, Protocol):
+    """Every accepted event until it is delivered, skipped or given up; leased to one process
+    at a time (at-least-once), one email in flight at a time."""
+
+    # the worker and delivery
+    def claim_many(self, owner: str, limit: int, now: float | None = None, lease: float = ...) -> list[Row]: ...
+    def renew(self, owner: str, row_ids: Iterable[int], lease: float = ..., now: float | None = None) -> set[int]: ...
+    def refreshed(self, row: Row) -> Row: ...
+    def delivered(self, row_id: int, contact_id: str | None, outcome: str, now: float | None = None) -> None: ...
+    def finished(self, row_id: int, state: str, outcome: str, now: float | None = None) -> None: ...
+    def dead(self, row_id: int, error: str, now: float | None = None) -> None: ...
+    def retry_later(self, row_id: int, when: float, error: str | None, count_attempt: bool = True) -> None: ...
+    def release(self, owner: str) -> int: ...
+    def due_count(self, now: float | None = None) -> int: ...
+    def pending_count(self) -> int: ...
+    def in_flight_count(self) -> int: ...
+    def next_due_at(self) -> float | None: ...
+    def checkpoint(self) -> None: ...
+    def close(self) -> None: ...
+    # the CLI
+    def summary(self) -> Summary: ...
+    def for_client(self, client_id: str) -> list[dict]: ...
+    def retry(self, dead: bool = False, now: float | None = None) -> int: ...
+    def purge(self, before: float) -> int: ...
+    # shared switches and counters, for all processes together
+    def get_meta(self, key: str) -> str | None: ...
+    def set_meta(self, key: str, value: str | None) -> None: ...
+    def bump_counter(self, name: str, now: float | None = None) -> int: ...
+    def counter_today(self, name: str, now: float | None = None) -> int: ...
+
+
+class SharedPause(Protocol):
+    """A pause every process obeys (the daily quota): until an epoch time, or None."""
+
+    def get(self) -> float | None: ...
+    def set(self, until: float | None) -> None: ...
+
+
+class BudgetState(NamedTuple):
+    """The governor's shared state, as one record (see delivery/governor.py for what it means)."""
+
+    next_slot: float | None  # None: never reserved
+    day: str  # UTC date of day_count
+    day_count: int
+    sent: list[float]  # wall times of the last few check-ins, oldest first
+    widen: float  # spacing factor set by the last `throttled` answer (1: none)
+    widened_at: float
+
+
+class Budget(Protocol):
+    """The request budget all processes share. ``update`` runs ``change`` under the cross-process
+    lock on the current state; ``change`` returns (the new state, or None to write nothing; a
+    result for the caller). ``change`` may run again (a backend may retry on conflict)."""
+
+    def update(self, change: Callable[[BudgetState], tuple[BudgetState | None, T]]) -> T: ...
+    def read(self) -> BudgetState: ...
+
+
+class TokenStore(Protocol):
+    """The plugin's own copy of the OAuth tokens (rotating refresh tokens are single-use)."""
+
+    def read(self) -> Any: ...  # tokens.TokenState | None
+    def write(self, state: Any) -> None: ...
+    def lock(self) -> AbstractContextManager[Any]: ...  # cross-process, for read–refresh–write
+    def signature(self) -> tuple: ...  # changes whenever the tokens are rewritten

@@ -1,0 +1,60 @@
+"""Folding journal records into the outbox: one transaction per batch (see :meth:`.outbox.Outbox.add_records`).
+
+Each email's records are merged into its newest known state (table ``latest``, :mod:`.newest`),
+and a pending row asks for a push of that state: also when the records are older than what was
+already sent (a push of the newest state again is harmless; a newest decline is skipped).
+"""
+
+import json
+import sqlite3
+
+from . import newest
+from .outbox_sql import INSERT_PENDING, UPSERT_LATEST
+
+
+def fold(conn: sqlite3.Connection, records: list[dict], now: float) -> None:
+    """Merge ``records`` inside the caller's transaction on ``conn``."""
+    by_email: dict[str, list[dict]] = {}
+    for r in records:
+        by_email.setdefault(r["email"].lower(), []).append(r)
+    keys = json.dumps(list(by_email))
+    known = {f[0]: newest.State(json.loads(f[1]), json.loads(f[2]), *f[3:]) for f in conn.execute(
+        "SELECT email_key, contact, stamps, client_id, event, at, seq FROM latest "
+        "WHERE email_key IN (SELECT value FROM json_each(?))", (keys,))}
+    pending = {f[0]: f[1:] for f in conn.execute(
+        "SELECT email_key, id, client_id, other_clients FROM events "
+        "WHERE state = 'pending' AND email_key IN (SELECT value FROM json_each(?))", (keys,))}
+    states, inserts, updates = [], [], []
+    for key, group in by_email.items():
+        group.sort(key=newest.stamp)
+        before = known.get(key)
+        state = before
+        for r in group:
+            state = newest.merge(state, r)
+        assert state is not None  # a group is never empty
+        contact = json.dumps(state.contact)
+        stamps = json.dumps(state.stamps)
+        states.append((key, contact, stamps, state.client_id, state.event, state.at, state.seq, now))
+        last, clients = group[-1], [str(r["client_id"]) for r in group]
+        if key not in pending:
+            # a clock ahead of ours must not delay the row
+            created = min(now, *(newest.stamp(r)[0] or now for r in group))
+            client = str(last["client_id"])
+            others = _others(clients, client)
+            inserts.append((key, client, others, last["event"], contact, created, created, now))
+            continue
+        row_id, old_client, others = pending[key]
+        client, event = old_client, None  # None: the event stays
+        if before is None or newest.stamp(last) >= (before.at, before.seq):
+            client, event = str(last["client_id"]), last["event"]  # the row now carries the newest event
+        everyone = [old_client, *others.split(), *clients]
+        updates.append((client, event, _others(everyone, client), contact, now, row_id))
+    conn.executemany(UPSERT_LATEST, states)
+    conn.executemany(INSERT_PENDING, inserts)
+    conn.executemany("UPDATE events SET client_id = ?, event = coalesce(?, event), other_clients = ?, "
+                     "contact = ?, updated_at = ? WHERE id = ?", updates)
+
+
+def _others(clients: list[str], client: str) -> str:
+    """The space-separated client ids other than ``client``, each once, in order."""
+    return " ".join(dict.fromkeys(c for c in clients if c and c != client))

@@ -192,7 +192,7 @@ def test_four_processes_with_jitter_meet_no_throttling(tmp_path):
 def test_a_fork_while_a_thread_holds_the_lock_leaves_the_child_working(tmp_path):
     gov = Governor(tmp_path, rate=1000)
     gov.reserve()
-    with gov._lock:  # as if a sender thread were inside a transaction at the fork
+    with gov.lock:  # as if a sender thread were inside a transaction at the fork
         pid = os.fork()
         if pid == 0:  # the child: must get a turn, not hang on the parent's lock
             try:

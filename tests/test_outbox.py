@@ -33,7 +33,8 @@ def test_pending_events_for_one_email_coalesce_newest_fields_winning(tmp_path):
     add_event(box, Contact("1", "Ada@Example.com", {"first_name": "Ada", "phone_number": "1"}), "client_created")
     add_event(box, Contact("2", "ada@example.com", {"first_name": "Augusta"}, True), "lead_converted from lead 7")
     row = box.claim("me")
-    assert row.contact == {"email": "ada@example.com", "fields": {"first_name": "Augusta", "phone_number": "1"}, "email_opt_in": True}
+    assert row.contact == {"email": "ada@example.com", "fields": {"first_name": "Augusta", "phone_number": "1"},
+                           "email_opt_in": True}
     assert (row.client_id, row.event) == ("2", "lead_converted from lead 7")
     assert box.claim("me") is None  # one push, not two
     assert [r["client_id"] for r in outbox_admin.for_client(box, "1")] == ["2"]  # client 1 is traceable

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from conftest import ACCESS_TOKEN
+from conftest import ACCESS_TOKEN, add_event
 from remixcrm_plugin_ctct import config, runtime as dispatch, flush
 from remixcrm_plugin_ctct.delivery import retry_policy
 from remixcrm_plugin_ctct.store.outbox import Outbox
@@ -106,7 +106,7 @@ else:
 def pending_rows(n):
     outbox = Outbox(config.data_dir())
     for i in range(n):
-        outbox.add(Contact(f"r{i}", f"r{i}@example.com", {"first_name": "R"}), "client_created")
+        add_event(outbox, Contact(f"r{i}", f"r{i}@example.com", {"first_name": "R"}), "client_created")
     outbox.close()
     return {f"r{i}@example.com" for i in range(n)}
 
@@ -129,7 +129,7 @@ def test_a_worker_recycled_after_one_request_leaves_it_to_the_next_and_reports_o
     # two must be merged in event order first); the next worker delivers it without any hook.
     write_config(api_base_url=sandbox.api_base_url)
     outbox = Outbox(config.data_dir())
-    outbox.add(Contact("later", "later@example.com", {}), "client_created")
+    add_event(outbox, Contact("later", "later@example.com", {}), "client_created")
     (row,) = outbox.claim_many("another-process", 1)
     outbox.retry_later(row.id, time.time() + 3600, "a retry scheduled by another process")  # not ours, not due
     outbox.close()

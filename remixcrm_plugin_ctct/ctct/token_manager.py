@@ -19,7 +19,8 @@ import time
 
 from .. import forksafe
 from . import oauth
-from ..store.tokens import TokenState, TokenStore, fingerprint
+from ..store.interfaces import TokenStore
+from ..store.tokens import TokenState, fingerprint
 
 log = logging.getLogger("remixcrm_plugin_ctct")
 

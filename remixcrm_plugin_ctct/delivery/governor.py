@@ -2,9 +2,9 @@
 
 Constant Contact allows 4 requests/s and 10,000 requests/day per API key; over either, it
 answers 429. The governor hands out send *slots* spaced ``(1 + MARGIN) / rate`` seconds apart
-from one small SQLite table (``governor.sqlite3``): a ``BEGIN IMMEDIATE`` transaction is the
-cross-process lock, so RemixCRM's worker processes share one budget with no extra dependency,
-and the table also counts the day's requests (UTC, as the quota resets at 00:00 UTC).
+from a budget all processes share (:class:`..store.interfaces.Budget`; by default the SQLite
+file ``governor.sqlite3``, :mod:`..store.budget`), which also counts the day's requests (UTC,
+as the quota resets at 00:00 UTC). This module is the policy; the budget only keeps the numbers.
 
 Why spacing and not a burst of 4 per second: the server counts requests as they *arrive*; a
 burst plus a little network jitter can put 5 arrivals inside one second. Spacing alone is not
@@ -24,27 +24,17 @@ time further ahead than any legitimate reservation is taken as such a step and r
 """
 
 import datetime as dt
-import json
-import os
-import sqlite3
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from pathlib import Path
 from typing import NamedTuple
 
-from ..store import db
 from .. import forksafe
+from ..store.budget import SqliteBudget
+from ..store.interfaces import Budget, BudgetState
 
-FILE_NAME = "governor.sqlite3"
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS budget (id INTEGER PRIMARY KEY CHECK (id = 1),
-  next_slot REAL NOT NULL, day TEXT NOT NULL, day_count INTEGER NOT NULL);
-CREATE TABLE IF NOT EXISTS pace (id INTEGER PRIMARY KEY CHECK (id = 1),
-  sent TEXT NOT NULL,        -- JSON list: wall times of the last few check-ins, oldest first
-  widen REAL NOT NULL,       -- spacing factor set by the last `throttled` answer (1: none)
-  widened_at REAL NOT NULL);
-"""
 DEFAULT_RATE = 4.0  # requests per second, all processes together
 DEFAULT_DAILY_QUOTA = 10_000
 WINDOW = 1.0  # seconds: Constant Contact's limit is per second, counted as requests arrive
@@ -63,9 +53,15 @@ STEP_TOLERANCE = 0.25  # seconds: a check-in time further ahead of now than this
 
 
 class Governor:
-    def __init__(self, directory: Path, rate: float = DEFAULT_RATE, daily_quota: int = DEFAULT_DAILY_QUOTA,
-                 clock=time.time, sleep=time.sleep):
-        self.path = Path(directory) / FILE_NAME
+    def __init__(self, directory: Path | None = None, rate: float = DEFAULT_RATE,
+                 daily_quota: int = DEFAULT_DAILY_QUOTA, clock: Callable[[], float] = time.time,
+                 sleep: Callable[[float], None] = time.sleep, budget: Budget | None = None):
+        if budget is None:
+            if directory is None:
+                raise TypeError("Governor needs a budget or a directory for the default SQLite one")
+            budget = SqliteBudget(directory)
+        self.budget = budget
+        self.path = getattr(budget, "path", None)  # where the default budget lives, for status and errors
         self.rate, self.daily_quota = rate, daily_quota
         self.interval = (1 + MARGIN) / rate if rate > 0 else 0.0
         self.batch = max(1, min(MAX_BATCH, int(rate * BATCH_WINDOW)))
@@ -74,7 +70,6 @@ class Governor:
         self.span = self.per_window * self.interval
         self._local: deque = deque()  # slots this process reserved and has not used yet
         self._clock, self._sleep = clock, sleep
-        self._conns = db.Connections(self.path, _SCHEMA, busy_timeout=30)
         self._lock = threading.Lock()  # one reservation at a time in this process (``_local`` is shared)
         forksafe.after_fork_in_child(self._after_fork)
 
@@ -83,73 +78,55 @@ class Governor:
         self._lock = threading.Lock()
         self._local = deque()
 
+    @property
+    def lock(self) -> threading.Lock:
+        """This process's reservation lock (re-made in a forked child). For tests of fork safety."""
+        return self._lock
+
     def __repr__(self) -> str:
         return f"Governor({str(self.path)!r}, rate={self.rate:g}/s, daily_quota={self.daily_quota})"
-
-    def _db(self) -> sqlite3.Connection:
-        return self._conns.get()
 
     def reserve(self) -> tuple[float, int] | None:
         """Take the next slot: (epoch time to send at, requests counted today including this one),
         or None when today's quota is used up (then nothing is reserved)."""
         now = self._clock()
-        today = dt.datetime.fromtimestamp(now, dt.timezone.utc).date().isoformat()
+        today = _day(now)
         with self._lock:
             while self._local and self._local[0][0] < now - BATCH_WINDOW:
                 self._local.popleft()  # reserved but not used in time: spent
             if self._local and self._local[0][0] > now + self._slack(WIDEN_MAX):
                 self._local.clear()  # reserved before the clock stepped back
             if not self._local:
-                self._local.extend(self._reserve_locked(now, today))
+                self._local.extend(self.budget.update(lambda state: self._reserve(state, now, today)))
             return self._local.popleft() if self._local else None
 
     def _slack(self, factor: float) -> float:
         """How far ahead a legitimate slot may be: many threads waiting, each holding one."""
         return max(STEP_SLACK * self.interval * factor, STEP_TOLERANCE)
 
-    def _reserve_locked(self, now: float, today: str) -> list[tuple[float, int]]:
+    def _reserve(self, state: BudgetState, now: float, today: str) -> tuple[BudgetState | None, list]:
         # at a high rate, a few slots per transaction (``batch``); at Constant Contact's 4/s, one
-        with db.transaction(self._db()) as conn:
-            found = conn.execute("SELECT next_slot, day, day_count FROM budget WHERE id = 1").fetchone()
-            next_slot, day, count = found if found else (now, today, 0)
-            count = count if day == today else 0
-            take = min(self.batch, self.daily_quota - count)
-            if take <= 0:
-                return []  # nothing written: the commit is empty
-            pace = self._pace_locked(conn, now)
-            factor = pace.factor(now)
-            if pace.stepped or next_slot > now + self._slack(factor):
-                next_slot = now  # the clock stepped back: the stored slot is not really in the future
-            if pace.stepped:
-                self._write_pace_locked(conn, pace.sent, pace.widen, pace.widened_at)
-            interval = self.interval * factor
-            # spaced from the newest check-in too: a send held back at its check-in (late, or after
-            # a `throttled` answer) must not leave the next slot in the past, or sends bunch
-            first = max(now, next_slot, pace.sent[-1] + interval if pace.sent else now)
-            slots = [(first + i * interval, count + i + 1) for i in range(take)]
-            conn.execute("INSERT INTO budget (id, next_slot, day, day_count) VALUES (1, ?, ?, ?) ON CONFLICT (id) "
-                         "DO UPDATE SET next_slot = excluded.next_slot, day = excluded.day, day_count = excluded.day_count",
-                         (first + take * interval, today, count + take))
-        return slots
+        next_slot = now if state.next_slot is None else state.next_slot
+        count = state.day_count if state.day == today else 0
+        take = min(self.batch, self.daily_quota - count)
+        if take <= 0:
+            return None, []  # nothing written: the commit is empty
+        pace = _Pace.of(state, now)
+        factor = pace.factor(now)
+        if pace.stepped or next_slot > now + self._slack(factor):
+            next_slot = now  # the clock stepped back: the stored slot is not really in the future
+        if pace.stepped:
+            state = self._with_pace(state, pace.sent, pace.widen, pace.widened_at)
+        interval = self.interval * factor
+        # spaced from the newest check-in too: a send held back at its check-in (late, or after
+        # a `throttled` answer) must not leave the next slot in the past, or sends bunch
+        first = max(now, next_slot, pace.sent[-1] + interval if pace.sent else now)
+        slots = [(first + i * interval, count + i + 1) for i in range(take)]
+        return state._replace(next_slot=first + take * interval, day=today, day_count=count + take), slots
 
-    def _pace_locked(self, conn: sqlite3.Connection, now: float) -> "_Pace":
-        """The check-in times and widening, with any time ahead of ``now`` (the clock stepped
-        back: they were all "now" once) pulled back to it."""
-        found = conn.execute("SELECT sent, widen, widened_at FROM pace WHERE id = 1").fetchone()
-        if found is None:
-            return _Pace([], 1.0, 0.0, False)
-        try:
-            sent = [float(t) for t in json.loads(found[0])]
-        except (ValueError, TypeError):  # unreadable: as if nothing was sent lately
-            sent = []
-        widen, widened_at = float(found[1]), float(found[2])
-        stepped = max(sent + [widened_at]) > now + STEP_TOLERANCE
-        return _Pace([min(t, now) for t in sent], widen, min(widened_at, now), stepped)
-
-    def _write_pace_locked(self, conn: sqlite3.Connection, sent: list[float], widen: float, widened_at: float) -> None:
-        conn.execute("INSERT INTO pace (id, sent, widen, widened_at) VALUES (1, ?, ?, ?) ON CONFLICT (id) "
-                     "DO UPDATE SET sent = excluded.sent, widen = excluded.widen, widened_at = excluded.widened_at",
-                     (json.dumps(sent[-self.per_window:] if self.per_window else []), widen, widened_at))
+    def _with_pace(self, state: BudgetState, sent: list[float], widen: float, widened_at: float) -> BudgetState:
+        return state._replace(sent=sent[-self.per_window:] if self.per_window else [], widen=widen,
+                              widened_at=widened_at)
 
     def wait_turn(self) -> int | None:
         """Block until this process may send; the day's count, or None when the quota is used up
@@ -169,15 +146,20 @@ class Governor:
     def _check_in(self) -> None:
         """Record this send's actual time, first waiting while the ``per_window``-th newest send is
         less than ``span`` ago (an earlier send went out late, or the spacing widened meanwhile)."""
+
+        def check_in(state: BudgetState) -> tuple[BudgetState | None, float]:
+            now = self._clock()  # inside the transaction: the time we really go
+            pace = _Pace.of(state, now)
+            wait = 0.0
+            if len(pace.sent) >= self.per_window:
+                wait = pace.sent[-self.per_window] + self.span * pace.factor(now) - now
+            if wait > 0:
+                return None, wait  # nothing written while we wait
+            return self._with_pace(state, pace.sent + [now], pace.widen, pace.widened_at), wait
+
         while True:
-            with self._lock, db.transaction(self._db()) as conn:  # nothing written while we wait
-                now = self._clock()  # after the lock: the time we really go
-                pace = self._pace_locked(conn, now)
-                wait = 0.0
-                if len(pace.sent) >= self.per_window:
-                    wait = pace.sent[-self.per_window] + self.span * pace.factor(now) - now
-                if wait <= 0:
-                    self._write_pace_locked(conn, pace.sent + [now], pace.widen, pace.widened_at)
+            with self._lock:
+                wait = self.budget.update(check_in)
             if wait <= 0:
                 return
             self._sleep(wait)
@@ -187,25 +169,33 @@ class Governor:
         the spacing for every process (x``WIDEN``, compounding up to ``WIDEN_MAX``) and, as the
         server's window is full now, let it clear before the next send."""
         now = self._clock()
+
+        def widen(state: BudgetState) -> tuple[BudgetState, None]:
+            factor = min(WIDEN_MAX, _Pace.of(state, now).factor(now) * WIDEN)
+            state = self._with_pace(state, [now] * self.per_window, factor, now)
+            if state.next_slot is not None:
+                state = state._replace(next_slot=max(state.next_slot, now + self.span * factor))
+            return state, None
+
         with self._lock:
-            with db.transaction(self._db()) as conn:
-                widen = min(WIDEN_MAX, self._pace_locked(conn, now).factor(now) * WIDEN)
-                self._write_pace_locked(conn, [now] * self.per_window, widen, now)
-                conn.execute("UPDATE budget SET next_slot = max(next_slot, ?) WHERE id = 1", (now + self.span * widen,))
+            self.budget.update(widen)
             self._local.clear()  # reserved at the old spacing
 
     def spacing(self) -> float:
         """The factor the spacing is widened by now (1.0: not widened), for status and tests."""
         now = self._clock()
         with self._lock:
-            return self._pace_locked(self._db(), now).factor(now)
+            return _Pace.of(self.budget.read(), now).factor(now)
 
     def today_count(self) -> int:
         now = self._clock()
-        today = dt.datetime.fromtimestamp(now, dt.timezone.utc).date().isoformat()
         with self._lock:
-            found = self._db().execute("SELECT day, day_count FROM budget WHERE id = 1").fetchone()
-        return found[1] if found and found[0] == today else 0
+            state = self.budget.read()
+        return state.day_count if state.day == _day(now) else 0
+
+
+def _day(now: float) -> str:
+    return dt.datetime.fromtimestamp(now, dt.timezone.utc).date().isoformat()
 
 
 class _Pace(NamedTuple):
@@ -213,6 +203,13 @@ class _Pace(NamedTuple):
     widen: float  # the factor the last `throttled` answer set
     widened_at: float
     stepped: bool  # a stored time was ahead of now: the clock stepped back
+
+    @classmethod
+    def of(cls, state: BudgetState, now: float) -> "_Pace":
+        """The check-in times and widening, with any time ahead of ``now`` (the clock stepped
+        back: they were all "now" once) pulled back to it."""
+        stepped = max(state.sent + [state.widened_at]) > now + STEP_TOLERANCE
+        return cls([min(t, now) for t in state.sent], state.widen, min(state.widened_at, now), stepped)
 
     def factor(self, now: float) -> float:
         """``widen`` for WIDEN_HOLD s after it was set, then linearly back to 1 over NARROW_OVER s."""

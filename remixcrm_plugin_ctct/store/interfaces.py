@@ -11,7 +11,10 @@ seconds passed in, and nothing returns a cursor, a connection or a lock of the b
 
 from collections.abc import Callable, Iterable
 from contextlib import AbstractContextManager
-from typing import Any, NamedTuple, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, TypeVar
+
+if TYPE_CHECKING:
+    from .tokens import TokenState
 
 T = TypeVar("T")
 
@@ -103,7 +106,7 @@ class Budget(Protocol):
 class TokenStore(Protocol):
     """The plugin's own copy of the OAuth tokens (rotating refresh tokens are single-use)."""
 
-    def read(self) -> Any: ...  # tokens.TokenState | None
-    def write(self, state: Any) -> None: ...
+    def read(self) -> "TokenState | None": ...
+    def write(self, state: "TokenState") -> None: ...
     def lock(self) -> AbstractContextManager[Any]: ...  # cross-process, for read–refresh–write
     def signature(self) -> tuple: ...  # changes whenever the tokens are rewritten

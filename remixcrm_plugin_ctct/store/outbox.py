@@ -138,8 +138,8 @@ class Outbox(AdminQueries):
         send: a decline folded from another process's journal after the claim must still win."""
         with self._write:
             found = self._conn().execute(
-                "UPDATE events SET contact = coalesce((SELECT l.contact FROM latest l WHERE l.email_key = events.email_key), "
-                "contact) WHERE id = ? RETURNING contact", (row.id,)).fetchall()
+                "UPDATE events SET contact = coalesce((SELECT l.contact FROM latest l "
+                "WHERE l.email_key = events.email_key), contact) WHERE id = ? RETURNING contact", (row.id,)).fetchall()
         return row._replace(contact=json.loads(found[0][0])) if found and found[0][0] else row
 
     def delivered(self, row_id: int, contact_id: str | None, outcome: str, now: float | None = None) -> None:
@@ -149,12 +149,14 @@ class Outbox(AdminQueries):
 
     def finished(self, row_id: int, state: str, outcome: str, now: float | None = None) -> None:
         """A row that ends without a push: ``skipped`` (the consent guard) or ``dry_run``."""
-        self._exec("UPDATE events SET state = ?, outcome = ?, last_error = NULL, lease_owner = NULL, lease_until = NULL, "
-                   "updated_at = ? WHERE id = ?", (state, outcome, time.time() if now is None else now, row_id))
+        self._exec("UPDATE events SET state = ?, outcome = ?, last_error = NULL, lease_owner = NULL, "
+                   "lease_until = NULL, updated_at = ? WHERE id = ?",
+                   (state, outcome, time.time() if now is None else now, row_id))
 
     def dead(self, row_id: int, error: str, now: float | None = None) -> None:
         self._exec("UPDATE events SET state = 'dead', outcome = 'dead', last_error = ?, lease_owner = NULL, "
-                   "lease_until = NULL, updated_at = ? WHERE id = ?", (error, time.time() if now is None else now, row_id))
+                   "lease_until = NULL, updated_at = ? WHERE id = ?",
+                   (error, time.time() if now is None else now, row_id))
 
     def retry_later(self, row_id: int, when: float, error: str | None, count_attempt: bool = True) -> None:
         """Back to pending, due at ``when``. If a newer event for the same email arrived meanwhile,
@@ -164,15 +166,17 @@ class Outbox(AdminQueries):
         with self._write:
             conn = self._conn()
             try:
-                conn.execute("UPDATE events SET state = 'pending', next_attempt_at = ?, last_error = coalesce(?, last_error), "
-                             "attempts = attempts - ?, lease_owner = NULL, lease_until = NULL, updated_at = ? WHERE id = ?",
+                conn.execute("UPDATE events SET state = 'pending', next_attempt_at = ?, "
+                             "last_error = coalesce(?, last_error), attempts = attempts - ?, lease_owner = NULL, "
+                             "lease_until = NULL, updated_at = ? WHERE id = ?",
                              (when, error, undo, now, row_id))
             except sqlite3.IntegrityError:
                 with db.transaction(conn):
                     conn.execute(
                         "UPDATE events SET contact = json_patch(o.contact, events.contact), "
                         "other_clients = trim(events.other_clients || ' ' || o.client_id || ' ' || o.other_clients), "
-                        "created_at = min(events.created_at, o.created_at), attempts = events.attempts + o.attempts - ? "
+                        "created_at = min(events.created_at, o.created_at), "
+                        "attempts = events.attempts + o.attempts - ? "
                         "FROM (SELECT * FROM events WHERE id = ?) AS o "
                         "WHERE events.email_key = o.email_key AND events.state = 'pending'", (undo, row_id))
                     conn.execute("DELETE FROM events WHERE id = ?", (row_id,))

@@ -43,6 +43,8 @@ class TokenState:
 
 
 class TokenStore:
+    """The file implementation of :class:`.interfaces.TokenStore`."""
+
     def __init__(self, directory: Path):
         self.directory = Path(directory)
         self.path = self.directory / FILE_NAME

@@ -10,6 +10,7 @@ from conftest import ACCESS_TOKEN
 from remixcrm_plugin_ctct.delivery import governor
 from remixcrm_plugin_ctct.delivery.governor import MARGIN, WIDEN, WIDEN_HOLD, Governor
 from remixcrm_plugin_ctct.sandbox import Sandbox
+from remixcrm_plugin_ctct.store.interfaces import BudgetState
 
 T0 = 1_800_000_000.0
 
@@ -209,3 +210,33 @@ def test_a_fork_while_a_thread_holds_the_lock_leaves_the_child_working(tmp_path)
     os.kill(pid, 9)
     os.waitpid(pid, 0)
     pytest.fail("the child hung on the lock it inherited")
+
+
+class MemoryBudget:
+    """A second implementation of the Budget seam (as a PostgreSQL one would be): no file at all."""
+
+    def __init__(self):
+        self.state = BudgetState(None, "", 0, [], 1.0, 0.0)
+        self.updates = 0
+
+    def read(self):
+        return self.state
+
+    def update(self, change):
+        after, result = change(self.state)
+        if after is not None:
+            self.state, self.updates = after, self.updates + 1
+        return result
+
+
+def test_the_pacing_policy_runs_on_any_budget_behind_the_seam(tmp_path):
+    now = [1_000_000.0]
+    budget = MemoryBudget()
+    gov = Governor(rate=4, daily_quota=3, clock=lambda: now[0], sleep=lambda s: now.__setitem__(0, now[0] + s),
+                   budget=budget)
+    assert [gov.wait_turn() for _ in range(4)] == [1, 2, 3, None]  # the quota holds, whoever keeps the count
+    assert now[0] - 1_000_000.0 == pytest.approx(2 * (1 + MARGIN) / 4)  # and the sends were spaced
+    assert budget.state.day_count == 3 and gov.today_count() == 3
+    gov.throttled()
+    assert gov.spacing() == WIDEN and budget.state.widen == WIDEN
+    assert not list(tmp_path.iterdir())  # nothing written to disk

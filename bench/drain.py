@@ -64,8 +64,8 @@ def drain(api_base_url: str, events: int, rate: float, prefix: str) -> float:
     rt.journal.fold_into(rt.outbox)
     assert config.load(config.config_path()).status == config.ACTIVE
     started = time.monotonic()
-    rt.sender.wake()
-    while not rt.sender.flush(5):  # flush waits on the sender; it returns once nothing due is left
+    rt.worker.wake()
+    while not rt.worker.flush(5):  # flush waits on the sender; it returns once nothing due is left
         pass
     took = time.monotonic() - started
     dispatch.reset(timeout=5)
@@ -106,7 +106,7 @@ for i in range(rows):
     pm.hook.on_client_created(client={"id": i, "email": f"rss{i}@example.com", "first_name": "Memory", "last_name": str(i)})
 rt.journal.fold_into(rt.outbox)  # what the sender (or `status`) does with a backlog
 pending = outbox_admin.summary(rt.outbox).counts.get("pending", 0)
-rt.sender.close(0)
+rt.worker.close(0)
 for _ in range(3):  # and what claiming from a big outbox costs
     row = rt.outbox.claim("bench")
     rt.outbox.release("bench")

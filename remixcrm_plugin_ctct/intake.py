@@ -15,7 +15,7 @@ FALLBACK_LOG_INTERVAL = 60.0  # seconds between "outbox not writable" errors
 _fallback_logged_at = -FALLBACK_LOG_INTERVAL
 
 
-def handle_event(event: str, client, lead=None) -> None:
+def handle_event(event: str, client: object, lead: object | None = None) -> None:
     """Validate ``client`` and record its push; returns at once. Called by the hookimpls."""
     global _fallback_logged_at
     loaded = watcher().current()
@@ -36,17 +36,16 @@ def handle_event(event: str, client, lead=None) -> None:
     try:
         rt.journal.append(journal.encode(contact, event, now))
     except OSError as e:  # disk full, read-only: keep it in memory (it moves to the outbox when it can)
-        kept = rt.sender.submit_memory(journal.record(contact, event, now))
+        kept = rt.worker.submit_memory(journal.record(contact, event, now))
         now = time.monotonic()
         if now - _fallback_logged_at >= FALLBACK_LOG_INTERVAL:
             _fallback_logged_at = now
-            log.error("cannot write the outbox journal in %s (%s): client %s is %s; fix the disk or the folder's permissions",
+            log.error("cannot write the outbox journal in %s (%s): client %s is %s; "
+                      "fix the disk or the folder's permissions",
                       rt.journal.directory, e, payload.shown(contact.client_id),
                       "kept in memory only" if kept else "dropped (memory is full)")
         return
-    rt.sender.wake()
-
-
+    rt.worker.wake()
 
 
 def reset() -> None:

@@ -109,7 +109,7 @@ def test_a_second_401_after_a_refresh_pauses_instead_of_looping(pm, write_config
     assert len([c for c in mocked.calls if c.request.url == SIGN_UP_URL]) == 2  # one send, one resend, no more
     assert "Constant Contact refuses even a freshly refreshed token (401 unauthorized: Unauthorized)" in logs.text
     assert dispatch.runtime().outbox.due_count() == 1  # kept, not dropped
-    assert dispatch.runtime().sender.paused is not None
+    assert dispatch.runtime().worker.paused is not None
 
 
 def test_another_process_already_refreshed(setup, mocked):
@@ -202,7 +202,7 @@ def test_clients_wait_while_reauthorisation_is_needed_and_go_after_a_login(pm, w
         pm.hook.on_client_created(client={"id": n, "email": f"c{n}@example.com"})
     assert flush(5)
     rt = dispatch.runtime()
-    assert rt.outbox.due_count() == 3 and "needs re-authorisation" in rt.sender.paused.reason
+    assert rt.outbox.due_count() == 3 and "needs re-authorisation" in rt.worker.paused.reason
     assert len(mocked.calls) == 1  # one refresh attempt, then no more token calls
     for n in range(3):
         mocked.post(SIGN_UP_URL, status=201, json={"contact_id": f"c-{n}"})

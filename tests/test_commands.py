@@ -4,8 +4,9 @@ import re
 import time
 
 from conftest import SIGN_UP_URL
+
+from remixcrm_plugin_ctct import config, flush, runtime
 from remixcrm_plugin_ctct.admin import cli
-from remixcrm_plugin_ctct import config, runtime as dispatch, flush
 from remixcrm_plugin_ctct.delivery import retry_policy
 from remixcrm_plugin_ctct.delivery.send import QUOTA_KEY
 from remixcrm_plugin_ctct.store.outbox import THROTTLED
@@ -33,7 +34,8 @@ def test_status_counts_and_answers_for_one_client(pm, write_config, mocked, caps
     code, out = run(capsys, "status", "--client", "0")
     assert code == 0 and "client 0: reached Constant Contact: contact contact-1 created" in out
     code, out = run(capsys, "status", "--client", "1")
-    assert code == 1 and "NOT sent, given up" in out and "400 json.field.invalid: bad phone" in out and "retry --dead" in out
+    assert code == 1 and "NOT sent, given up" in out and "400 json.field.invalid: bad phone" in out
+    assert "retry --dead" in out
     code, out = run(capsys, "status", "--client", "2")
     assert code == 1 and "not sent yet: pending, 1 attempt(s)" in out and "503" in out
     code, out = run(capsys, "status", "--client", "nobody")
@@ -42,9 +44,10 @@ def test_status_counts_and_answers_for_one_client(pm, write_config, mocked, caps
 
 def test_status_names_the_pauses(write_config, capsys, isolated):
     write_config()
-    rt = dispatch.runtime()
+    rt = runtime.runtime()
     rt.outbox.set_meta(QUOTA_KEY, repr(time.time() + 3600))
-    rt.tokens.store.write(TokenState("a", "r", needs_reauth="Constant Contact refused the refresh token (invalid_grant)"))
+    refused = "Constant Contact refused the refresh token (invalid_grant)"
+    rt.tokens.store.write(TokenState("a", "r", needs_reauth=refused))
     _, out = run(capsys, "status")
     assert "paused: daily quota used up; sending resumes at" in out
     assert "paused: needs re-authorisation: Constant Contact refused the refresh token" in out
@@ -103,7 +106,7 @@ def test_status_says_the_governor_file_is_damaged_and_shows_the_rest(write_confi
 
 def test_status_counts_throttled_answers_today(write_config, capsys):
     write_config()
-    rt = dispatch.runtime()
+    rt = runtime.runtime()
     rt.outbox.bump_counter(THROTTLED)
     rt.outbox.bump_counter(THROTTLED)
     _, out = run(capsys, "status")

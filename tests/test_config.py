@@ -384,7 +384,10 @@ def test_a_pause_on_a_broken_config_lifts_when_the_fix_lands_just_after_the_read
             version[0] += 1  # the fix lands right after this reading (another thread's, or a write completing)
             return config.LoadedConfig(config.INVALID, "broken", Path("config.toml"))
 
-    outbox = SimpleNamespace(retry_later=lambda *args, **kwargs: None)
-    delivery = Delivery(outbox, None, None, Watcher(), signature=lambda: version[0])
+        def signature(self):
+            return version[0]
+
+    tokens = SimpleNamespace(store=SimpleNamespace(signature=lambda: None))
+    delivery = Delivery(SimpleNamespace(), tokens, None, Watcher())
     pause = delivery.work_row(SimpleNamespace(id=1))
     assert pause is not None and pause.over(0.0)  # a signature taken after the reading would wait forever

@@ -102,7 +102,7 @@ def test_a_later_decline_cancels_a_waiting_push(pm, write_config, sandbox):
     pm.hook.on_client_created(client={"id": 2, "email": "maybe@example.com", "email_opt_in": False})
     rt.journal.fold_into(rt.outbox)
     rt.outbox.set_meta("quota_paused_until", None)
-    rt.sender._pause = None
+    rt.worker.pauses.lift()
     assert drained()
     assert sandbox.calls == [] and permission(sandbox, "maybe@example.com") is None
     (row,) = outbox_admin.for_client(rt.outbox, "2")

@@ -88,7 +88,7 @@ def test_throttled_bursts_are_retried(pm, write_config, sandbox, fast_retries):
     assert_all_delivered_once_at_a_time(sandbox, emails)
     rt = dispatch.runtime()
     assert rt.outbox.counter_today("throttled") == sandbox.faults.throttled  # counted, for `status`
-    assert rt.governor_for(dispatch._watcher.current().settings).spacing() > 1  # and every process slows down
+    assert rt.governors.for_settings(dispatch.watcher().current().settings).spacing() > 1  # and every process slows down
 
 
 def test_a_403_pauses_sending_with_one_error_and_loses_nothing(pm, write_config, logs):
@@ -104,7 +104,7 @@ def test_a_403_pauses_sending_with_one_error_and_loses_nothing(pm, write_config,
         counts = outbox_admin.summary(rt.outbox).counts
         assert counts.get("dead", 0) == 0 and counts.get("pending") == 5
         assert rt.outbox._query("SELECT max(attempts) FROM events")[0][0] == 0  # no attempt counted against a row
-        pause = rt.sender.paused
+        pause = rt.worker.paused
         assert pause is not None and "403" in pause.reason
         assert pause.until == pytest.approx(time.time() + retry_policy.FORBIDDEN_RECHECK, abs=15)  # re-probed later too
         errors = [r for r in logs.records if r.levelname == "ERROR"]
@@ -136,7 +136,7 @@ def test_quota_exceeded_pauses_everything_until_midnight_and_drops_nothing(pm, w
     assert outbox_admin.summary(rt.outbox).counts.get("pending") == 3  # kept for tomorrow
     assert "all sending to Constant Contact is paused until 00:00 UTC; nothing is dropped" in logs.text
     assert logs.text.count("paused until 00:00 UTC") == 1
-    assert rt.sender.paused.until == retry_policy.next_utc_midnight(time.time())
+    assert rt.worker.paused.until == retry_policy.next_utc_midnight(time.time())
 
 
 def test_a_401_mid_stream_refreshes_once_and_loses_nothing(pm, write_config):

@@ -92,9 +92,9 @@ from remixcrm_plugin_ctct import config
 fire("p", 2)
 assert flush(20)
 rt = dispatch.runtime()
-governor = rt.governor_for(dispatch._watcher.current().settings)
-locks = [rt.outbox._write, rt.sender._cond, rt.journal._append_lock, rt.journal._fold_lock, governor._lock,
-         api_client._session_lock, rt.tokens._lock, dispatch._lock, dispatch._watcher._lock]
+governor = rt.governors.for_settings(dispatch.watcher().current().settings)
+locks = [rt.outbox._write, rt.worker.inflight.cond, rt.journal._append_lock, rt.journal._fold_lock, governor._lock,
+         api_client._session_lock, rt.tokens._lock, dispatch._lock, dispatch.watcher()._lock]
 if hasattr(governor, "governor"):  # the diskless fallback around the governor
     locks.append(governor.governor._lock)
 held, done = threading.Event(), threading.Event()

@@ -205,12 +205,12 @@ def test_a_newer_decline_is_never_pushed_when_an_older_consent_is_folded_later(w
     t = time.time()
     rt.outbox.add_records([rec(2, t, seq=1, email="late@example.com", opt_in=False)], "200-b.jsonl", 50)
     if decline_sent_first:
-        rt.sender.wake()
+        rt.worker.wake()
         assert flush(10)
         assert [r["state"] for r in outbox_admin.for_client(rt.outbox, "2")] == ["skipped"]
     consent = rec(1, t - 1, seq=99, email="late@example.com", opt_in=True, first_name="Lee")  # older, higher seq
     rt.outbox.add_records([consent], "100-a.jsonl", 50)
-    rt.sender.wake()
+    rt.worker.wake()
     assert flush(10)
     assert sandbox.calls == [] and sandbox.api.find("late@example.com", include_deleted=True) == []
     states = [r["state"] for r in outbox_admin.for_client(rt.outbox, "1")]

@@ -3,16 +3,17 @@ and what a process does at exit."""
 
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
+from conftest import ACCESS_TOKEN, RAW, SIGN_UP_URL, add_event
 
-from conftest import ACCESS_TOKEN, add_event
-from remixcrm_plugin_ctct import config, runtime as dispatch, flush
+from remixcrm_plugin_ctct import config, flush, runtime
 from remixcrm_plugin_ctct.delivery import retry_policy
-from remixcrm_plugin_ctct.store.outbox import Outbox
 from remixcrm_plugin_ctct.payload import Contact
 from remixcrm_plugin_ctct.sandbox import Sandbox
+from remixcrm_plugin_ctct.store.outbox import Outbox
 
 
 @pytest.fixture
@@ -35,6 +36,49 @@ def no_disk(isolated, monkeypatch):
     blocker.write_text("not a directory")
     monkeypatch.setenv("REMIXCRM_DATA_DIR", str(blocker / "data"))
     return blocker
+
+
+def test_the_runtime_is_built_once_and_wired_one_way(write_config):
+    write_config()
+    rt = runtime.runtime()
+    assert runtime.runtime() is rt and runtime.tokens() is rt.tokens
+    assert rt.worker.sender is rt.delivery and rt.delivery.outbox is rt.worker.outbox is rt.outbox
+    assert not hasattr(rt.delivery, "pause")  # delivery returns a pause; only the worker holds one
+    settings = runtime.watcher().current().settings
+    governor = rt.governors.for_settings(settings)
+    assert rt.governors.for_settings(settings) is governor  # one governor while the rate and quota stay
+    write_config(requests_per_second=RAW("2"))
+    assert rt.governors.for_settings(runtime.watcher().current().settings) is not governor
+
+
+def test_loading_the_plugin_on_an_empty_data_dir_starts_nothing(write_config):
+    write_config()
+    runtime.resume_pending()
+    assert not config.data_dir().exists()
+    assert not [t for t in threading.enumerate() if t.name.startswith("remixcrm-ctct")]
+    assert runtime.flush(0.1)  # nothing built, nothing to wait for
+
+
+def test_a_pause_returned_by_delivery_is_held_by_the_worker_and_the_row_goes_back(pm, write_config, mocked):
+    write_config()
+    mocked.post(SIGN_UP_URL, status=403, json=[{"error_key": "forbidden", "error_message": "no scope"}])
+    pm.hook.on_client_created(client={"id": 1, "email": "c1@example.com"})
+    assert flush(5)  # a pause counts as settled
+    rt = runtime.runtime()
+    assert rt.worker.paused is not None and rt.worker.paused.reason.startswith("Constant Contact's 403")
+    (row,) = rt.outbox.rows_for_client("1")
+    assert row["state"] == "pending" and row["attempts"] == 0 and "403" in row["last_error"]
+
+
+def test_reset_stops_the_worker_and_forgets_the_runtime(pm, write_config, mocked):
+    write_config()
+    mocked.post(SIGN_UP_URL, status=201, json={"contact_id": "c"})
+    pm.hook.on_client_created(client={"id": 1, "email": "c1@example.com"})
+    assert flush(5)
+    rt = runtime.runtime()
+    runtime.reset()
+    assert rt.worker.running_threads == []
+    assert runtime.runtime() is not rt
 
 
 def fire(pm, n, prefix="m"):
@@ -83,7 +127,8 @@ def test_memory_events_move_into_the_outbox_when_the_disk_is_back(pm, write_conf
     def recorded() -> set:
         if not (data / "outbox.sqlite3").exists():
             return set()
-        return {e for (e,) in Outbox(data)._query("SELECT email_key FROM events")}
+        outbox = Outbox(data)
+        return {f"m{i}@example.com" for i in range(3) if outbox.rows_for_client(f"m{i}")}
 
     assert wait_for(lambda: recorded() == emails, timeout=10)
     sandbox.faults.error_rate = 0.0

@@ -4,11 +4,13 @@ import datetime as dt
 import sqlite3
 import sys
 import time
+from collections.abc import Callable
+from pathlib import Path
 
-from .. import config, runtime as dispatch
-from ..store import db, outbox_admin
-from ..delivery.send import QUOTA_KEY
-from ..store.outbox import THROTTLED
+from ..store import db
+from . import api
+
+Say = Callable[[str], None]
 
 STATES = ("pending", "sending", "delivered", "dead", "skipped", "dry_run")
 
@@ -16,7 +18,7 @@ STATES = ("pending", "sending", "delivered", "dead", "skipped", "dry_run")
 def _when(epoch: float | None) -> str:
     if epoch is None:
         return "-"
-    return dt.datetime.fromtimestamp(epoch, dt.timezone.utc).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+    return dt.datetime.fromtimestamp(epoch, dt.UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
 
 
 def _ago(epoch: float) -> str:
@@ -25,41 +27,39 @@ def _ago(epoch: float) -> str:
     return f"{hours} h {rest // 60} min" if hours else f"{rest // 60} min {rest % 60} s"
 
 
-def status(say, client_id: str | None = None) -> int:
-    rt = dispatch.runtime()
+def status(say: Say, client_id: str | None = None) -> int:
     try:
-        rt.journal.fold_into(rt.outbox)  # include what hooks wrote moments ago (and orphaned journals)
         if client_id is not None:
-            return _client_status(say, rt, client_id)
-        summary = outbox_admin.summary(rt.outbox)
-        loaded = config.load(config.config_path())
-        pauses = _pauses(rt, loaded)
-        throttled = rt.outbox.counter_today(THROTTLED)
+            return _client_status(say, client_id, api.for_client(client_id))
+        found = api.status()
     except sqlite3.Error as e:
-        say(_unreadable("outbox", rt.outbox.path, e, "the events it holds cannot be sent"))
+        say(_unreadable("outbox", api.outbox_path(), e, "the events it holds cannot be sent"))
         return 1
-    say(f"outbox {rt.outbox.path}")
+    say(f"outbox {found.outbox_path}")
     for state in STATES:
-        say(f"  {state:<10}{summary.counts.get(state, 0):>8}")
-    if summary.oldest_pending_at is not None:
-        say(f"  oldest unsent event: {_ago(summary.oldest_pending_at)} old")
-    for line in pauses:
-        say(f"paused: {line}")
+        say(f"  {state:<10}{found.counts.get(state, 0):>8}")
+    if found.oldest_pending_at is not None:
+        say(f"  oldest unsent event: {_ago(found.oldest_pending_at)} old")
+    if found.quota_paused_until is not None:
+        say(f"paused: daily quota used up; sending resumes at {_when(found.quota_paused_until)}")
+    if found.config_problem is not None:
+        say(f"paused: config {found.config_problem}")
+    if found.needs_reauth:
+        say(f"paused: needs re-authorisation: {found.needs_reauth} (run `remixcrm-ctct login`)")
     code = 0
-    if loaded.settings is not None:
-        governor = rt.governor_for(loaded.settings)
-        try:
-            say(f"requests today (UTC): {governor.today_count()} of {loaded.settings.daily_quota}")
-        except sqlite3.Error as e:
-            say(_unreadable("rate governor", governor.path, e, "it only holds today's request count"))
-            code = 1
-    say(f"throttled answers today (UTC): {throttled}")
-    if summary.last_error:
-        say(f"last error ({_when(summary.last_error_at)}): {summary.last_error}")
+    if found.governor_error is not None:
+        loses = "it only holds today's request count"
+        say(_unreadable("rate governor", found.governor_path, found.governor_error, loses))
+        code = 1
+    elif found.requests_today is not None:
+        say(f"requests today (UTC): {found.requests_today} of {found.daily_quota}")
+    say(f"throttled answers today (UTC): {found.throttled_today}")
+    if found.last_error:
+        say(f"last error ({_when(found.last_error_at)}): {found.last_error}")
     return code
 
 
-def _unreadable(what: str, path, error: sqlite3.Error, loses: str) -> str:
+def _unreadable(what: str, path: Path | None, error: sqlite3.Error, loses: str) -> str:
     """One line for a state file that cannot be read: what is wrong and what to do."""
     if db.is_damaged(error):
         return (f"the {what} file {path} is damaged ({error}): move it aside together with its -wal and -shm files "
@@ -68,22 +68,7 @@ def _unreadable(what: str, path, error: sqlite3.Error, loses: str) -> str:
             "user may write it")
 
 
-def _pauses(rt, loaded: config.LoadedConfig) -> list[str]:
-    found = []
-    raw = rt.outbox.get_meta(QUOTA_KEY)
-    if raw is not None and float(raw) > time.time():
-        found.append(f"daily quota used up; sending resumes at {_when(float(raw))}")
-    if loaded.status != config.ACTIVE:
-        found.append(f"config {loaded.status}: {loaded.message}")
-    else:
-        state = rt.tokens.store.read()
-        if state is not None and state.needs_reauth:
-            found.append(f"needs re-authorisation: {state.needs_reauth} (run `remixcrm-ctct login`)")
-    return found
-
-
-def _client_status(say, rt, client_id: str) -> int:
-    rows = outbox_admin.for_client(rt.outbox, client_id)
+def _client_status(say: Say, client_id: str, rows: list[dict]) -> int:
     if not rows:
         say(f"client {client_id}: no event in the outbox. Either the hook never ran for it, the provider was not "
             "Constant Contact then, the client declined marketing email, or its email was rejected (see the log)")
@@ -91,7 +76,8 @@ def _client_status(say, rt, client_id: str) -> int:
     for r in rows:
         via = "" if r["client_id"] == client_id else f" (coalesced into client {r['client_id']}'s push)"
         if r["state"] == "delivered":
-            say(f"client {client_id}: reached Constant Contact{via}: contact {r['contact_id']} {r['outcome']} at {_when(r['updated_at'])} ({r['event']})")
+            say(f"client {client_id}: reached Constant Contact{via}: contact {r['contact_id']} {r['outcome']} "
+                f"at {_when(r['updated_at'])} ({r['event']})")
         elif r["state"] in ("skipped", "dry_run"):
             say(f"client {client_id}: not sent{via}, on purpose, at {_when(r['updated_at'])}: {r['outcome']}")
         elif r["state"] == "dead":
@@ -100,52 +86,40 @@ def _client_status(say, rt, client_id: str) -> int:
         else:
             wait = max(0, int(r["next_attempt_at"] - time.time()))
             why = f"; last error: {r['last_error']}" if r["last_error"] else ""
-            say(f"client {client_id}: not sent yet{via}: {r['state']}, {r['attempts']} attempt(s), next try in {wait} s{why}")
+            say(f"client {client_id}: not sent yet{via}: {r['state']}, {r['attempts']} attempt(s), "
+                f"next try in {wait} s{why}")
     return 0 if rows[-1]["state"] == "delivered" else 1
 
 
-def retry(say, dead: bool) -> int:
-    rt = dispatch.runtime()
-    count = outbox_admin.retry(rt.outbox, dead=dead)
-    say(f"{count} event(s) due now{' (dead ones included)' if dead else ''}; they go out with the next event, or run `remixcrm-ctct flush`")
+def retry(say: Say, dead: bool) -> int:
+    count = api.retry(dead)
+    say(f"{count} event(s) due now{' (dead ones included)' if dead else ''}; "
+        "they go out with the next event, or run `remixcrm-ctct flush`")
     return 0
 
 
-def flush(say, timeout: float | None = None) -> int:
+def flush(say: Say, timeout: float | None = None) -> int:
     """Send everything pending now from this process, with a progress bar on a terminal."""
-    rt = dispatch.runtime()
-    rt.journal.fold_into(rt.outbox)
-    outbox_admin.retry(rt.outbox)  # due now: an admin asked for it
-    total = rt.outbox.due_count()
-    if total == 0:
+    tty = sys.stdout.isatty()
+
+    def bar(done: int, total: int) -> None:
+        sys.stdout.write(f"\rsending [{'#' * (30 * done // total):<30}] {done}/{total}")
+        sys.stdout.flush()
+
+    result = api.flush(timeout, bar if tty else None)
+    if result.total == 0:
         say("nothing to send")
         return 0
-    rt.sender.wake()
-    deadline = None if timeout is None else time.monotonic() + timeout
-    tty = sys.stdout.isatty()
-    while True:
-        settled = rt.sender.flush(0.5)
-        left = rt.outbox.due_count() + rt.outbox._query("SELECT count(*) FROM events WHERE state = 'sending'")[0][0]
-        if tty:
-            done = total - min(total, left)
-            bar = "#" * (30 * done // total)
-            sys.stdout.write(f"\rsending [{bar:<30}] {done}/{total}")
-            sys.stdout.flush()
-        if settled or (deadline is not None and time.monotonic() > deadline):
-            break
     if tty:
         sys.stdout.write("\n")
-    pause = rt.sender.paused
-    summary = outbox_admin.summary(rt.outbox)
-    say(f"delivered {summary.counts.get('delivered', 0)}, pending {summary.counts.get('pending', 0)}, dead {summary.counts.get('dead', 0)}"
-        + (f"; paused by {pause.reason}" if pause else ""))
-    return 0 if not summary.counts.get("pending") else 1
+    counts = result.counts
+    say(f"delivered {counts.get('delivered', 0)}, pending {counts.get('pending', 0)}, dead {counts.get('dead', 0)}"
+        + (f"; paused by {result.pause.reason}" if result.pause else ""))
+    return 0 if not counts.get("pending") else 1
 
 
-def purge(say) -> int:
-    rt = dispatch.runtime()
-    loaded = config.load(config.config_path())
-    days = loaded.settings.retention_days if loaded.settings else config.NUMBERS["retention_days"]
-    count = outbox_admin.purge(rt.outbox, days * 86400)
-    say(f"forgot the emails and names of {count} event(s) delivered more than {days:g} days ago; their status records stay")
+def purge(say: Say) -> int:
+    count, days = api.purge()
+    say(f"forgot the emails and names of {count} event(s) delivered more than {days:g} days ago; "
+        "their status records stay")
     return 0

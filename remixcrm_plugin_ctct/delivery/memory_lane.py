@@ -6,11 +6,17 @@ the whole lane into the outbox as soon as the disk takes writes again. What is s
 exit is lost, and the exit log says how many.
 """
 
+import logging
 import threading
+import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 
+log = logging.getLogger("remixcrm_plugin_ctct")
+
 LIMIT = 10_000  # events; beyond this the hook drops new ones (and says so)
+MOVE_EVERY = 1.0  # seconds between tries to move the lane into the outbox
 
 
 @dataclass
@@ -25,6 +31,7 @@ class MemoryLane:
         self.limit = limit
         self._items: deque[MemoryEvent] = deque()
         self._lock = threading.Lock()  # a new lane (and lock) is made in a forked child
+        self._moved_at = float("-inf")
 
     def __len__(self) -> int:
         return len(self._items)
@@ -63,7 +70,27 @@ class MemoryLane:
         with self._lock:
             return min((item.next_at for item in self._items), default=None)
 
-    def move_to(self, write) -> int:
+    def wait_for(self, seconds: float) -> float:
+        """``seconds``, or less when an event here falls due sooner."""
+        due = self.next_due_at()
+        if due is None:
+            return seconds
+        return min(seconds, max(0.01, due - time.time()))
+
+    def move_if_due(self, write: Callable[[list[dict]], object]) -> None:
+        """Into the outbox (``write``) as soon as it takes writes again: from there they are
+        durable. Tried at most every ``MOVE_EVERY`` seconds; while it fails they go out from here."""
+        if not self._items or time.monotonic() - self._moved_at < MOVE_EVERY:
+            return
+        self._moved_at = time.monotonic()
+        try:
+            moved = self.move_to(write)
+        except Exception:  # still not writable
+            return
+        if moved:
+            log.info("the outbox is writable again: %d event(s) kept in memory are now recorded in it", moved)
+
+    def move_to(self, write: Callable[[list[dict]], object]) -> int:
         """Hand every event to ``write(records)`` (the outbox) in one go; if it raises, they stay
         here and the error propagates. Returns how many moved. The lock is held across the
         write so no worker takes an event that is being moved (it would be sent twice)."""

@@ -7,9 +7,10 @@ import time
 import pytest
 
 from conftest import add_event
-from remixcrm_plugin_ctct.store.outbox import Outbox
+from remixcrm_plugin_ctct.delivery.pauses import Pause
+from remixcrm_plugin_ctct.delivery.worker import Worker
 from remixcrm_plugin_ctct.payload import Contact
-from remixcrm_plugin_ctct.delivery.worker import OutboxSender, Pause
+from remixcrm_plugin_ctct.store.outbox import Outbox
 
 
 def contact(n):
@@ -34,12 +35,26 @@ class Recorder:
     def work_memory(self, item):
         self.memory.append(item.record)
 
+    def shared_pause(self):
+        return None
+
+
+class Stub:
+    """A sender made of plain functions."""
+
+    def __init__(self, work_row=lambda row: None, work_memory=lambda item: None, shared_pause=lambda: None):
+        self.work_row, self.work_memory, self.shared_pause = work_row, work_memory, shared_pause
+
+
+def senders(worker):
+    return [t for t in worker.running_threads if t.name.startswith("remixcrm-ctct-sender-")]
+
 
 @pytest.fixture
 def parts(tmp_path):
     outbox = Outbox(tmp_path / "data")
     recorder = Recorder(outbox)
-    sender = OutboxSender(outbox, recorder.work_row, recorder.work_memory, workers=2)
+    sender = Worker(outbox, recorder, workers=2)
     yield outbox, recorder, sender
     recorder.block.set()
     sender.close(2)
@@ -77,7 +92,7 @@ def test_an_unexpected_error_is_logged_and_the_worker_carries_on(parts, caplog):
             raise RuntimeError("boom")
         outbox.delivered(row.id, "c", "created")
 
-    sender.work_row = flaky
+    recorder.work_row = flaky
     add_event(outbox, contact(1), "e")
     add_event(outbox, contact(2), "e")
     sender.wake()
@@ -98,7 +113,8 @@ def test_memory_items_are_worked_and_bounded(tmp_path):
         recorder.block.wait()
         recorder.memory.append(item.record)
 
-    sender = OutboxSender(outbox, recorder.work_row, work_memory, workers=1, memory_limit=2)
+    recorder.work_memory = work_memory
+    sender = Worker(outbox, recorder, workers=1, memory_limit=2)
     assert sender.submit_memory("a")
     assert taken.wait(5)  # the worker took "a" and is busy with it
     assert sender.submit_memory("b") and sender.submit_memory("c")
@@ -111,10 +127,10 @@ def test_memory_items_are_worked_and_bounded(tmp_path):
 
 def test_threads_start_on_first_wake_only(tmp_path):
     outbox = Outbox(tmp_path / "d")
-    sender = OutboxSender(outbox, lambda row: None, lambda item: None, workers=3)
-    assert sender._threads == []
+    sender = Worker(outbox, Stub(), workers=3)
+    assert sender.running_threads == []
     sender.wake()
-    assert len([t for t in threading.enumerate() if t in sender._threads]) == 3
+    assert len(senders(sender)) == 3
     sender.close(1)
 
 
@@ -126,11 +142,10 @@ def test_a_pause_stops_claiming_until_its_cause_changes(parts):
     def needs_fix(row):
         worked.append(row.id)
         if not fixed.is_set():
-            outbox.retry_later(row.id, time.time(), None, count_attempt=False)
-            return Pause("a test", changed=fixed.is_set)
+            return Pause("a test", changed=fixed.is_set)  # the worker hands the row back
         outbox.delivered(row.id, "c", "created")
 
-    sender.work_row = needs_fix
+    recorder.work_row = needs_fix
     for n in range(3):
         add_event(outbox, contact(n), "e")
     sender.wake()
@@ -145,13 +160,45 @@ def test_a_pause_stops_claiming_until_its_cause_changes(parts):
     assert outbox.due_count() == 0
 
 
-def test_a_shared_pause_from_another_process_is_honoured(parts):
-    outbox, recorder, sender = parts
-    sender.shared_pause = lambda: Pause("the daily quota", until=time.time() + 3600)
+def test_a_shared_pause_from_another_process_is_honoured(tmp_path):
+    outbox = Outbox(tmp_path / "d")
+    recorder = Recorder(outbox)
+    recorder.shared_pause = lambda: Pause("the daily quota", until=time.time() + 3600)
+    sender = Worker(outbox, recorder, workers=2)
     add_event(outbox, contact(1), "e")
     sender.wake()
     assert sender.flush(2)
     assert recorder.rows == [] and outbox.due_count() == 1
+    sender.close(1)
+
+
+def test_a_pause_that_only_time_lifts_holds_its_row_back_until_then(parts):
+    outbox, recorder, sender = parts
+    until = time.time() + 3600
+    recorder.work_row = lambda row: Pause("the daily quota", until=until, error="429 quota")
+    add_event(outbox, contact(1), "e")
+    sender.wake()
+    assert sender.flush(5)
+    assert sender.paused.until == until
+    assert outbox.due_count() == 0 and outbox.due_count(until) == 1  # handed back, due when the pause ends
+    (row,) = outbox.rows_for_client("1")
+    assert row["attempts"] == 0 and row["last_error"] == "429 quota"  # the attempt is not counted
+
+
+def test_a_pause_is_held_before_its_row_is_handed_back(tmp_path):
+    outbox = Outbox(tmp_path / "d")
+    worked = []
+
+    def wall(row):  # the first row meets a wall; a second worker must not take it again meanwhile
+        worked.append(row.id)
+        return Pause("a test", changed=lambda: False)
+
+    sender = Worker(outbox, Stub(work_row=wall), workers=4)
+    add_event(outbox, contact(1), "e")
+    sender.wake()
+    assert sender.flush(5)
+    assert worked == [1] and outbox.due_count() == 1
+    sender.close(1)
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
@@ -164,7 +211,7 @@ def test_a_forked_child_gets_its_own_threads_and_identity(parts):
     if pid == 0:
         try:
             sender.wake()
-            ok = sender.owner != parent_owner and len(sender._threads) == 2
+            ok = sender.owner != parent_owner and len(senders(sender)) == 2
             os.write(w, b"ok" if ok else b"no")
         finally:
             os._exit(0)
@@ -180,20 +227,33 @@ logging.basicConfig(level=logging.INFO, stream=sys.stderr)
 from remixcrm_plugin_ctct.store.outbox import Outbox
 from remixcrm_plugin_ctct.payload import Contact
 from remixcrm_plugin_ctct.record import Event
-from remixcrm_plugin_ctct.delivery.worker import OutboxSender
+from remixcrm_plugin_ctct.delivery.worker import Worker
+
+class Stuck:
+    entered = threading.Semaphore(0)
+    def work_row(self, row):
+        self.entered.release()
+        threading.Event().wait()
+    def work_memory(self, item):
+        return None
+    def shared_pause(self):
+        return None
+
 outbox = Outbox(sys.argv[1])
 for n in range(5):
     outbox.add_records([Event.of(Contact(str(n), f"c{n}@example.com", {}), "e", time.time()).to_record()])
-s = OutboxSender(outbox, lambda row: threading.Event().wait(), lambda item: None, workers=2, exit_budget=float(sys.argv[2]))
+stuck = Stuck()
+s = Worker(outbox, stuck, workers=2, exit_budget=float(sys.argv[2]))
 s.wake()
-while s._in_flight < 2:   # both workers are inside a send that never ends (an API that never answers)
-    time.sleep(0.01)
+for _ in range(2):  # both workers are inside a send that never ends (an API that never answers)
+    assert stuck.entered.acquire(timeout=10)
 print(time.monotonic(), flush=True)
 """
 
 
 def test_exit_waits_at_most_the_budget_and_leaves_everything_recorded(tmp_path):
-    proc = subprocess.run([sys.executable, "-c", EXITING_HOST, str(tmp_path / "d"), "0.5"], capture_output=True, text=True, timeout=30)
+    proc = subprocess.run([sys.executable, "-c", EXITING_HOST, str(tmp_path / "d"), "0.5"],
+                          capture_output=True, text=True, timeout=30)
     ended = time.monotonic()
     assert proc.returncode == 0, proc.stderr
     assert ended - float(proc.stdout.strip()) < 2.5  # the budget is 0.5 s; the margin absorbs a busy CI machine
@@ -206,10 +266,10 @@ def test_a_pause_cleared_by_another_worker_between_check_and_read_is_no_error(pa
     outbox, recorder, sender = parts
 
     def cleared_meanwhile():  # the other worker clears the pause right after this one checked it
-        sender._pause = None
+        sender.pauses.lift()
         return True
 
-    sender.pause(Pause("a test", changed=cleared_meanwhile))
+    sender.pauses.hold(Pause("a test", changed=cleared_meanwhile))
     add_event(outbox, contact(1), "e")
     started = time.monotonic()
     sender.wake()
@@ -222,7 +282,7 @@ def test_a_pause_cleared_by_another_worker_between_check_and_read_is_no_error(pa
 def test_flush_is_false_while_the_outbox_cannot_be_read(tmp_path, caplog):
     (tmp_path / "d").mkdir()
     (tmp_path / "d" / "outbox.sqlite3").write_bytes(b"this is not a database" * 100)
-    sender = OutboxSender(Outbox(tmp_path / "d"), lambda row: None, lambda item: None, workers=1)
+    sender = Worker(Outbox(tmp_path / "d"), Stub(), workers=1)
     assert sender.flush(0.2) is False
     assert sender.flush(0.2) is False
     assert caplog.text.count("cannot read the outbox") == 1
@@ -253,17 +313,18 @@ def test_leases_of_a_long_send_are_renewed(parts, monkeypatch):
 
 
 def test_idle_threads_stop_and_the_next_event_starts_them_again(parts, monkeypatch):
-    from remixcrm_plugin_ctct.delivery import worker as sender_module
+    from remixcrm_plugin_ctct.delivery import worker as worker_module
 
     outbox, recorder, sender = parts
-    monkeypatch.setattr(sender_module, "IDLE_STOP", 0.2)
-    monkeypatch.setattr(sender_module, "IDLE_POLL", 0.05)
+    monkeypatch.setattr(worker_module, "IDLE_STOP", 0.2)
+    monkeypatch.setattr(worker_module, "IDLE_POLL", 0.05)
     sender.wake()
-    started = list(sender._threads)
+    started = sender.running_threads
+    assert len(started) == 3  # two workers and the lease keeper
     deadline = time.monotonic() + 5
-    while any(t.is_alive() for t in started + [sender._keeper]) and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert sender._threads == [] and not any(t.is_alive() for t in started + [sender._keeper])
+    while any(t.is_alive() for t in started) and time.monotonic() < deadline:
+        time.sleep(0.01)  # polling with a deadline: the threads leave on their own
+    assert sender.running_threads == [] and not any(t.is_alive() for t in started)
     add_event(outbox, contact(1), "e")
     sender.wake()
     assert sender.flush(5)
@@ -277,7 +338,7 @@ def test_memory_events_wait_for_their_retry_and_count_as_unsettled(tmp_path):
         attempts.append((item.record, item.attempts))
         return None if len(attempts) > 1 else time.time() + 0.2  # a 503 once: try again in 0.2 s
 
-    sender = OutboxSender(Outbox(tmp_path / "d"), lambda row: None, work_memory, workers=1)
+    sender = Worker(Outbox(tmp_path / "d"), Stub(work_memory=work_memory), workers=1)
     assert sender.submit_memory({"client_id": "1"})
     assert sender.flush(5, retries=True)
     assert attempts == [({"client_id": "1"}, 1), ({"client_id": "1"}, 2)]

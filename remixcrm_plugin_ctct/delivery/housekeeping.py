@@ -1,0 +1,27 @@
+"""Chores the worker does now and then between sends: a WAL checkpoint, the hourly purge of
+delivered events' personal data past the retention time."""
+
+from .. import config
+from ..store import outbox_admin
+from ..store.outbox import Outbox
+
+EVERY = 10.0  # seconds between WAL checkpoints
+PURGE_EVERY = 3600.0
+
+
+class Housekeeper:
+    def __init__(self, outbox: Outbox, watcher: config.ConfigWatcher | None = None):
+        self.outbox, self.watcher = outbox, watcher
+        self._kept_at = 0.0
+        self._purged_at = 0.0
+
+    def run(self, now: float) -> None:
+        """Called by a worker with the epoch time; does something only when it is due."""
+        if now - self._kept_at < EVERY:
+            return
+        self._kept_at = now
+        self.outbox.checkpoint()
+        settings = self.watcher.current().settings if self.watcher is not None else None
+        if settings is not None and now - self._purged_at >= PURGE_EVERY:
+            self._purged_at = now
+            outbox_admin.purge(self.outbox, settings.retention_days * 86400, now)

@@ -35,7 +35,7 @@ def leased(outbox: Outbox, n: int = 1, **extra):
 
 
 def only_row(outbox: Outbox, client_id: str = "1") -> dict:
-    (row,) = outbox.rows_for_client(client_id)
+    (row,) = outbox.for_client(client_id)
     return row
 
 

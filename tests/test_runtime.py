@@ -66,7 +66,7 @@ def test_a_pause_returned_by_delivery_is_held_by_the_worker_and_the_row_goes_bac
     assert flush(5)  # a pause counts as settled
     rt = runtime.runtime()
     assert rt.worker.paused is not None and rt.worker.paused.reason.startswith("Constant Contact's 403")
-    (row,) = rt.outbox.rows_for_client("1")
+    (row,) = rt.outbox.for_client("1")
     assert row["state"] == "pending" and row["attempts"] == 0 and "403" in row["last_error"]
 
 
@@ -128,7 +128,7 @@ def test_memory_events_move_into_the_outbox_when_the_disk_is_back(pm, write_conf
         if not (data / "outbox.sqlite3").exists():
             return set()
         outbox = Outbox(data)
-        return {f"m{i}@example.com" for i in range(3) if outbox.rows_for_client(f"m{i}")}
+        return {f"m{i}@example.com" for i in range(3) if outbox.for_client(f"m{i}")}
 
     assert wait_for(lambda: recorded() == emails, timeout=10)
     sandbox.faults.error_rate = 0.0

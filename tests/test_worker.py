@@ -181,7 +181,7 @@ def test_a_pause_that_only_time_lifts_holds_its_row_back_until_then(parts):
     assert sender.flush(5)
     assert sender.paused.until == until
     assert outbox.due_count() == 0 and outbox.due_count(until) == 1  # handed back, due when the pause ends
-    (row,) = outbox.rows_for_client("1")
+    (row,) = outbox.for_client("1")
     assert row["attempts"] == 0 and row["last_error"] == "429 quota"  # the attempt is not counted
 
 

@@ -96,7 +96,7 @@ def flush(timeout: float | None = None, progress: Callable[[int, int], None] | N
     while True:
         settled = rt.worker.flush(0.5)
         if progress is not None:
-            left = rt.outbox.due_count() + rt.outbox.state_counts().get("sending", 0)
+            left = rt.outbox.due_count() + rt.outbox.in_flight_count()
             progress(total - min(total, left), total)
         if settled or (deadline is not None and time.monotonic() > deadline):
             break

@@ -15,9 +15,9 @@ from pathlib import Path
 
 from .. import runtime as dispatch
 from ..config import config_toml
-from ..store import outbox_admin
 from ..hookspecs import make_plugin_manager
 from ..sandbox import SANDBOX_CLIENT_ID, SEEDED_LIST_ID, Sandbox
+from ..store import outbox_admin
 
 UNSUBSCRIBED = "lee@example.com"  # the sandbox knows this contact: it unsubscribed long ago
 
@@ -135,7 +135,7 @@ def _describe(kwargs) -> str:
 def _write_config(path: Path, sandbox: Sandbox, dry_run: bool = False) -> None:
     """The config an admin would have after logging in: a token pair, its expiry, the app's id."""
     issued = sandbox.authz.seed()
-    expires = dt.datetime.now(dt.timezone.utc) + dt.timedelta(seconds=issued["expires_in"])
+    expires = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=issued["expires_in"])
     text = config_toml(access_token=issued["access_token"], refresh_token=issued["refresh_token"],
                        token_expires_at=expires.replace(microsecond=0), client_id=SANDBOX_CLIENT_ID,
                        list_id=SEEDED_LIST_ID, api_base_url=sandbox.api_base_url, token_url=sandbox.token_url,

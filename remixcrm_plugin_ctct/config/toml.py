@@ -24,7 +24,7 @@ class Raw:
 Value: TypeAlias = str | bool | int | float | dt.datetime | dt.date | dt.time | Raw | None
 
 
-def config_toml(provider: str | None = "constant_contact", **keys: Value) -> str:
+def config_toml(provider: str | None = "constant_contact", /, **keys: Value) -> str:
     """``[email_marketing]`` with ``provider`` (left out when None) and, when ``keys`` are given,
     ``[email_marketing.constant_contact]`` with them. A key whose value is None is left out."""
     lines = ["[email_marketing]"]

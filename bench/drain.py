@@ -55,7 +55,7 @@ def drain(api_base_url: str, events: int, rate: float, prefix: str) -> float:
     from remixcrm_plugin_ctct import config, runtime as dispatch, payload
     from remixcrm_plugin_ctct.store import journal
 
-    use_sandbox_config(api_base_url, f"requests_per_second = {rate}\ndaily_quota = 1000000000\n")
+    use_sandbox_config(api_base_url, requests_per_second=rate, daily_quota=1_000_000_000)
     dispatch.reset(timeout=0)
     rt = dispatch.runtime()
     for i in range(events):
@@ -87,9 +87,10 @@ import json, os, resource, sys, tempfile, time
 from pathlib import Path
 rows = int(sys.argv[1])
 work = Path(tempfile.mkdtemp())
-(work / "config.toml").write_text('[email_marketing]\nprovider = "constant_contact"\n[email_marketing.constant_contact]\n'
-    'access_token = "t"\ntoken_expires_at = 2099-01-01T00:00:00Z\nlist_id = "1d0c1bd5-7e5a-4d0e-9b64-5ad1c4b3f001"\n'
-    'api_base_url = "http://127.0.0.1:9/v3"\n')
+from remixcrm_plugin_ctct.config import Raw, config_toml
+(work / "config.toml").write_text(config_toml(access_token="t", token_expires_at=Raw("2099-01-01T00:00:00Z"),
+                                              list_id="1d0c1bd5-7e5a-4d0e-9b64-5ad1c4b3f001",
+                                              api_base_url="http://127.0.0.1:9/v3"))
 os.environ["REMIXCRM_CONFIG"] = str(work / "config.toml")
 os.environ["REMIXCRM_DATA_DIR"] = str(work / "data")
 from remixcrm_plugin_ctct import runtime as dispatch

@@ -32,6 +32,8 @@ from drain import faults, sandbox_process, stats  # noqa: E402
 from prefork_server import Gunicorn  # noqa: E402
 from sandbox_config import use_sandbox_config  # noqa: E402
 
+from remixcrm_plugin_ctct.config import config_toml  # noqa: E402
+
 
 def percentile(values: list[float], q: float) -> float:
     return statistics.quantiles(values, n=1000, method="inclusive")[int(q * 10) - 1] if len(values) > 1 else values[0]
@@ -76,7 +78,7 @@ def load(srv: Gunicorn, threads: int, requests: int, seconds: float, rate: float
 def run(provider: str, api_base_url: str, args) -> dict:
     workdir = use_sandbox_config(api_base_url)  # sets REMIXCRM_CONFIG / REMIXCRM_DATA_DIR for the server
     if provider != "constant_contact":
-        (workdir / "config.toml").write_text(f'[email_marketing]\nprovider = "{provider}"\n')
+        (workdir / "config.toml").write_text(config_toml(provider))
     env = {**os.environ, "PREFORK_APP_LOG": "warning"}  # the plugin's warnings and errors into the server's log
     srv = Gunicorn(workdir / "run", env, "-w", str(args.workers), *(["--preload"] if args.preload else []))
     try:

@@ -18,6 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from remixcrm_plugin_ctct.config import config_toml
 from remixcrm_plugin_ctct.sandbox import SANDBOX_CLIENT_ID, SEEDED_LIST_ID, Sandbox
 
 HOST = r"""
@@ -45,14 +46,11 @@ def main() -> int:
 
     with tempfile.TemporaryDirectory() as tmp, Sandbox(access_token=None, access_lifetime=args.lifetime, rotating=True) as sandbox:
         pair = sandbox.authz.seed()
-        expires = (dt.datetime.now(dt.timezone.utc) + dt.timedelta(seconds=args.lifetime)).strftime("%Y-%m-%dT%H:%M:%SZ")
+        expires = (dt.datetime.now(dt.UTC) + dt.timedelta(seconds=args.lifetime)).replace(microsecond=0)
         config = Path(tmp, "config.toml")
-        config.write_text(
-            '[email_marketing]\nprovider = "constant_contact"\n[email_marketing.constant_contact]\n'
-            f'access_token = "{pair["access_token"]}"\nrefresh_token = "{pair["refresh_token"]}"\n'
-            f'token_expires_at = {expires}\nclient_id = "{SANDBOX_CLIENT_ID}"\nlist_id = "{SEEDED_LIST_ID}"\n'
-            f'api_base_url = "{sandbox.api_base_url}"\ntoken_url = "{sandbox.token_url}"\n'
-        )
+        config.write_text(config_toml(access_token=pair["access_token"], refresh_token=pair["refresh_token"],
+                                      token_expires_at=expires, client_id=SANDBOX_CLIENT_ID, list_id=SEEDED_LIST_ID,
+                                      api_base_url=sandbox.api_base_url, token_url=sandbox.token_url))
         env = {**os.environ, "REMIXCRM_CONFIG": str(config), "REMIXCRM_DATA_DIR": str(Path(tmp, "data"))}
         started = time.monotonic()
         host = subprocess.run([sys.executable, "-c", HOST, str(count), str(args.every)], env=env, capture_output=True, text=True)

@@ -1,5 +1,6 @@
 """Every test runs with its own config and data dir and a fresh plugin state."""
 
+import datetime as dt
 import logging
 import os
 import time
@@ -7,9 +8,9 @@ import time
 import pytest
 import responses
 
-from remixcrm_plugin_ctct.ctct import client as api_client
 from remixcrm_plugin_ctct import config, intake
 from remixcrm_plugin_ctct import runtime as dispatch
+from remixcrm_plugin_ctct.ctct import client as api_client
 from remixcrm_plugin_ctct.hookspecs import make_plugin_manager
 from remixcrm_plugin_ctct.record import Event
 from remixcrm_plugin_ctct.sandbox import SEEDED_LIST_ID
@@ -30,7 +31,7 @@ def isolated(tmp_path, monkeypatch):
     monkeypatch.setenv("REMIXCRM_DATA_DIR", str(tmp_path / "data"))
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg-config"))
     monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg-data"))
-    config._default_config_file.cache_clear()
+    config.forget_default_location()
     dispatch.reset()
     intake.reset()
     api_client.reset_session()
@@ -39,38 +40,26 @@ def isolated(tmp_path, monkeypatch):
     api_client.reset_session()
 
 
-def render_config(provider="constant_contact", **values) -> str:
+def render_config(provider: str | None = "constant_contact", **values: config.toml.Value) -> str:
     """config.toml text; ``values`` become keys of [email_marketing.constant_contact]
     (a value of None leaves the key out; strings are quoted unless wrapped in RAW())."""
-    section = {
+    section: dict[str, config.toml.Value] = {
         "access_token": ACCESS_TOKEN,
         "refresh_token": REFRESH_TOKEN,
         "client_id": "app-key-1",
         "client_secret": CLIENT_SECRET,
         "list_id": LIST_ID,
         # far away, so tests about sending are not about refreshing
-        "token_expires_at": RAW("2099-01-01T00:00:00Z"),
+        "token_expires_at": dt.datetime(2099, 1, 1, tzinfo=dt.UTC),
         # tests about the rate limit set their own; the others should not wait for it
-        "requests_per_second": RAW("1000"),
+        "requests_per_second": 1000,
         # the guard's lookup is a request of its own: tests about it (test_consent.py) switch it on
-        "consent_guard": RAW("false"),
+        "consent_guard": False,
     }
-    section.update(values)
-    lines = ["[email_marketing]", f'provider = "{provider}"', "", "[email_marketing.constant_contact]"]
-    for key, value in section.items():
-        if value is None:
-            continue
-        lines.append(f"{key} = {value.text if isinstance(value, RAW) else repr(value) if not isinstance(value, str) else _q(value)}")
-    return "\n".join(lines) + "\n"
+    return config.config_toml(provider, **{**section, **values})
 
 
-class RAW:
-    def __init__(self, text):
-        self.text = text
-
-
-def _q(s: str) -> str:
-    return '"' + s.replace("\\", "\\\\").replace('"', '\\"') + '"'
+RAW = config.Raw  # TOML text written as it is
 
 
 @pytest.fixture

@@ -6,8 +6,8 @@ import threading
 from pathlib import Path
 
 import pytest
-
 from conftest import ACCESS_TOKEN, LIST_ID, RAW, SIGN_UP_URL, assert_no_secrets, render_config
+
 from remixcrm_plugin_ctct import config, flush
 
 
@@ -23,7 +23,7 @@ def test_env_var_overrides_the_config_location(tmp_path):
 
 def test_default_location_is_remixcrms_platform_config_dir(monkeypatch, tmp_path):
     monkeypatch.delenv("REMIXCRM_CONFIG")
-    config._default_config_file.cache_clear()
+    config.forget_default_location()
     assert config.config_path() == tmp_path / "xdg-config" / "remixcrm" / "config.toml"
 
 
@@ -35,11 +35,13 @@ def test_data_dir_env_override_and_default(monkeypatch, tmp_path):
 
 
 def test_full_config_is_parsed(tmp_path):
-    loaded = load_text(tmp_path, render_config(token_expires_at=RAW("2026-11-27T19:00:00Z"), api_base_url="https://api.cc.email/v3/"))
+    loaded = load_text(
+        tmp_path, render_config(token_expires_at=RAW("2026-11-27T19:00:00Z"), api_base_url="https://api.cc.email/v3/")
+    )
     assert loaded.status == config.ACTIVE
     s = loaded.settings
     assert (s.list_id, s.access_token, s.client_id) == (LIST_ID, ACCESS_TOKEN, "app-key-1")
-    assert s.token_expires_at == dt.datetime(2026, 11, 27, 19, tzinfo=dt.timezone.utc)
+    assert s.token_expires_at == dt.datetime(2026, 11, 27, 19, tzinfo=dt.UTC)
     assert s.api_base_url == "https://api.cc.email/v3"
     assert s.token_url == "https://authz.constantcontact.com/oauth2/default/v1/token"
 
@@ -47,7 +49,7 @@ def test_full_config_is_parsed(tmp_path):
 @pytest.mark.parametrize("value", ["2026-11-27T19:00:00Z", "2026-11-27T20:00:00+01:00"])
 def test_expiry_as_rfc3339_string(tmp_path, value):
     s = load_text(tmp_path, render_config(token_expires_at=value)).settings
-    assert s.token_expires_at == dt.datetime(2026, 11, 27, 19, tzinfo=dt.timezone.utc)
+    assert s.token_expires_at == dt.datetime(2026, 11, 27, 19, tzinfo=dt.UTC)
 
 
 def test_expiry_without_offset_is_read_as_utc(tmp_path):
@@ -60,9 +62,9 @@ def test_expiry_without_offset_is_read_as_utc(tmp_path):
     [
         (None, "no config file"),
         ("[other]\nx = 1\n", "no [email_marketing] section"),
-        ('[email_marketing]\nprovider = "mailchimp"\n', "provider is 'mailchimp'"),
-        ('[email_marketing]\nprovider = "none"\n', "provider is 'none'"),
-        ("[email_marketing]\n", "provider is 'none'"),
+        (config.config_toml("mailchimp"), "provider is 'mailchimp'"),
+        (config.config_toml("none"), "provider is 'none'"),
+        (config.config_toml(None), "provider is 'none'"),  # no provider key
     ],
 )
 def test_inactive_states(tmp_path, text, reason):
@@ -91,7 +93,7 @@ def test_bad_values_name_the_file_the_key_and_the_fix(tmp_path, values, expected
 
 
 def test_wrongly_typed_secret_is_not_echoed(tmp_path):
-    loaded = load_text(tmp_path, render_config(access_token=RAW("[\"SECRET-access-0123456789\"]")))
+    loaded = load_text(tmp_path, render_config(access_token=RAW('["SECRET-access-0123456789"]')))
     assert "access_token must be a quoted string" in loaded.message
     assert_no_secrets(loaded.message)
 
@@ -103,7 +105,7 @@ def test_unknown_provider_is_invalid(tmp_path):
 
 
 def test_constant_contact_chosen_without_its_section_is_invalid(tmp_path):
-    loaded = load_text(tmp_path, '[email_marketing]\nprovider = "constant_contact"\n')
+    loaded = load_text(tmp_path, config.config_toml())
     assert loaded.status == config.INVALID
     assert "list_id is missing" in loaded.message
 
@@ -115,7 +117,9 @@ def test_malformed_toml_names_the_file_and_hides_the_content(tmp_path):
     assert_no_secrets(loaded.message)
 
 
-@pytest.mark.parametrize("url", ["http://127.0.0.1:8080/v3", "http://localhost/v3", "http://[::1]:9/v3", "http://127.5.0.1/v3"])
+@pytest.mark.parametrize(
+    "url", ["http://127.0.0.1:8080/v3", "http://localhost/v3", "http://[::1]:9/v3", "http://127.5.0.1/v3"]
+)
 def test_plain_http_only_for_loopback(tmp_path, url):
     assert load_text(tmp_path, render_config(api_base_url=url)).status == config.ACTIVE
 
@@ -151,6 +155,7 @@ def test_watcher_announces_each_state_once_and_follows_live_edits(write_config, 
 
 # --- hostile files and values (issue 9, items 8 and 9): reported as one ERROR, never raised ---
 
+
 def write_bytes(path: Path, data: bytes) -> Path:
     path.write_bytes(data)
     st = path.stat()  # a rewrite within the same clock tick must still look changed to the watcher
@@ -161,26 +166,32 @@ def write_bytes(path: Path, data: bytes) -> Path:
 NESTED = "\n[other]\ndeep = " + "[" * 3000 + "]" * 3000 + "\n"
 
 
-@pytest.mark.parametrize("values, expected", [
-    ({"api_base_url": "http://[::1/v3"}, "api_base_url 'http://[::1/v3' must be an https:// URL"),
-    ({"api_base_url": "https://api.cc.email:99999/v3"}, "api_base_url 'https://api.cc.email:99999/v3' must be an"),
-    ({"token_url": "https://user:pw@authz.example/token"}, "token_url must not contain a user name or password"),
-    ({"daily_quota": RAW("inf")}, "daily_quota must be a whole number from 1 to"),
-    ({"daily_quota": RAW("nan")}, "daily_quota must be a whole number from 1 to"),
-    ({"daily_quota": RAW("0.5")}, "daily_quota must be a whole number from 1 to"),
-    ({"daily_quota": RAW("9" * 40)}, "daily_quota must be a whole number from 1 to"),
-    ({"requests_per_second": RAW("nan")}, "requests_per_second must be a number from 0.001 to"),
-    ({"requests_per_second": RAW("inf")}, "requests_per_second must be a number from 0.001 to"),
-    ({"requests_per_second": RAW("9" * 400)}, "requests_per_second must be a number from 0.001 to"),
-    ({"requests_per_second": RAW("1e-300")}, "requests_per_second must be a number from 0.001 to"),
-    ({"max_age_hours": RAW("nan")}, "max_age_hours must be a number above 0"),
-    ({"retention_days": RAW("inf")}, "retention_days must be a number above 0"),
-    ({"token_expires_at": RAW("9999-12-31T23:59:59-01:00")}, "token_expires_at 9999-12-31T23:59:59-01:00 is not a"),
-    ({"token_expires_at": RAW("0001-01-01T00:00:00+01:00")}, "token_expires_at 0001-01-01T00:00:00+01:00 is not a"),
-    ({"list_id": RAW("{ id = 1 }")}, "list_id must be a quoted string (got {'id': 1})"),
-    ({"client_id": RAW('"app key\\u0001"')}, "client_id must be one word of printable ASCII characters"),
-    ({"access_token": RAW('"SECRET-access-0123456789\\nX-Injected: 1"')}, "access_token must be one word of printable"),
-])
+@pytest.mark.parametrize(
+    "values, expected",
+    [
+        ({"api_base_url": "http://[::1/v3"}, "api_base_url 'http://[::1/v3' must be an https:// URL"),
+        ({"api_base_url": "https://api.cc.email:99999/v3"}, "api_base_url 'https://api.cc.email:99999/v3' must be an"),
+        ({"token_url": "https://user:pw@authz.example/token"}, "token_url must not contain a user name or password"),
+        ({"daily_quota": RAW("inf")}, "daily_quota must be a whole number from 1 to"),
+        ({"daily_quota": RAW("nan")}, "daily_quota must be a whole number from 1 to"),
+        ({"daily_quota": RAW("0.5")}, "daily_quota must be a whole number from 1 to"),
+        ({"daily_quota": RAW("9" * 40)}, "daily_quota must be a whole number from 1 to"),
+        ({"requests_per_second": RAW("nan")}, "requests_per_second must be a number from 0.001 to"),
+        ({"requests_per_second": RAW("inf")}, "requests_per_second must be a number from 0.001 to"),
+        ({"requests_per_second": RAW("9" * 400)}, "requests_per_second must be a number from 0.001 to"),
+        ({"requests_per_second": RAW("1e-300")}, "requests_per_second must be a number from 0.001 to"),
+        ({"max_age_hours": RAW("nan")}, "max_age_hours must be a number above 0"),
+        ({"retention_days": RAW("inf")}, "retention_days must be a number above 0"),
+        ({"token_expires_at": RAW("9999-12-31T23:59:59-01:00")}, "token_expires_at 9999-12-31T23:59:59-01:00 is not a"),
+        ({"token_expires_at": RAW("0001-01-01T00:00:00+01:00")}, "token_expires_at 0001-01-01T00:00:00+01:00 is not a"),
+        ({"list_id": RAW("{ id = 1 }")}, "list_id must be a quoted string (got {'id': 1})"),
+        ({"client_id": RAW('"app key\\u0001"')}, "client_id must be one word of printable ASCII characters"),
+        (
+            {"access_token": RAW('"SECRET-access-0123456789\\nX-Injected: 1"')},
+            "access_token must be one word of printable",
+        ),
+    ],
+)
 def test_hostile_values_are_one_clear_problem_each(tmp_path, values, expected):
     loaded = load_text(tmp_path, render_config(**values))
     assert loaded.status == config.INVALID
@@ -190,7 +201,7 @@ def test_hostile_values_are_one_clear_problem_each(tmp_path, values, expected):
 
 
 def test_the_section_must_be_a_table_and_echoed_values_are_capped(tmp_path):
-    loaded = load_text(tmp_path, '[email_marketing]\nprovider = "constant_contact"\nconstant_contact = 5\n')
+    loaded = load_text(tmp_path, config.config_toml() + "constant_contact = 5\n")
     assert "email_marketing.constant_contact must be a table" in loaded.message
     # "\\n" is a TOML escape: the value holds real newlines
     loaded = load_text(tmp_path, render_config(list_id=RAW('"' + "x\\n" * 50_000 + '"')))
@@ -204,12 +215,18 @@ def test_a_non_utf8_byte_outside_our_section_is_ignored(tmp_path):
     assert loaded.status == config.ACTIVE and loaded.settings.list_id == LIST_ID
 
 
-@pytest.mark.parametrize("data, expected", [
-    (render_config(client_id="CLIENT").encode().replace(b"CLIENT", b"caf\xe9"),
-     "email_marketing.constant_contact.client_id is not UTF-8 text (the file's first such byte: byte 0xe9 at offset"),
-    (render_config().encode() + b"\n[other]\ncaf\xe9 = 1\n", "is not UTF-8 text (byte 0xe9 at offset"),
-    (render_config().encode("utf-16"), "is not UTF-8 text (byte 0xff at offset 0)"),
-])
+@pytest.mark.parametrize(
+    "data, expected",
+    [
+        (
+            render_config(client_id="CLIENT").encode().replace(b"CLIENT", b"caf\xe9"),
+            "email_marketing.constant_contact.client_id is not UTF-8 text "
+            "(the file's first such byte: byte 0xe9 at offset",
+        ),
+        (render_config().encode() + b"\n[other]\ncaf\xe9 = 1\n", "is not UTF-8 text (byte 0xe9 at offset"),
+        (render_config().encode("utf-16"), "is not UTF-8 text (byte 0xff at offset 0)"),
+    ],
+)
 def test_non_utf8_text_we_need_is_named_with_its_offset(tmp_path, data, expected):
     loaded = config.load(write_bytes(tmp_path / "config.toml", data))
     assert loaded.status == config.INVALID
@@ -230,7 +247,7 @@ def test_load_never_raises_even_on_a_bug_of_ours(tmp_path, monkeypatch):
     def bug(*args, **kwargs):
         raise KeyError("SECRET-access-0123456789")
 
-    monkeypatch.setattr(config, "_parse_section", bug)
+    monkeypatch.setattr(config.settings, "parse_section", bug)
     loaded = load_text(tmp_path, render_config())
     assert loaded.status == config.INVALID and "could not be read (KeyError)" in loaded.message
     assert_no_secrets(loaded.message)
@@ -284,6 +301,7 @@ def test_a_huge_file_is_refused_unread(tmp_path, monkeypatch):
 
 
 # --- through the hooks: nothing fired while the config is broken is lost ---
+
 
 def _fire(pm, n: int) -> None:
     pm.hook.on_client_created(client={"id": n, "email": f"c{n}@example.com"})
@@ -339,26 +357,29 @@ def test_a_fifo_as_config_never_blocks_the_hook_and_its_events_are_kept(pm, isol
     assert flush(5) and len(mocked.calls) == 2
 
 
-def test_a_slow_read_never_holds_up_other_threads(write_config, monkeypatch):
-    watcher = config.ConfigWatcher()
+def test_a_slow_read_never_holds_up_other_threads(write_config):
+    reading, release = threading.Event(), threading.Event()
+
+    def slow_load(path):
+        if slow:
+            reading.set()
+            release.wait(10)  # a slow disk
+        return config.load(path)
+
+    slow = []
+    watcher = config.ConfigWatcher(load=slow_load)
     write_config(provider="mailchimp")
     assert watcher.current().status == config.INACTIVE
     before = watcher.signature()
-    real_load, reading, release = config.load, threading.Event(), threading.Event()
-
-    def slow_load(path):
-        reading.set()
-        release.wait(10)  # a slow disk
-        return real_load(path)
-
-    monkeypatch.setattr(config, "load", slow_load)
+    slow.append(True)
     write_config()
     noticed = threading.Thread(target=watcher.current, daemon=True)
     noticed.start()
     assert reading.wait(5)
     answers = []
-    other = threading.Thread(target=lambda: answers.append((watcher.current().status, watcher.signature())),
-                             daemon=True)
+    other = threading.Thread(
+        target=lambda: answers.append((watcher.current().status, watcher.signature())), daemon=True
+    )
     other.start()
     other.join(5)
     release.set()
@@ -391,3 +412,81 @@ def test_a_pause_on_a_broken_config_lifts_when_the_fix_lands_just_after_the_read
     delivery = Delivery(SimpleNamespace(), tokens, None, Watcher())
     pause = delivery.work_row(SimpleNamespace(id=1))
     assert pause is not None and pause.over(0.0)  # a signature taken after the reading would wait forever
+
+
+# --- config_toml(): the one writer of config.toml text (demo, sandbox, benches, these tests) ---
+
+
+def test_config_toml_round_trips_every_kind_of_value():
+    import tomllib
+
+    awkward = 'say "hi" \\ C:\\path\ttab\nline\x01\x7f café'
+    when = dt.datetime(2026, 11, 27, 19, 0, 5, tzinfo=dt.UTC)
+    text = config.config_toml(
+        list_id=LIST_ID,
+        client_id=awkward,
+        dry_run=True,
+        consent_guard=False,
+        daily_quota=12,
+        max_age_hours=1e-06,
+        requests_per_second=float("inf"),
+        token_expires_at=when,
+        refresh_token=None,
+        **{"odd key.x": 1},
+    )
+    doc = tomllib.loads(text)
+    table = doc["email_marketing"]["constant_contact"]
+    assert doc["email_marketing"]["provider"] == "constant_contact"
+    assert table == {
+        "list_id": LIST_ID,
+        "client_id": awkward,
+        "dry_run": True,
+        "consent_guard": False,
+        "daily_quota": 12,
+        "max_age_hours": 1e-06,
+        "requests_per_second": float("inf"),
+        "token_expires_at": when,
+        "odd key.x": 1,
+    }  # (refresh_token=None: left out)
+    assert "token_expires_at = 2026-11-27T19:00:05Z\n" in text
+
+
+def test_config_toml_text_is_read_back_as_the_same_settings(tmp_path):
+    when = dt.datetime(2030, 1, 2, 3, 4, 5, tzinfo=dt.UTC)
+    keys = {
+        "list_id": LIST_ID,
+        "access_token": ACCESS_TOKEN,
+        "token_expires_at": when,
+        "client_id": "app-key-1",
+        "api_base_url": "http://127.0.0.1:9/v3",
+        "daily_quota": 7,
+        "retention_days": 0.5,
+        "dry_run": True,
+    }
+    loaded = load_text(tmp_path, config.config_toml(**keys))
+    assert loaded.status == config.ACTIVE
+    assert loaded.settings == config.Settings(**keys)
+
+
+def test_config_toml_without_provider_or_keys():
+    assert config.config_toml(None) == "[email_marketing]\n"
+    assert config.config_toml("mailchimp") == '[email_marketing]\nprovider = "mailchimp"\n'
+    assert config.config_toml(list_id=config.Raw("42")).endswith("\nlist_id = 42\n")
+    with pytest.raises(TypeError):
+        config.config_toml(list_id=object())
+
+
+def test_load_for_tokens_reads_the_file_once(tmp_path, monkeypatch):
+    reads = []
+    real = config.reading.read_doc
+
+    def counting(path):
+        reads.append(path)
+        return real(path)
+
+    monkeypatch.setattr(config.reading, "read_doc", counting)
+    path = tmp_path / "config.toml"
+    path.write_text(render_config(provider="none", list_id=None), encoding="utf-8")
+    settings, problem = config.load_for_tokens(path)
+    assert problem == "" and settings.access_token == ACCESS_TOKEN and settings.list_id == ""
+    assert reads == [path]

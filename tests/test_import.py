@@ -4,6 +4,8 @@ import json
 import subprocess
 import sys
 
+from remixcrm_plugin_ctct.config import config_toml
+
 PROBE = r"""
 import json, os, sys, threading
 events = []
@@ -22,7 +24,7 @@ sys.stdout.write(json.dumps({"threads": [before, after], "events": events}))
 
 def test_import_and_entry_point_load_start_nothing(tmp_path):
     env = {"REMIXCRM_CONFIG": str(tmp_path / "config.toml"), "REMIXCRM_DATA_DIR": str(tmp_path / "data"), "PATH": ""}
-    (tmp_path / "config.toml").write_text('[email_marketing]\nprovider = "constant_contact"\n')
+    (tmp_path / "config.toml").write_text(config_toml())
     out = subprocess.run([sys.executable, "-c", PROBE], env=env, capture_output=True, text=True, check=True).stdout
     report = json.loads(out)
     assert report["threads"][0] == report["threads"][1]

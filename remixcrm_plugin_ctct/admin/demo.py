@@ -14,9 +14,10 @@ import time
 from pathlib import Path
 
 from .. import runtime as dispatch
-from ..store import outbox_admin
+from ..config import config_toml
 from ..hookspecs import make_plugin_manager
 from ..sandbox import SANDBOX_CLIENT_ID, SEEDED_LIST_ID, Sandbox
+from ..store import outbox_admin
 
 UNSUBSCRIBED = "lee@example.com"  # the sandbox knows this contact: it unsubscribed long ago
 
@@ -134,21 +135,12 @@ def _describe(kwargs) -> str:
 def _write_config(path: Path, sandbox: Sandbox, dry_run: bool = False) -> None:
     """The config an admin would have after logging in: a token pair, its expiry, the app's id."""
     issued = sandbox.authz.seed()
-    expires = dt.datetime.now(dt.timezone.utc) + dt.timedelta(seconds=issued["expires_in"])
-    path.write_text(
-        "[email_marketing]\n"
-        'provider = "constant_contact"\n\n'
-        "[email_marketing.constant_contact]\n"
-        f'access_token = "{issued["access_token"]}"\n'
-        f'refresh_token = "{issued["refresh_token"]}"\n'
-        f"token_expires_at = {expires.replace(microsecond=0).isoformat().replace('+00:00', 'Z')}\n"
-        f'client_id = "{SANDBOX_CLIENT_ID}"\n'
-        f'list_id = "{SEEDED_LIST_ID}"\n'
-        f'api_base_url = "{sandbox.api_base_url}"\n'
-        f'token_url = "{sandbox.token_url}"\n'
-        f"dry_run = {'true' if dry_run else 'false'}\n",
-        encoding="utf-8",
-    )
+    expires = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=issued["expires_in"])
+    text = config_toml(access_token=issued["access_token"], refresh_token=issued["refresh_token"],
+                       token_expires_at=expires.replace(microsecond=0), client_id=SANDBOX_CLIENT_ID,
+                       list_id=SEEDED_LIST_ID, api_base_url=sandbox.api_base_url, token_url=sandbox.token_url,
+                       dry_run=dry_run)
+    path.write_text(text, encoding="utf-8")
     path.chmod(0o600)
 
 

@@ -1,0 +1,37 @@
+"""Where RemixCRM's config file and this plugin's data dir are."""
+
+import functools
+import os
+from pathlib import Path
+
+import platformdirs
+
+APP_NAME = "remixcrm"
+
+
+@functools.cache
+def _default_config_file() -> str:
+    # cached: platformdirs builds objects on every call, and this runs once per event
+    return os.path.join(platformdirs.user_config_dir(APP_NAME, appauthor=False), "config.toml")
+
+
+def config_file() -> str:
+    """:func:`config_path` as a str: this is on the hook's hot path, and Path() costs microseconds."""
+    return os.environ.get("REMIXCRM_CONFIG") or _default_config_file()
+
+
+def config_path() -> Path:
+    """``$REMIXCRM_CONFIG`` if set, else ``config.toml`` in RemixCRM's platform config dir."""
+    return Path(config_file())
+
+
+def forget_default_location() -> None:
+    """Look the platform config dir up again on next use (after ``XDG_CONFIG_HOME`` and the like changed)."""
+    _default_config_file.cache_clear()
+
+
+def data_dir() -> Path:
+    """This plugin's state dir: ``constant_contact/`` under ``$REMIXCRM_DATA_DIR`` or the
+    platform data dir of RemixCRM. Not created here; whoever writes state creates it 0700."""
+    base = os.environ.get("REMIXCRM_DATA_DIR") or platformdirs.user_data_dir(APP_NAME, appauthor=False)
+    return Path(base, "constant_contact")

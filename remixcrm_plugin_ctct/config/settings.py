@@ -1,0 +1,117 @@
+"""Our table of the config, ``[email_marketing.constant_contact]``: the validated settings (each default
+stated once, here) and how the table is parsed into them."""
+
+import datetime as dt
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from . import values
+from .messages import SECTION, SETTINGS_PATH, show
+
+PROVIDERS = ("constant_contact", "mailchimp", "none")
+DEFAULT_API_BASE_URL = "https://api.cc.email/v3"
+DEFAULT_TOKEN_URL = "https://authz.constantcontact.com/oauth2/default/v1/token"
+ACTIVE, INACTIVE, INVALID = "active", "inactive", "invalid"
+_UUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The ``[email_marketing.constant_contact]`` table, validated. Secrets stay out of repr."""
+
+    list_id: str
+    access_token: str | None = field(default=None, repr=False)
+    refresh_token: str | None = field(default=None, repr=False)
+    token_expires_at: dt.datetime | None = None
+    client_id: str | None = None
+    client_secret: str | None = field(default=None, repr=False)
+    api_base_url: str = DEFAULT_API_BASE_URL
+    token_url: str = DEFAULT_TOKEN_URL
+    max_age_hours: float = 72.0
+    retention_days: float = 30.0
+    requests_per_second: float = 4.0
+    daily_quota: int = 10_000
+    consent_guard: bool = True
+    restore_deleted: bool = False
+    dry_run: bool = False
+
+
+@dataclass(frozen=True)
+class LoadedConfig:
+    """One reading of the file: ``active`` with settings, ``inactive`` or ``invalid`` with why."""
+
+    status: str
+    message: str
+    path: Path
+    settings: Settings | None = None
+
+
+def _defaults(*keys: str) -> dict[str, Any]:
+    return {key: Settings.__dataclass_fields__[key].default for key in keys}
+
+
+# the optional numeric and true/false keys; their defaults are the dataclass's, stated once
+NUMBERS: dict[str, float] = _defaults("max_age_hours", "retention_days", "requests_per_second", "daily_quota")
+SWITCHES: dict[str, bool] = _defaults("consent_guard", "restore_deleted", "dry_run")
+
+
+def section(marketing: dict[str, Any], problems: list[str]) -> dict[str, Any]:
+    """``email_marketing.constant_contact`` of the ``[email_marketing]`` table, {} if absent."""
+    table = marketing.get("constant_contact")
+    if table is None:
+        return {}
+    if not isinstance(table, dict):
+        problems.append(f"{SECTION} must be a table ([{SECTION}] with its keys below it; got {show(table)})")
+        return {}
+    return table
+
+
+def parse_section(table: dict[str, Any], problems: list[str], require_list: bool = True) -> Settings | None:
+    """The settings, or None with what is wrong appended to ``problems``. ``require_list=False``:
+    a missing list is not a problem (``login`` and ``refresh`` need no list), its id is then ""."""
+    said = len(problems)
+    list_id = values.text(table, "list_id", problems)
+    if not require_list:
+        list_id = list_id or ""
+    elif list_id is None:
+        if len(problems) == said:  # (a wrongly typed one is named already)
+            problems.append(
+                f"{SECTION}.list_id is missing: set it in {SETTINGS_PATH} → List ID "
+                "(the list's UUID from Constant Contact)"
+            )
+    elif not _UUID.fullmatch(list_id):
+        problems.append(
+            f"{SECTION}.list_id {show(list_id)} is not a UUID: copy the list's id from Constant Contact "
+            f"into {SETTINGS_PATH} → List ID"
+        )
+    # a missing token is not a config error: `remixcrm-ctct login` may have put one in the token store
+    access_token = values.text(table, "access_token", problems, secret=True, token=True)
+    api_base_url = values.url(
+        values.text(table, "api_base_url", problems) or DEFAULT_API_BASE_URL, "api_base_url", problems
+    )
+    token_url = values.url(values.text(table, "token_url", problems) or DEFAULT_TOKEN_URL, "token_url", problems)
+    expires_at = values.expiry(table.get("token_expires_at"), problems)
+    refresh_token = values.text(table, "refresh_token", problems, secret=True, token=True)
+    client_id = values.text(table, "client_id", problems, token=True)
+    client_secret = values.text(table, "client_secret", problems, secret=True, token=True)
+    numbers = {key: values.number(table, key, default, problems) for key, default in NUMBERS.items()}
+    switches = {key: values.switch(table, key, default, problems) for key, default in SWITCHES.items()}
+    if problems or list_id is None:
+        return None
+    return Settings(
+        list_id,
+        access_token,
+        refresh_token,
+        expires_at,
+        client_id,
+        client_secret,
+        api_base_url,
+        token_url,
+        numbers["max_age_hours"],
+        numbers["retention_days"],
+        numbers["requests_per_second"],
+        int(numbers["daily_quota"]),
+        **switches,
+    )

@@ -1,0 +1,137 @@
+"""Checks of single values of ``[email_marketing.constant_contact]``. Each check appends at most one
+problem (naming the key and the fix) to ``problems`` and returns the value to use."""
+
+import datetime as dt
+import ipaddress
+import math
+import re
+from typing import Any
+from urllib.parse import urlsplit
+
+from .messages import SECTION, SETTINGS_PATH, show
+
+_TOKEN = re.compile(r"[!-~]+")  # printable ASCII, no space
+_URL_CHARS = re.compile(r"[^\x00-\x20\x7f]+")
+# (lowest, highest, what to say). Bounded on both sides: inf, nan or 1e400 would overflow the
+# governor's and the purge's arithmetic later, far from the line that caused it
+_RANGES = {
+    "max_age_hours": (0, 1e6, "a number above 0 and at most 1000000"),
+    "retention_days": (0, 1e6, "a number above 0 and at most 1000000"),
+    "requests_per_second": (0, 1e6, "a number from 0.001 to 1000000"),
+    "daily_quota": (1, 10**12, "a whole number from 1 to 1000000000000"),
+}
+# an expiry outside these years is not a real one (and years past 9999, or before 1 once
+# converted to UTC, crash every date-time conversion later)
+_EARLIEST_EXPIRY = dt.datetime(1970, 1, 1, tzinfo=dt.UTC).timestamp()
+_LATEST_EXPIRY = dt.datetime(9999, 1, 1, tzinfo=dt.UTC).timestamp()
+
+
+def text(
+    section: dict[str, Any], key: str, problems: list[str], secret: bool = False, token: bool = False
+) -> str | None:
+    """An optional string, stripped; None when absent or blank."""
+    value = section.get(key)
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    if not isinstance(value, str):
+        shown = "" if secret else f" (got {show(value)})"
+        problems.append(f"{SECTION}.{key} must be a quoted string{shown}")
+        return None
+    value = value.strip()
+    # tokens, keys and secrets go into HTTP headers and forms: a stray newline, space or
+    # non-ASCII letter (a bad paste) would fail every request, so it is named here instead
+    if token and not _TOKEN.fullmatch(value):
+        shown = "" if secret else f" (got {show(value)})"
+        problems.append(
+            f"{SECTION}.{key} must be one word of printable ASCII characters, no spaces or line breaks"
+            f"{shown}; paste it again in {SETTINGS_PATH}"
+        )
+        return None
+    return value
+
+
+def switch(section: dict[str, Any], key: str, default: bool, problems: list[str]) -> bool:
+    value = section.get(key, default)
+    if not isinstance(value, bool):
+        problems.append(f"{SECTION}.{key} must be true or false (got {show(value)}; default {str(default).lower()})")
+        return default
+    return value
+
+
+def number(section: dict[str, Any], key: str, default: float, problems: list[str]) -> float:
+    value = section.get(key, default)
+    low, high, wanted = _RANGES[key]
+    # comparisons, not float(): they are exact for huge integers, and false for nan
+    ok = not isinstance(value, bool) and isinstance(value, int | float) and low < value <= high
+    if ok and key == "requests_per_second":
+        ok = value >= 0.001  # slower would mean hours between sends, and sleeps too long to schedule
+    if ok and key == "daily_quota":
+        ok = value >= 1 and float(value).is_integer()
+    if not ok:
+        problems.append(f"{SECTION}.{key} must be {wanted} (got {show(value)}; default {default})")
+        return default
+    return value
+
+
+def url(value: str, key: str, problems: list[str]) -> str:
+    """An https:// URL (plain http:// only on loopback), without a trailing slash."""
+    problem = (
+        f"{SECTION}.{key} {show(value)} must be an https:// URL (plain http:// only for 127.0.0.1, ::1 or localhost)"
+    )
+    if not _URL_CHARS.fullmatch(value):
+        problems.append(f"{problem}, without spaces, line breaks or other control characters")
+        return value
+    try:
+        parts = urlsplit(value)
+        host, _port = parts.hostname, parts.port  # .port raises for a port out of range
+    except ValueError as e:  # e.g. "http://[::1/v3": an unclosed IPv6 bracket
+        problems.append(f"{problem}; it cannot be parsed ({e})")
+        return value
+    if parts.username is not None or parts.password is not None:
+        # it would be logged with every "sync is on" line: no user name or password in it
+        problems.append(f"{SECTION}.{key} must not contain a user name or password")
+        return value
+    if parts.scheme == "https" and host:
+        return value.rstrip("/")
+    if parts.scheme == "http" and _is_loopback(host):
+        return value.rstrip("/")
+    problems.append(problem)
+    return value
+
+
+def _is_loopback(host: str | None) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host or "").is_loopback
+    except ValueError:
+        return False
+
+
+def expiry(value: Any, problems: list[str]) -> dt.datetime | None:
+    """``token_expires_at``: a TOML date-time or an RFC 3339 string; one without offset is UTC."""
+    if value is None or value == "":
+        return None
+    raw = value
+    if isinstance(value, str):
+        try:
+            value = dt.datetime.fromisoformat(value.strip())
+        except ValueError:
+            value = None
+    if not isinstance(value, dt.datetime):
+        problems.append(f"{SECTION}.token_expires_at must be a date-time such as 2026-11-27T19:00:00Z")
+        return None
+    # a local date-time without offset: RemixCRM writes UTC, so read it as UTC
+    value = value if value.tzinfo else value.replace(tzinfo=dt.UTC)
+    try:
+        when = value.timestamp()
+    except (OverflowError, ValueError, OSError):
+        when = math.nan
+    if not _EARLIEST_EXPIRY <= when < _LATEST_EXPIRY:
+        shown = raw.isoformat() if isinstance(raw, dt.datetime) else show(raw)
+        problems.append(
+            f"{SECTION}.token_expires_at {shown} is not a real expiry (it must lie between the years 1970 "
+            f"and 9998); leave it out if unknown, or run `remixcrm-ctct login` to get a fresh token"
+        )
+        return None
+    return value

@@ -4,8 +4,8 @@ import dataclasses
 import re
 from pathlib import Path
 
-from remixcrm_plugin_ctct.admin import cli
 from remixcrm_plugin_ctct import config
+from remixcrm_plugin_ctct.admin import cli
 
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text(encoding="utf-8")

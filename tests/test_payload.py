@@ -1,3 +1,4 @@
+import importlib
 import logging
 import os
 from pathlib import Path
@@ -252,9 +253,14 @@ def _vendor_spec() -> Path | None:
 
 def test_we_send_only_fields_the_vendor_schema_defines_within_its_limits():
     spec_path = _vendor_spec()
+    in_ci = os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
     if spec_path is None:
-        pytest.skip("vendor swagger.yaml not found beside the checkout (set CTCT_SWAGGER)")
-    yaml = pytest.importorskip("yaml")
+        # CI lays ../shared beside the checkout: missing there means the check silently stopped running
+        why = "vendor swagger.yaml not found beside the checkout (../shared/ctct-openapi/, or set CTCT_SWAGGER)"
+        if in_ci:
+            pytest.fail(f"{why}; CI must check the payload against the vendor schema")
+        pytest.skip(why)
+    yaml = importlib.import_module("yaml") if in_ci else pytest.importorskip("yaml")
     schema = yaml.safe_load(spec_path.read_text(encoding="utf-8"))["definitions"]["ContactCreateOrUpdateInput"]
     props = schema["properties"]
     assert set(body_for(FULL)) <= set(props)

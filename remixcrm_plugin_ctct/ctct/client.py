@@ -1,6 +1,6 @@
 """The one place that talks HTTP to Constant Contact's V3 API.
 
-One lazily created ``requests.Session`` is shared by every sender thread (connection reuse),
+One lazily created ``requests.Session`` is shared by every delivery thread (connection reuse),
 every call carries explicit (connect, read) timeouts, and the Authorization header is set
 per call and never logged or put into an exception.
 """

@@ -87,7 +87,7 @@ class TokenManager:
     def _after_fork(self) -> None:
         self._lock = threading.Lock()  # a parent thread may have held it at fork time
 
-    # --- what the sender calls ---
+    # --- what delivery calls ---
     def access_token(self, settings: Settings) -> str:
         """A token good for the next call; refreshes first when the expiry is unknown or near."""
         state = self.state(settings)

@@ -92,10 +92,11 @@ def test_secrets_stay_out_of_reprs_and_errors(mocked):
     assert_no_secrets(repr(client()) + repr(info.value) + "".join(traceback.format_exception(info.value)))
 
 
-def test_one_session_is_shared_and_made_lazily():
+def test_one_session_is_shared_until_reset():
+    first = api_client.session()
+    assert api_client.session() is first
     api_client.reset_session()
-    assert api_client._session is None
-    assert api_client.session() is api_client.session()
+    assert api_client.session() is not first
 
 
 def test_error_text_is_redacted_where_the_error_is_built(mocked):

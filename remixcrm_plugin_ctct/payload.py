@@ -32,27 +32,12 @@ _BY_HAND = (
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s.]+(\.[^@\s.]+)+$")
 # email_opt_in as hosts spell it (SQLite-backed hosts store booleans as 0/1); compared stripped, lower-case
 _OPT_IN_WORDS = {
-    "1": True,
-    "true": True,
-    "yes": True,
-    "y": True,
-    "on": True,
-    "t": True,
-    "0": False,
-    "false": False,
-    "no": False,
-    "n": False,
-    "off": False,
-    "f": False,
+    **dict.fromkeys(("1", "true", "yes", "y", "on", "t"), True),
+    **dict.fromkeys(("0", "false", "no", "n", "off", "f"), False),
     # not asked for by anyone yet, but plainly a "no": reading them as unknown could push
-    "nope": False,
-    "never": False,
-    "declined": False,
-    "unsubscribed": False,
-    "opt-out": False,
-    "opted-out": False,
-    "optout": False,
-    "opted out": False,
+    **dict.fromkeys(
+        ("nope", "never", "declined", "unsubscribed", "opt-out", "opted-out", "optout", "opted out"), False
+    ),
 }
 _OPT_IN_FIX = "set it to true or false in RemixCRM"
 # shown as they are in a log line; anything else is quoted and escaped, so it cannot pose as log text

@@ -22,6 +22,7 @@ import json
 import re
 import threading
 import uuid
+from typing import Any
 
 from .contacts import UUID_RE, ContactsApi, iso
 from .faults import Faults
@@ -33,45 +34,17 @@ MAX_QUEUED = 1_000  # "You exceeded 1,000 queued activities for this user accoun
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 _ANNIVERSARY = re.compile(r"^(\d{1,2}[/-]\d{1,2}[/-]\d{4}|\d{4}[/-]\d{1,2}[/-]\d{1,2})$")
 # JsonImportContact's string properties with their maxLength (the spec spells "home country" with a space)
+# fmt: off
 _FIELDS = {
-    "email": 50,
-    "first_name": 50,
-    "last_name": 50,
-    "job_title": 50,
-    "company_name": 50,
-    "anniversary": 10,
-    "phone": 50,
-    "home_phone": 50,
-    "work_phone": 50,
-    "mobile_phone": 50,
-    "other_phone": 50,
-    "street": 255,
-    "street2": 255,
-    "city": 50,
-    "state": 50,
-    "zip": 50,
-    "country": 50,
-    "home_street": 255,
-    "home_street2": 255,
-    "home_city": 50,
-    "home_state": 50,
-    "home_zip": 50,
-    "home country": 50,
-    "work_street": 255,
-    "work_street2": 255,
-    "work_city": 50,
-    "work_state": 50,
-    "work_zip": 50,
-    "work_country": 50,
-    "other_street": 255,
-    "other_street2": 255,
-    "other_city": 50,
-    "other_state": 50,
-    "other_zip": 50,
-    "other_country": 50,
-    "sms_number": 16,
-    "sms_consent_date": 16,
+    "email": 50, "first_name": 50, "last_name": 50, "job_title": 50, "company_name": 50, "anniversary": 10,
+    "phone": 50, "home_phone": 50, "work_phone": 50, "mobile_phone": 50, "other_phone": 50,
+    "street": 255, "street2": 255, "city": 50, "state": 50, "zip": 50, "country": 50,
+    "home_street": 255, "home_street2": 255, "home_city": 50, "home_state": 50, "home_zip": 50, "home country": 50,
+    "work_street": 255, "work_street2": 255, "work_city": 50, "work_state": 50, "work_zip": 50, "work_country": 50,
+    "other_street": 255, "other_street2": 255, "other_city": 50, "other_state": 50, "other_zip": 50,
+    "other_country": 50, "sms_number": 16, "sms_consent_date": 16,
 }
+# fmt: on
 # stored under the names sign_up_form uses, so a contact looks the same whichever lane it came by
 _STORED_AS = {"phone": "phone_number"}
 
@@ -104,22 +77,12 @@ class Imports:
             return _bad(404, f"list {unknown[0]} was not found", "contacts.api.not_found")
         now = self.contacts.clock()
         activity_id = str(uuid.uuid4())
-        public = {
-            "activity_id": activity_id,
-            "state": "initialized",
-            "created_at": iso(now),
-            "updated_at": iso(now),
-            "percent_done": 0,
-            "activity_errors": [],
-            "status": {
-                "items_total_count": len(body["import_data"]),
-                "person_count": 0,
-                "error_count": 0,
-                "correctable_count": 0,
-                "cannot_add_to_list_count": 0,
-            },
-            "_links": {"self": {"href": f"/v3/activities/{activity_id}"}},
-        }
+        counts = ("person_count", "error_count", "correctable_count", "cannot_add_to_list_count")
+        status = {"items_total_count": len(body["import_data"]), **dict.fromkeys(counts, 0)}
+        public: dict[str, Any] = {"activity_id": activity_id, "state": "initialized"}
+        stamp = iso(now)
+        public |= {"created_at": stamp, "updated_at": stamp, "percent_done": 0, "activity_errors": [], "status": status}
+        public["_links"] = {"self": {"href": f"/v3/activities/{activity_id}"}}
         with self._lock:
             queued = sum(a["public"]["state"] in ("initialized", "processing") for a in self.activities.values())
             if queued >= MAX_QUEUED:

@@ -21,23 +21,9 @@ from typing import Any
 SEEDED_LIST_ID = "1d0c1bd5-7e5a-4d0e-9b64-5ad1c4b3f001"
 UUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$", re.I)
 # ContactCreateOrUpdateInput's string fields we model, with maxLength from the vendor spec
-_LIMITS = {
-    "email_address": 50,
-    "first_name": 50,
-    "last_name": 50,
-    "job_title": 50,
-    "company_name": 50,
-    "phone_number": 25,
-}
-_OTHER_SCHEMA_FIELDS = {
-    "list_memberships",
-    "custom_fields",
-    "anniversary",
-    "birthday_month",
-    "birthday_day",
-    "street_address",
-    "sms_channel",
-}
+_LIMITS = dict(email_address=50, first_name=50, last_name=50, job_title=50, company_name=50, phone_number=25)
+_OTHER_SCHEMA_FIELDS = {"list_memberships", "custom_fields", "anniversary", "birthday_month", "birthday_day"}
+_OTHER_SCHEMA_FIELDS |= {"street_address", "sms_channel"}
 # GET /contacts?status= values (the spec's enum); "active" is everyone not deleted and not opted out
 STATUSES = {"all", "active", "deleted", "not_set", "pending_confirmation", "temp_hold", "unsubscribed"}
 

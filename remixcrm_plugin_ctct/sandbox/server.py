@@ -18,6 +18,8 @@ from .faults import Faults
 SEEDED_TOKEN = "sandbox-access-token"  # a static token that never expires (tests, benchmarks)
 OAUTH_PREFIX = "/oauth2/default/v1"
 _UNAUTHORIZED = {"error_key": "unauthorized", "error_message": "Unauthorized"}
+_NO_SCOPE = [{"error_key": "forbidden", "error_message": "The token does not have the contact_data scope"}]
+_NOT_JSON = [{"error_key": "unsupported_media_type", "error_message": "Content-Type must be application/json"}]
 _IMPORT_PATH = "/v3/activities/contacts_json_import"
 # GET /account/user/privileges in the spec's UserPrivilegesResource shape (ids are the sandbox's own)
 PRIVILEGES = [
@@ -174,14 +176,9 @@ def _handler(sandbox: Sandbox) -> type[BaseHTTPRequestHandler]:
             if self._fault() or not self._bearer_ok():
                 return
             if not sandbox.authz.has_scope(self._token(), "contact_data"):
-                return self._reply(
-                    403, [{"error_key": "forbidden", "error_message": "The token does not have the contact_data scope"}]
-                )
+                return self._reply(403, _NO_SCOPE)
             if not (self.headers.get("Content-Type") or "").startswith("application/json"):
-                return self._reply(
-                    415,
-                    [{"error_key": "unsupported_media_type", "error_message": "Content-Type must be application/json"}],
-                )
+                return self._reply(415, _NOT_JSON)
             if url.path == _IMPORT_PATH:
                 return self._reply(*sandbox.imports.create(raw))
             try:
@@ -190,14 +187,8 @@ def _handler(sandbox: Sandbox) -> type[BaseHTTPRequestHandler]:
                 return self._reply(400, [{"error_key": "json.parse.error", "error_message": "malformed JSON"}])
             status, answer = sandbox.api.sign_up(body)
             with sandbox._calls_lock:
-                sandbox.calls.append(
-                    {
-                        "email": str(body.get("email_address", "")).lower(),
-                        "start": started,
-                        "end": time.monotonic(),
-                        "status": status,
-                    }
-                )
+                email = str(body.get("email_address", "")).lower()
+                sandbox.calls.append({"email": email, "start": started, "end": time.monotonic(), "status": status})
             self._reply(status, answer)
 
         def do_GET(self) -> None:
@@ -243,9 +234,7 @@ def _handler(sandbox: Sandbox) -> type[BaseHTTPRequestHandler]:
             if url.path == "/v3/account/user/privileges":  # no scope needed: the cheapest "is this token alive"
                 return self._reply(200, PRIVILEGES)
             if not sandbox.authz.has_scope(self._token(), "contact_data"):
-                return self._reply(
-                    403, [{"error_key": "forbidden", "error_message": "The token does not have the contact_data scope"}]
-                )
+                return self._reply(403, _NO_SCOPE)
             if url.path == "/v3/contacts":
                 return self._reply(*sandbox.api.query(query))
             if url.path.startswith("/v3/activities/"):

@@ -9,6 +9,8 @@ status=all``) and push only when that cannot re-subscribe or restore anyone.
 
 from typing import NamedTuple
 
+from .config import Settings
+
 UNSUBSCRIBED = "skipped: unsubscribed"
 DELETED = "skipped: deleted in Constant Contact"
 DECLINED = "skipped: declined marketing email"
@@ -20,13 +22,13 @@ class Verdict(NamedTuple):
     exists: bool | None  # None: not looked up
 
 
-def needs_lookup(email_opt_in, settings) -> bool:
+def needs_lookup(email_opt_in: bool | None, settings: Settings) -> bool:
     """Explicit consent goes straight through; everything else is looked up first (and a dry
     run always looks, to predict created vs updated: lookups are read-only)."""
     return settings.dry_run or (settings.consent_guard and email_opt_in is not True)
 
 
-def decide(found: dict | None, email_opt_in, restore_deleted: bool) -> Verdict:
+def decide(found: dict | None, email_opt_in: bool | None, restore_deleted: bool) -> Verdict:
     """``found``: the contact as ``GET /contacts`` returns it (email_address an object), or None."""
     if email_opt_in is False:
         return Verdict(False, DECLINED, found is not None if found is not None else None)

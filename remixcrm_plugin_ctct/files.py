@@ -25,6 +25,12 @@ def ensure_private_dir(path: Path | str) -> Path:
         except OSError as e:
             if str(path) not in _warned:
                 _warned.add(str(path))
-                log.warning("the plugin's directory %s is open to other users (mode %o) and could not be tightened (%s); "
-                            "run `chmod 700 %s` as its owner: it holds tokens and contacts", path, stat.S_IMODE(st.st_mode), e, path)
+                log.warning(
+                    "the plugin's directory %s is open to other users (mode %o) and could not be tightened (%s); "
+                    "run `chmod 700 %s` as its owner: it holds tokens and contacts",
+                    path,
+                    stat.S_IMODE(st.st_mode),
+                    e,
+                    path,
+                )
     return path

@@ -18,8 +18,9 @@ import os
 import sys
 import threading
 import weakref
+from collections.abc import Callable
 from types import ModuleType
-from typing import Any, Callable
+from typing import Any
 
 log = logging.getLogger("remixcrm_plugin_ctct")
 
@@ -39,7 +40,7 @@ def after_fork_in_child(callback: Callable[[], None]) -> None:
     if isinstance(callback, type(after_fork_in_child)) or not hasattr(callback, "__self__"):
         ref: Callable[[], Callable[[], None] | None] = lambda: callback  # noqa: E731
     else:
-        ref = weakref.WeakMethod(callback)  # type: ignore[arg-type]
+        ref = weakref.WeakMethod(callback)
     with _lock:
         _callbacks.append(ref)
         _register_locked()

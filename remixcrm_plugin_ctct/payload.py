@@ -25,14 +25,20 @@ TEXT_FIELDS = {
 }
 # deliberately loose: Constant Contact is the judge of deliverability; we only refuse
 # what can never be an address (and would come back as a 400 that no retry fixes)
-_BY_HAND = "fix the address in RemixCRM, then add the client to the list in Constant Contact by hand: editing a client fires no hook"
+_BY_HAND = (
+    "fix the address in RemixCRM, then add the client to the list in Constant Contact by hand: "
+    "editing a client fires no hook"
+)
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s.]+(\.[^@\s.]+)+$")
 # email_opt_in as hosts spell it (SQLite-backed hosts store booleans as 0/1); compared stripped, lower-case
-_OPT_IN_WORDS = {"1": True, "true": True, "yes": True, "y": True, "on": True, "t": True,
-                 "0": False, "false": False, "no": False, "n": False, "off": False, "f": False,
-                 # not asked for by anyone yet, but plainly a "no": reading them as unknown could push
-                 "nope": False, "never": False, "declined": False, "unsubscribed": False,
-                 "opt-out": False, "opted-out": False, "optout": False, "opted out": False}
+_OPT_IN_WORDS = {
+    **dict.fromkeys(("1", "true", "yes", "y", "on", "t"), True),
+    **dict.fromkeys(("0", "false", "no", "n", "off", "f"), False),
+    # not asked for by anyone yet, but plainly a "no": reading them as unknown could push
+    **dict.fromkeys(
+        ("nope", "never", "declined", "unsubscribed", "opt-out", "opted-out", "optout", "opted out"), False
+    ),
+}
 _OPT_IN_FIX = "set it to true or false in RemixCRM"
 # shown as they are in a log line; anything else is quoted and escaped, so it cannot pose as log text
 _PLAIN = re.compile(r"[\w.@:+#*/-]+")
@@ -131,8 +137,12 @@ def an_id(raw, lead_of: str | None = None) -> str:
     if len(text) > ID_MAX:
         cut = text[:ID_MAX]
         whose = "client" if lead_of is None else f"client {shown(lead_of)}: lead"
-        log.warning("%s id %s is recorded cut to its first %d characters (RemixCRM ids should be short)",
-                    whose, shown(text), ID_MAX)
+        log.warning(
+            "%s id %s is recorded cut to its first %d characters (RemixCRM ids should be short)",
+            whose,
+            shown(text),
+            ID_MAX,
+        )
         text = cut
     return text
 
@@ -184,9 +194,13 @@ def contact_from_client(client) -> Contact | Skipped:
     raw_opt_in = get("email_opt_in")
     opt_in, understood = opt_in_from(raw_opt_in)
     if not understood:
-        log.warning("client %s: email_opt_in is a %s that means neither yes nor no (use true/false, yes/no or 1/0); "
-                    "treated as unknown consent, never as consent: %s", shown(client_id), type(raw_opt_in).__name__,
-                    _OPT_IN_FIX)
+        log.warning(
+            "client %s: email_opt_in is a %s that means neither yes nor no (use true/false, yes/no or 1/0); "
+            "treated as unknown consent, never as consent: %s",
+            shown(client_id),
+            type(raw_opt_in).__name__,
+            _OPT_IN_FIX,
+        )
     raw_email = get("email")
     email = raw_email.strip() if isinstance(raw_email, str) else ""
     valid = email and len(email) <= EMAIL_MAX and _EMAIL.match(email) and _encodable(email)
@@ -195,9 +209,13 @@ def contact_from_client(client) -> Contact | Skipped:
     if not email:
         return Skipped(client_id, f"client {shown(client_id)} has no email address; not sent ({_BY_HAND})")
     if not valid:
-        why = (f"is longer than {EMAIL_MAX} characters, Constant Contact's limit" if len(email) > EMAIL_MAX
-               else "is not a valid address" if _encodable(email)
-               else "is not a valid address (it holds a broken character, a lone UTF-16 surrogate)")
+        why = (
+            f"is longer than {EMAIL_MAX} characters, Constant Contact's limit"
+            if len(email) > EMAIL_MAX
+            else "is not a valid address"
+            if _encodable(email)
+            else "is not a valid address (it holds a broken character, a lone UTF-16 surrogate)"
+        )
         masked = shown(mask_email(email))
         return Skipped(client_id, f"client {shown(client_id)}: email {masked} {why}; not sent ({_BY_HAND})")
 
@@ -210,8 +228,13 @@ def contact_from_client(client) -> Contact | Skipped:
         if not value:
             continue
         if len(value) > limit:
-            log.warning("client %s: %s is %d characters, Constant Contact allows %d; sending it truncated",
-                        shown(client_id), client_key, len(value), limit)
+            log.warning(
+                "client %s: %s is %d characters, Constant Contact allows %d; sending it truncated",
+                shown(client_id),
+                client_key,
+                len(value),
+                limit,
+            )
             value = value[:limit].rstrip()
         fields[body_key] = clean_text(value)
     return Contact(client_id, email, fields, opt_in)

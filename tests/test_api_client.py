@@ -3,11 +3,11 @@ import traceback
 
 import pytest
 import requests
-
 from conftest import ACCESS_TOKEN, API, LIST_ID, SIGN_UP_URL, assert_no_secrets
+
 from remixcrm_plugin_ctct.ctct import client as api_client
-from remixcrm_plugin_ctct.delivery import retry_policy
 from remixcrm_plugin_ctct.ctct.client import ApiError, CtctClient
+from remixcrm_plugin_ctct.delivery import retry_policy
 
 BODY = {"email_address": "ada@example.com", "list_memberships": [LIST_ID]}
 
@@ -37,10 +37,25 @@ def test_request_carries_json_token_user_agent_and_timeouts(mocked):
 @pytest.mark.parametrize(
     "status, kwargs, key, message",
     [
-        (400, {"json": [{"error_key": "json.field.invalid", "error_message": "list_memberships is required"}]}, "json.field.invalid", "list_memberships is required"),
-        (400, {"json": [{"error_key": "a", "error_message": "one"}, {"error_key": "b", "error_message": "two"}]}, "a", "one (+1 more)"),
+        (
+            400,
+            {"json": [{"error_key": "json.field.invalid", "error_message": "list_memberships is required"}]},
+            "json.field.invalid",
+            "list_memberships is required",
+        ),
+        (
+            400,
+            {"json": [{"error_key": "a", "error_message": "one"}, {"error_key": "b", "error_message": "two"}]},
+            "a",
+            "one (+1 more)",
+        ),
         (401, {"json": {"error_key": "unauthorized", "error_message": "Unauthorized"}}, "unauthorized", "Unauthorized"),
-        (429, {"json": {"error_key": "throttled", "error_message": "Too Many Requests"}}, "throttled", "Too Many Requests"),
+        (
+            429,
+            {"json": {"error_key": "throttled", "error_message": "Too Many Requests"}},
+            "throttled",
+            "Too Many Requests",
+        ),
         (502, {"body": "<html>Bad Gateway</html>"}, "http_502", "<html>Bad Gateway</html>"),
         (503, {"body": ""}, "http_503", "Service Unavailable"),
     ],
@@ -52,7 +67,10 @@ def test_error_bodies_of_every_shape(mocked, status, kwargs, key, message):
     assert (info.value.status, info.value.error_key, info.value.error_message) == (status, key, message)
 
 
-@pytest.mark.parametrize("exc, key", [(requests.ConnectionError("reset by peer"), "connection_error"), (requests.ReadTimeout("slow"), "timeout")])
+@pytest.mark.parametrize(
+    "exc, key",
+    [(requests.ConnectionError("reset by peer"), "connection_error"), (requests.ReadTimeout("slow"), "timeout")],
+)
 def test_transport_failures_become_api_errors(mocked, exc, key):
     mocked.post(SIGN_UP_URL, body=exc)
     with pytest.raises(ApiError) as info:
@@ -74,10 +92,11 @@ def test_secrets_stay_out_of_reprs_and_errors(mocked):
     assert_no_secrets(repr(client()) + repr(info.value) + "".join(traceback.format_exception(info.value)))
 
 
-def test_one_session_is_shared_and_made_lazily():
+def test_one_session_is_shared_until_reset():
+    first = api_client.session()
+    assert api_client.session() is first
     api_client.reset_session()
-    assert api_client._session is None
-    assert api_client.session() is api_client.session()
+    assert api_client.session() is not first
 
 
 def test_error_text_is_redacted_where_the_error_is_built(mocked):

@@ -6,11 +6,12 @@ import logging
 import time
 
 import pytest
+from conftest import ACCESS_TOKEN, CLIENT_SECRET, RAW, REFRESH_TOKEN, SIGN_UP_URL, assert_no_secrets
 
-from conftest import ACCESS_TOKEN, CLIENT_SECRET, REFRESH_TOKEN, RAW, SIGN_UP_URL, assert_no_secrets
-from remixcrm_plugin_ctct import config, runtime as dispatch, flush
-from remixcrm_plugin_ctct.ctct.token_manager import NeedsReauth, TokenManager
+from remixcrm_plugin_ctct import config, flush
+from remixcrm_plugin_ctct import runtime as dispatch
 from remixcrm_plugin_ctct.ctct.oauth import Tokens
+from remixcrm_plugin_ctct.ctct.token_manager import NeedsReauth, TokenManager
 from remixcrm_plugin_ctct.store.tokens import TokenStore
 
 TOKEN_URL = "https://authz.constantcontact.com/oauth2/default/v1/token"
@@ -19,7 +20,12 @@ LATER = RAW("2099-01-01T00:00:00Z")
 
 
 def issued(n: int, expires_in=86400) -> dict:
-    return {"access_token": f"access-{n}", "refresh_token": f"refresh-{n}", "expires_in": expires_in, "token_type": "Bearer"}
+    return {
+        "access_token": f"access-{n}",
+        "refresh_token": f"refresh-{n}",
+        "expires_in": expires_in,
+        "token_type": "Bearer",
+    }
 
 
 class Sleeps:
@@ -51,7 +57,9 @@ def test_a_fresh_token_is_used_without_calling_the_endpoint(setup, mocked):
     assert len(mocked.calls) == 0
 
 
-@pytest.mark.parametrize("expiry", [SOON, None, RAW((dt.datetime.now(dt.timezone.utc) + dt.timedelta(minutes=4)).strftime("%Y-%m-%dT%H:%M:%SZ"))])
+@pytest.mark.parametrize(
+    "expiry", [SOON, None, RAW((dt.datetime.now(dt.UTC) + dt.timedelta(minutes=4)).strftime("%Y-%m-%dT%H:%M:%SZ"))]
+)
 def test_expired_unknown_or_near_expiry_refreshes_first(setup, mocked, expiry):
     mocked.post(TOKEN_URL, json=issued(1))
     settings, manager = setup(token_expires_at=expiry)
@@ -116,13 +124,19 @@ def test_another_process_already_refreshed(setup, mocked):
     settings, manager = setup(token_expires_at=LATER)
     manager.access_token(settings)  # seeds the store from the config
     # another process refreshed meanwhile: its pair is in the store
-    manager.store.write(manager.store.read().with_(access_token="theirs", refresh_token="their-refresh", expires_at=time.time() + 86400))
+    manager.store.write(
+        manager.store.read().with_(access_token="theirs", refresh_token="their-refresh", expires_at=time.time() + 86400)
+    )
     assert manager.after_unauthorized(settings, rejected=ACCESS_TOKEN) == "theirs"
     assert len(mocked.calls) == 0  # and the endpoint was not called: their refresh token stays valid
 
 
 def test_invalid_grant_means_needs_reauthorisation_once_and_no_more_calls(setup, mocked, logs):
-    mocked.post(TOKEN_URL, status=400, json={"error": "invalid_grant", "error_description": "The refresh token is invalid or expired."})
+    mocked.post(
+        TOKEN_URL,
+        status=400,
+        json={"error": "invalid_grant", "error_description": "The refresh token is invalid or expired."},
+    )
     settings, manager = setup(token_expires_at=SOON)
     for _ in range(3):
         with pytest.raises(NeedsReauth):
@@ -130,7 +144,10 @@ def test_invalid_grant_means_needs_reauthorisation_once_and_no_more_calls(setup,
     assert len(mocked.calls) == 1
     errors = [r.getMessage() for r in logs.records if r.levelno == logging.ERROR]
     assert len(errors) == 1
-    assert "needs re-authorisation" in errors[0] and "run `remixcrm-ctct login`, or paste a new access and refresh token in Settings" in errors[0]
+    assert (
+        "needs re-authorisation" in errors[0]
+        and "run `remixcrm-ctct login`, or paste a new access and refresh token in Settings" in errors[0]
+    )
     assert_no_secrets(logs.text)
 
 
@@ -139,7 +156,11 @@ def test_invalid_grant_after_someone_else_rotated_uses_their_tokens(setup, mocke
 
     def rotated_elsewhere(request):
         # e.g. `remixcrm-ctct login` in another process wrote a new pair while we were asking
-        manager.store.write(manager.store.read().with_(access_token="theirs", refresh_token="their-refresh", expires_at=time.time() + 86400))
+        manager.store.write(
+            manager.store.read().with_(
+                access_token="theirs", refresh_token="their-refresh", expires_at=time.time() + 86400
+            )
+        )
         return 400, {}, json.dumps({"error": "invalid_grant"})
 
     mocked.add_callback("POST", TOKEN_URL, callback=rotated_elsewhere)

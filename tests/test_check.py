@@ -4,8 +4,8 @@ import json
 import time
 
 import pytest
-
 from conftest import RAW, assert_no_secrets
+
 from remixcrm_plugin_ctct.admin import cli
 from remixcrm_plugin_ctct.ctct.token_manager import describe_expiry
 from remixcrm_plugin_ctct.sandbox import SANDBOX_CLIENT_ID, SEEDED_LIST_ID, Sandbox
@@ -15,9 +15,15 @@ OTHER_LIST = "00000000-0000-4000-8000-000000000000"
 
 def setup(write_config, sandbox, expired=False, **values):
     pair = sandbox.authz.seed(expired=expired)
-    keys = {"access_token": pair["access_token"], "refresh_token": pair["refresh_token"], "client_id": SANDBOX_CLIENT_ID,
-            "client_secret": None, "token_url": sandbox.token_url, "api_base_url": sandbox.api_base_url,
-            "token_expires_at": RAW("2000-01-01T00:00:00Z" if expired else "2099-01-01T00:00:00Z")}
+    keys = {
+        "access_token": pair["access_token"],
+        "refresh_token": pair["refresh_token"],
+        "client_id": SANDBOX_CLIENT_ID,
+        "client_secret": None,
+        "token_url": sandbox.token_url,
+        "api_base_url": sandbox.api_base_url,
+        "token_expires_at": RAW("2000-01-01T00:00:00Z" if expired else "2099-01-01T00:00:00Z"),
+    }
     write_config(**{**keys, **values})
     return pair
 
@@ -33,8 +39,18 @@ def test_a_good_setup_passes_and_shows_the_list(write_config, capsys):
         pair = setup(write_config, sandbox)
         code, out = check(capsys)
     assert code == 0 and "sending would work" in out
-    for line in ("✓ provider selected", "✓ list id", "✓ token present", "✓ token works", "✓ scopes", "✓ list exists: 'RemixCRM clients', 0 member(s)",
-                 "✓ access-token expiry", "✓ refresh possible", "✓ data dir writable", "✓ outbox: 0 pending, 0 dead"):
+    for line in (
+        "✓ provider selected",
+        "✓ list id",
+        "✓ token present",
+        "✓ token works",
+        "✓ scopes",
+        "✓ list exists: 'RemixCRM clients', 0 member(s)",
+        "✓ access-token expiry",
+        "✓ refresh possible",
+        "✓ data dir writable",
+        "✓ outbox: 0 pending, 0 dead",
+    ):
         assert line in out, line
     assert pair["access_token"] not in out and pair["refresh_token"] not in out
     assert_no_secrets(out)
@@ -46,20 +62,33 @@ def test_json_for_machines(write_config, capsys):
         code, out = check(capsys, "--json")
     report = json.loads(out)
     assert code == 0 and report["ok"] is True
-    assert {c["name"] for c in report["checks"]} >= {"provider selected", "token works", "list exists", "refresh possible"}
+    assert {c["name"] for c in report["checks"]} >= {
+        "provider selected",
+        "token works",
+        "list exists",
+        "refresh possible",
+    }
 
 
-@pytest.mark.parametrize("broken, line", [
-    ("wrong list", "✗ list exists: no list 00000000-0000-4000-8000-000000000000 in this account"),
-    ("deleted list", "✗ list exists: list 'RemixCRM clients' was deleted"),
-    ("expired token, no refresh", "✗ token works: rejected (401) and refresh failed"),
-    ("revoked refresh", "✗ token works: rejected (401) and refresh failed: constant contact refused the refresh token"),
-    ("missing scope", "✗ scopes: the token may not read lists"),
-    ("provider mailchimp", "✗ provider selected: provider is 'mailchimp'"),
-    ("no token", "✗ token present: no access token in the config or the token store"),
-])
+@pytest.mark.parametrize(
+    "broken, line",
+    [
+        ("wrong list", "✗ list exists: no list 00000000-0000-4000-8000-000000000000 in this account"),
+        ("deleted list", "✗ list exists: list 'RemixCRM clients' was deleted"),
+        ("expired token, no refresh", "✗ token works: rejected (401) and refresh failed"),
+        (
+            "revoked refresh",
+            "✗ token works: rejected (401) and refresh failed: constant contact refused the refresh token",
+        ),
+        ("missing scope", "✗ scopes: the token may not read lists"),
+        ("provider mailchimp", "✗ provider selected: provider is 'mailchimp'"),
+        ("no token", "✗ token present: no access token in the config or the token store"),
+    ],
+)
 def test_each_broken_setup_gives_its_line_and_a_failing_exit_code(write_config, capsys, broken, line):
-    with Sandbox(access_token=None, scope="offline_access" if broken == "missing scope" else "contact_data offline_access") as sandbox:
+    with Sandbox(
+        access_token=None, scope="offline_access" if broken == "missing scope" else "contact_data offline_access"
+    ) as sandbox:
         if broken == "wrong list":
             setup(write_config, sandbox, list_id=OTHER_LIST)
         elif broken == "deleted list":
@@ -107,11 +136,18 @@ def test_an_absurd_expiry_from_the_token_endpoint_is_described_not_a_crash(write
     assert "! access-token expiry: expires at an impossible time (1000000000000 s after 1970" in out
 
 
-@pytest.mark.parametrize("expires_at, expected", [
-    (None, "an unknown time"), (float("nan"), "an unknown time"), (float("inf"), "an unknown time"),
-    (253402300800.0, "an impossible time"), (1e300, "an impossible time"), (-1e20, "an impossible time"),
-    (253402300799.0, "9999-12-31T23:59:59Z (in "),
-])
+@pytest.mark.parametrize(
+    "expires_at, expected",
+    [
+        (None, "an unknown time"),
+        (float("nan"), "an unknown time"),
+        (float("inf"), "an unknown time"),
+        (253402300800.0, "an impossible time"),
+        (1e300, "an impossible time"),
+        (-1e20, "an impossible time"),
+        (253402300799.0, "9999-12-31T23:59:59Z (in "),
+    ],
+)
 def test_describe_expiry_never_raises(expires_at, expected):
     assert describe_expiry(expires_at).startswith(expected)
 

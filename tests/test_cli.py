@@ -13,7 +13,12 @@ SCRIPT = Path(sys.executable).parent / "remixcrm-ctct"
 
 def run(args, tmp_path, via_script=True):
     # a throwaway HOME: the demo must never read or write the user's real config or data
-    env = {**os.environ, "HOME": str(tmp_path / "home"), "XDG_CONFIG_HOME": str(tmp_path / "home" / ".config"), "XDG_DATA_HOME": str(tmp_path / "home" / ".local")}
+    env = {
+        **os.environ,
+        "HOME": str(tmp_path / "home"),
+        "XDG_CONFIG_HOME": str(tmp_path / "home" / ".config"),
+        "XDG_DATA_HOME": str(tmp_path / "home" / ".local"),
+    }
     for var in ("REMIXCRM_CONFIG", "REMIXCRM_DATA_DIR"):
         env.pop(var, None)
     command = [str(SCRIPT)] if via_script else [sys.executable, "-m", "remixcrm_plugin_ctct"]

@@ -4,12 +4,13 @@ restores exactly as Constant Contact documents."""
 import itertools
 
 import pytest
-
 from conftest import ACCESS_TOKEN, RAW
+
+from remixcrm_plugin_ctct import flush
+from remixcrm_plugin_ctct import runtime as dispatch
 from remixcrm_plugin_ctct.admin import cli
-from remixcrm_plugin_ctct import runtime as dispatch, flush
-from remixcrm_plugin_ctct.store import outbox_admin
 from remixcrm_plugin_ctct.sandbox import Sandbox
+from remixcrm_plugin_ctct.store import outbox_admin
 
 
 @pytest.fixture
@@ -74,8 +75,15 @@ def test_dry_run_makes_no_write_and_records_the_payloads(pm, write_config, sandb
     assert drained()
     assert sandbox.calls == []
     assert outbox_admin.summary(dispatch.runtime().outbox).counts == {"dry_run": 2, "skipped": 1}
-    outcomes = {r["client_id"]: r["outcome"] for c in ("1", "2", "3") for r in outbox_admin.for_client(dispatch.runtime().outbox, c)}
-    assert outcomes["1"].startswith("would update: POST /contacts/sign_up_form {") and '"first_name": "Kim"' in outcomes["1"]
+    outcomes = {
+        r["client_id"]: r["outcome"]
+        for c in ("1", "2", "3")
+        for r in outbox_admin.for_client(dispatch.runtime().outbox, c)
+    }
+    assert (
+        outcomes["1"].startswith("would update: POST /contacts/sign_up_form {")
+        and '"first_name": "Kim"' in outcomes["1"]
+    )
     assert outcomes["2"].startswith("would create: POST /contacts/sign_up_form {")
     assert outcomes["3"] == "skipped: unsubscribed"
     assert 'would update: POST /contacts/sign_up_form {"email_address": "k***@example.com"' in logs.text
@@ -111,8 +119,12 @@ def test_a_later_decline_cancels_a_waiting_push(pm, write_config, sandbox):
 
 EVENTS = {
     "created": lambda pm, email, n: pm.hook.on_client_created(client={"id": n, "email": email}),
-    "created, opt-in None": lambda pm, email, n: pm.hook.on_client_created(client={"id": n, "email": email, "email_opt_in": None}),
-    "created, declined": lambda pm, email, n: pm.hook.on_client_created(client={"id": n, "email": email, "email_opt_in": False}),
+    "created, opt-in None": lambda pm, email, n: pm.hook.on_client_created(
+        client={"id": n, "email": email, "email_opt_in": None}
+    ),
+    "created, declined": lambda pm, email, n: pm.hook.on_client_created(
+        client={"id": n, "email": email, "email_opt_in": False}
+    ),
     "converted": lambda pm, email, n: pm.hook.on_lead_converted(lead={"id": n}, client={"id": n, "email": email}),
 }
 

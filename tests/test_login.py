@@ -7,16 +7,24 @@ import sys
 import threading
 
 import requests
-
 from conftest import assert_no_secrets
+
+from remixcrm_plugin_ctct import config
+from remixcrm_plugin_ctct import runtime as dispatch
 from remixcrm_plugin_ctct.admin import cli, login
-from remixcrm_plugin_ctct import config, runtime as dispatch
 from remixcrm_plugin_ctct.sandbox import SANDBOX_CLIENT_ID, SEEDED_LIST_ID, Sandbox
 
 
 def sandbox_config(write_config, sandbox, **values):
-    keys = {"access_token": None, "refresh_token": None, "client_secret": None, "token_expires_at": None,
-            "client_id": SANDBOX_CLIENT_ID, "token_url": sandbox.token_url, "api_base_url": sandbox.api_base_url}
+    keys = {
+        "access_token": None,
+        "refresh_token": None,
+        "client_secret": None,
+        "token_expires_at": None,
+        "client_id": SANDBOX_CLIENT_ID,
+        "token_url": sandbox.token_url,
+        "api_base_url": sandbox.api_base_url,
+    }
     return write_config(**{**keys, **values})
 
 
@@ -50,7 +58,9 @@ def test_device_login_waits_for_the_user_to_approve(write_config):
 
         settings, _ = config.load_for_tokens(config.config_path())
         result = {}
-        worker = threading.Thread(target=lambda: result.update(expires=login.device_login(dispatch.tokens(), settings, say)))
+        worker = threading.Thread(
+            target=lambda: result.update(expires=login.device_login(dispatch.tokens(), settings, say))
+        )
         worker.start()
         assert shown.wait(10)
         (complete,) = [line for line in lines if line.startswith("(or open ")]
@@ -71,7 +81,11 @@ def test_browser_login_with_pkce_and_a_loopback_redirect(write_config):
             if text.startswith("open this URL"):
                 shown.set()
 
-        worker = threading.Thread(target=lambda: result.update(expires=login.browser_login(dispatch.tokens(), settings, say, port=0, open_browser=False)))
+        worker = threading.Thread(
+            target=lambda: result.update(
+                expires=login.browser_login(dispatch.tokens(), settings, say, port=0, open_browser=False)
+            )
+        )
         worker.start()
         assert shown.wait(10)
         (line,) = [line for line in lines if line.startswith("open this URL")]
@@ -97,7 +111,7 @@ def test_browser_login_rejects_a_forged_state(write_config):
         def run():
             try:
                 login.browser_login(dispatch.tokens(), settings, say, port=0, open_browser=False)
-            except Exception as e:  # noqa: BLE001 - the test inspects it
+            except Exception as e:
                 errors.append(e)
 
         worker = threading.Thread(target=run)
@@ -133,8 +147,13 @@ def test_login_through_the_installed_command(write_config, tmp_path):
     with Sandbox(access_token=None, device_interval=0, token_rate_limit=None) as sandbox:  # polls at interval 0
         path = sandbox_config(write_config, sandbox, list_id=None)  # an admin often logs in before picking a list
         script = os.path.join(os.path.dirname(sys.executable), "remixcrm-ctct")
-        proc = subprocess.run([script, "login"], capture_output=True, text=True, timeout=60,
-                              env={**os.environ, "REMIXCRM_CONFIG": str(path)})
+        proc = subprocess.run(
+            [script, "login"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env={**os.environ, "REMIXCRM_CONFIG": str(path)},
+        )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "logged in" in proc.stdout
     assert SEEDED_LIST_ID not in proc.stdout

@@ -5,8 +5,8 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 import requests
-
 from conftest import CLIENT_SECRET, REFRESH_TOKEN, assert_no_secrets
+
 from remixcrm_plugin_ctct.ctct import oauth
 
 TOKEN_URL = "https://authz.constantcontact.com/oauth2/default/v1/token"
@@ -22,7 +22,10 @@ def test_refresh_with_a_secret_uses_http_basic(mocked):
     tokens = oauth.refresh(TOKEN_URL, REFRESH_TOKEN, "app-key", CLIENT_SECRET)
     call = mocked.calls[0]
     assert form(call) == {"grant_type": "refresh_token", "refresh_token": REFRESH_TOKEN}
-    assert call.request.headers["Authorization"] == "Basic " + base64.b64encode(f"app-key:{CLIENT_SECRET}".encode()).decode()
+    assert (
+        call.request.headers["Authorization"]
+        == "Basic " + base64.b64encode(f"app-key:{CLIENT_SECRET}".encode()).decode()
+    )
     assert call.request.headers["Content-Type"] == "application/x-www-form-urlencoded"
     assert (tokens.access_token, tokens.refresh_token) == ("new-access", "new-refresh")
 
@@ -51,12 +54,25 @@ def test_a_refresh_response_without_a_new_refresh_token_keeps_none():
     assert oauth.parse_tokens({"access_token": "a", "expires_in": 10}).refresh_token is None
 
 
-@pytest.mark.parametrize("status, body, error, transient", [
-    (400, {"error": "invalid_grant", "error_description": "The refresh token is invalid or expired."}, "invalid_grant", False),
-    (401, {"error": "invalid_client", "error_description": "Client authentication failed."}, "invalid_client", False),
-    (503, "busy", "http_503", True),
-    (429, {"error": "rate_limited"}, "rate_limited", True),
-])
+@pytest.mark.parametrize(
+    "status, body, error, transient",
+    [
+        (
+            400,
+            {"error": "invalid_grant", "error_description": "The refresh token is invalid or expired."},
+            "invalid_grant",
+            False,
+        ),
+        (
+            401,
+            {"error": "invalid_client", "error_description": "Client authentication failed."},
+            "invalid_client",
+            False,
+        ),
+        (503, "busy", "http_503", True),
+        (429, {"error": "rate_limited"}, "rate_limited", True),
+    ],
+)
 def test_token_endpoint_errors(mocked, status, body, error, transient):
     kwargs = {"body": body} if isinstance(body, str) else {"json": body}
     mocked.post(TOKEN_URL, status=status, **kwargs)
@@ -74,8 +90,14 @@ def test_unreachable_token_endpoint_is_transient(mocked):
 
 
 def test_other_endpoints_live_beside_the_token_endpoint():
-    assert oauth.endpoint(TOKEN_URL, "device/authorize") == "https://authz.constantcontact.com/oauth2/default/v1/device/authorize"
-    assert oauth.endpoint("http://127.0.0.1:9/oauth2/default/v1/token", "authorize") == "http://127.0.0.1:9/oauth2/default/v1/authorize"
+    assert (
+        oauth.endpoint(TOKEN_URL, "device/authorize")
+        == "https://authz.constantcontact.com/oauth2/default/v1/device/authorize"
+    )
+    assert (
+        oauth.endpoint("http://127.0.0.1:9/oauth2/default/v1/token", "authorize")
+        == "http://127.0.0.1:9/oauth2/default/v1/authorize"
+    )
 
 
 class FakeClock:
@@ -99,7 +121,15 @@ def poll(mocked, answers, start=None):
 
 
 def test_device_polling_waits_while_pending_and_slows_down_when_told(mocked):
-    tokens, clock = poll(mocked, [(400, {"error": "authorization_pending"}), (400, {"error": "slow_down"}), (400, {"error": "authorization_pending"}), (200, ISSUED)])
+    tokens, clock = poll(
+        mocked,
+        [
+            (400, {"error": "authorization_pending"}),
+            (400, {"error": "slow_down"}),
+            (400, {"error": "authorization_pending"}),
+            (200, ISSUED),
+        ],
+    )
     assert tokens.access_token == "new-access"
     assert clock.sleeps == [2, 2, 7, 7]  # slow_down adds 5 s to the interval, for good
     assert form(mocked.calls[0]) == {"grant_type": oauth.DEVICE_GRANT, "device_code": "dc", "client_id": "app-key"}
@@ -114,7 +144,11 @@ def test_device_polling_stops_on_a_final_answer(mocked, error):
 
 def test_device_polling_gives_up_when_the_code_expires(mocked):
     with pytest.raises(oauth.OAuthError) as info:
-        poll(mocked, [(400, {"error": "authorization_pending"})], start={"device_code": "dc", "interval": 5, "expires_in": 9})
+        poll(
+            mocked,
+            [(400, {"error": "authorization_pending"})],
+            start={"device_code": "dc", "interval": 5, "expires_in": 9},
+        )
     assert info.value.error == "expired_token"
 
 
@@ -126,5 +160,12 @@ def test_pkce_pair_and_authorize_url():
     parts = urlsplit(url)
     assert parts.path == "/oauth2/default/v1/authorize"
     query = {k: v[0] for k, v in parse_qs(parts.query).items()}
-    assert query == {"client_id": "app-key", "redirect_uri": "http://127.0.0.1:8765/callback", "response_type": "code",
-                     "scope": "contact_data offline_access", "state": "st", "code_challenge": challenge, "code_challenge_method": "S256"}
+    assert query == {
+        "client_id": "app-key",
+        "redirect_uri": "http://127.0.0.1:8765/callback",
+        "response_type": "code",
+        "scope": "contact_data offline_access",
+        "state": "st",
+        "code_challenge": challenge,
+        "code_challenge_method": "S256",
+    }

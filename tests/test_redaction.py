@@ -6,10 +6,10 @@ import logging
 
 import pytest
 import responses
-
 from conftest import ACCESS_TOKEN, RAW, SIGN_UP_URL, assert_no_secrets
-from remixcrm_plugin_ctct.admin import commands
+
 from remixcrm_plugin_ctct import flush
+from remixcrm_plugin_ctct.admin import commands
 from remixcrm_plugin_ctct.ctct import oauth, redact
 from remixcrm_plugin_ctct.ctct.client import ApiError
 from remixcrm_plugin_ctct.sandbox import Sandbox
@@ -66,15 +66,24 @@ def test_a_consent_lookup_logs_no_email_even_at_debug(pm, write_config, logs):
     assert_no_email(records)
 
 
-@pytest.mark.parametrize("text, expected", [
-    (f"Email {EMAIL} is invalid", "Email A***@example.com is invalid"),
-    ("/v3/contacts?email=Ada.Lovelace%40example.com&status=all", "/v3/contacts?email=A***%40example.com&status=all"),
-    (f"Authorization: Bearer {ACCESS_TOKEN}", "Authorization: Bearer <redacted>"),
-    ('{"access_token": "abc", "refresh_token":"def"}', '{"access_token": "<redacted>", "refresh_token":"<redacted>"}'),
-    ("jwt eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.abcDEF123456", "jwt <redacted>"),
-    ("list 4a0d4fd2-1c3b-11ee-a2d3-fa163e3d2cf3 not found", "list 4a0d4fd2-1c3b-11ee-a2d3-fa163e3d2cf3 not found"),
-    ("line one\r\nline two", "line one line two"),
-])
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        (f"Email {EMAIL} is invalid", "Email A***@example.com is invalid"),
+        (
+            "/v3/contacts?email=Ada.Lovelace%40example.com&status=all",
+            "/v3/contacts?email=A***%40example.com&status=all",
+        ),
+        (f"Authorization: Bearer {ACCESS_TOKEN}", "Authorization: Bearer <redacted>"),
+        (
+            '{"access_token": "abc", "refresh_token":"def"}',
+            '{"access_token": "<redacted>", "refresh_token":"<redacted>"}',
+        ),
+        ("jwt eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.abcDEF123456", "jwt <redacted>"),
+        ("list 4a0d4fd2-1c3b-11ee-a2d3-fa163e3d2cf3 not found", "list 4a0d4fd2-1c3b-11ee-a2d3-fa163e3d2cf3 not found"),
+        ("line one\r\nline two", "line one line two"),
+    ],
+)
 def test_upstream_text(text, expected):
     assert redact.upstream_text(text) == expected
 

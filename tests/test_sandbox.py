@@ -19,11 +19,19 @@ def sb():
 
 
 def post(sb, body, token=TOKEN, **kwargs):
-    return requests.post(f"{sb.api_base_url}/contacts/sign_up_form", json=body, headers={"Authorization": f"Bearer {token}"}, timeout=5, **kwargs)
+    return requests.post(
+        f"{sb.api_base_url}/contacts/sign_up_form",
+        json=body,
+        headers={"Authorization": f"Bearer {token}"},
+        timeout=5,
+        **kwargs,
+    )
 
 
 def get(sb, path, token=TOKEN, **params):
-    return requests.get(f"{sb.api_base_url}{path}", params=params, headers={"Authorization": f"Bearer {token}"}, timeout=5)
+    return requests.get(
+        f"{sb.api_base_url}{path}", params=params, headers={"Authorization": f"Bearer {token}"}, timeout=5
+    )
 
 
 def body(email="ada@example.com", **fields):
@@ -39,12 +47,15 @@ def test_upsert_creates_then_updates_and_appends_lists(sb):
     assert (contact["first_name"], contact["last_name"]) == ("Ada", "Lovelace")  # partial update
 
 
-@pytest.mark.parametrize("bad, message", [
-    ({"email_address": "a" * 60 + "@example.com"}, "email_address must be a string of at most 50"),
-    ({"phone_number": "1" * 26}, "phone_number must be a string of at most 25"),
-    ({"street_addresses": []}, "'street_addresses' is not a property of ContactCreateOrUpdateInput"),
-    ({"list_memberships": []}, "list_memberships must hold 1 to 50 list ids"),
-])
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        ({"email_address": "a" * 60 + "@example.com"}, "email_address must be a string of at most 50"),
+        ({"phone_number": "1" * 26}, "phone_number must be a string of at most 25"),
+        ({"street_addresses": []}, "'street_addresses' is not a property of ContactCreateOrUpdateInput"),
+        ({"list_memberships": []}, "list_memberships must hold 1 to 50 list ids"),
+    ],
+)
 def test_schema_violations_are_400_with_constant_contacts_error_array(sb, bad, message):
     answer = post(sb, {**body(), **bad})
     assert answer.status_code == 400
@@ -53,16 +64,27 @@ def test_schema_violations_are_400_with_constant_contacts_error_array(sb, bad, m
 
 
 def test_wrong_content_type_is_415_and_unknown_list_is_404(sb):
-    answer = requests.post(f"{sb.api_base_url}/contacts/sign_up_form", data="x", headers={"Authorization": f"Bearer {TOKEN}", "Content-Type": "text/plain"}, timeout=5)
+    answer = requests.post(
+        f"{sb.api_base_url}/contacts/sign_up_form",
+        data="x",
+        headers={"Authorization": f"Bearer {TOKEN}", "Content-Type": "text/plain"},
+        timeout=5,
+    )
     assert answer.status_code == 415
     assert post(sb, {**body(), "list_memberships": ["00000000-0000-4000-8000-000000000000"]}).status_code == 404
 
 
 def test_sign_up_re_subscribes_an_unsubscribed_contact_as_the_real_service_does(sb):
     sb.api.seed_contact("gone@example.com", permission_to_send="unsubscribed")
-    assert get(sb, "/contacts", email="gone@example.com").json()["contacts"][0]["email_address"]["permission_to_send"] == "unsubscribed"
+    assert (
+        get(sb, "/contacts", email="gone@example.com").json()["contacts"][0]["email_address"]["permission_to_send"]
+        == "unsubscribed"
+    )
     assert post(sb, body("Gone@Example.com")).status_code == 200
-    assert get(sb, "/contacts", email="gone@example.com").json()["contacts"][0]["email_address"]["permission_to_send"] == "explicit"
+    assert (
+        get(sb, "/contacts", email="gone@example.com").json()["contacts"][0]["email_address"]["permission_to_send"]
+        == "explicit"
+    )
 
 
 def test_deleted_contacts_show_only_with_status_all_and_sign_up_restores_them(sb):
@@ -88,11 +110,18 @@ def test_expired_tokens_get_constant_contacts_401():
         assert post(sb, body(), token=pair["access_token"]).status_code == 201
         sb.authz.expire_all_access_tokens()
         answer = post(sb, body(), token=pair["access_token"])
-        assert answer.status_code == 401 and answer.json() == {"error_key": "unauthorized", "error_message": "Unauthorized"}
+        assert answer.status_code == 401 and answer.json() == {
+            "error_key": "unauthorized",
+            "error_message": "Unauthorized",
+        }
 
 
 def refresh(sb, refresh_token):
-    return requests.post(sb.token_url, data={"grant_type": "refresh_token", "refresh_token": refresh_token, "client_id": SANDBOX_CLIENT_ID}, timeout=5)
+    return requests.post(
+        sb.token_url,
+        data={"grant_type": "refresh_token", "refresh_token": refresh_token, "client_id": SANDBOX_CLIENT_ID},
+        timeout=5,
+    )
 
 
 def test_rotating_refresh_tokens_expire_every_earlier_one():
@@ -194,20 +223,23 @@ def row(**fields):
     return {"import_data": [{"email": "a@example.com", **fields}], "list_ids": [SEEDED_LIST_ID]}
 
 
-@pytest.mark.parametrize("bad, message", [
-    ({"import_data": [{"email": "a@example.com"}]}, "list_ids is required"),
-    ({"list_ids": [SEEDED_LIST_ID]}, "import_data is required"),
-    ({"import_data": [], "list_ids": [SEEDED_LIST_ID]}, "import_data is required"),
-    ({"import_data": [{"email": "a@example.com"}], "list_ids": [SEEDED_LIST_ID] * 51}, "1 to 50 list ids"),
-    ({"import_data": [{"email": "a@example.com"}], "list_ids": ["not-a-uuid"]}, "1 to 50 list ids"),
-    ({**row(), "lists": []}, "'lists' is not a property of ContactsJsonImport"),
-    (row(email_address="a@example.com"), "import_data[0]: 'email_address' is not a property of JsonImportContact"),
-    (row(email="a" * 40 + "@example.com"), "email must be a string of at most 50"),
-    (row(street="s" * 256), "street must be a string of at most 255"),
-    (row(**{"cf:unknown": "x"}), "custom field 'unknown' does not exist"),
-    (row(birthday_month=13, birthday_day=1), "birthday_month must be an integer from 1 to 12"),
-    (row(birthday_month=1), "birthday_month and birthday_day must be sent together"),
-])
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        ({"import_data": [{"email": "a@example.com"}]}, "list_ids is required"),
+        ({"list_ids": [SEEDED_LIST_ID]}, "import_data is required"),
+        ({"import_data": [], "list_ids": [SEEDED_LIST_ID]}, "import_data is required"),
+        ({"import_data": [{"email": "a@example.com"}], "list_ids": [SEEDED_LIST_ID] * 51}, "1 to 50 list ids"),
+        ({"import_data": [{"email": "a@example.com"}], "list_ids": ["not-a-uuid"]}, "1 to 50 list ids"),
+        ({**row(), "lists": []}, "'lists' is not a property of ContactsJsonImport"),
+        (row(email_address="a@example.com"), "import_data[0]: 'email_address' is not a property of JsonImportContact"),
+        (row(email="a" * 40 + "@example.com"), "email must be a string of at most 50"),
+        (row(street="s" * 256), "street must be a string of at most 255"),
+        (row(**{"cf:unknown": "x"}), "custom field 'unknown' does not exist"),
+        (row(birthday_month=13, birthday_day=1), "birthday_month must be an integer from 1 to 12"),
+        (row(birthday_month=1), "birthday_month and birthday_day must be sent together"),
+    ],
+)
 def test_import_schema_violations_are_400(sb, bad, message):
     answer = post_import(sb, bad)
     assert answer.status_code == 400
@@ -231,8 +263,12 @@ def test_the_40000_contact_and_4_mb_limits(sb):
     answer = post_import(sb, {"import_data": rows + [{"email": "one-more@example.com"}], "list_ids": [SEEDED_LIST_ID]})
     assert answer.status_code == 400 and "at most 40000" in answer.text
     # the vendor would import the first 4 MB and drop the rest in silence; the sandbox refuses, so we notice
-    big = {"import_data": [{"email": f"c{n}@example.com", "street": "S" * 255, "work_street": "W" * 255}
-                           for n in range(7_000)], "list_ids": [SEEDED_LIST_ID]}
+    big = {
+        "import_data": [
+            {"email": f"c{n}@example.com", "street": "S" * 255, "work_street": "W" * 255} for n in range(7_000)
+        ],
+        "list_ids": [SEEDED_LIST_ID],
+    }
     assert 4_000_000 <= len(json.dumps(big)) < 4 * 1024 * 1024  # "4 MB" read the strict way: 4,000,000 bytes
     answer = post_import(sb, big)
     assert answer.status_code == 413 and "4 MB" in answer.json()[0]["error_message"]
@@ -240,8 +276,13 @@ def test_the_40000_contact_and_4_mb_limits(sb):
 
 
 def test_bad_rows_become_activity_errors_naming_the_line_and_the_rest_are_imported(sb):
-    _, polls = imported(sb, {"email": "good@example.com"}, {"email": "not-an-email"}, {"first_name": "No Email"},
-                        {"email": "also.good@example.com"})
+    _, polls = imported(
+        sb,
+        {"email": "good@example.com"},
+        {"email": "not-an-email"},
+        {"first_name": "No Email"},
+        {"email": "also.good@example.com"},
+    )
     done = polls[-1]
     assert done["state"] == "completed"
     assert len(done["activity_errors"]) == 2
@@ -325,7 +366,7 @@ def test_confirmed_opt_in_makes_new_sign_ups_pending_confirmation():
 
 
 def test_the_daily_quota_starts_again_at_midnight_utc(sb):
-    now = [dt.datetime(2026, 11, 27, 23, 59, 59, tzinfo=dt.timezone.utc).timestamp()]
+    now = [dt.datetime(2026, 11, 27, 23, 59, 59, tzinfo=dt.UTC).timestamp()]
     sb.faults.wall_clock = lambda: now[0]
     sb.faults.daily_quota = 2
     assert [post(sb, body(f"d{n}@example.com")).status_code for n in range(3)] == [201, 201, 429]
@@ -361,7 +402,7 @@ def test_privileges_in_the_spec_shape_and_deleted_at_formats(sb):
 
 
 def test_status_filters_and_optout_after_find_opt_outs_that_updated_after_misses(sb):
-    now = [dt.datetime(2026, 11, 1, tzinfo=dt.timezone.utc).timestamp()]
+    now = [dt.datetime(2026, 11, 1, tzinfo=dt.UTC).timestamp()]
     sb.api.clock = lambda: now[0]
     for email in ("a@example.com", "b@example.com", "c@example.com"):
         sb.api.seed_contact(email)

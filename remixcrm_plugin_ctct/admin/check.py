@@ -8,12 +8,13 @@ import datetime as dt
 import json
 import tempfile
 import time
+from collections.abc import Callable
 from typing import NamedTuple
 
-from ..ctct import client as api_client, oauth
-from .. import config, runtime as dispatch
+from .. import config, runtime
+from ..ctct import client, oauth
+from ..ctct.token_manager import REAUTH_FIX, NeedsReauth, TokenUnavailable, describe_expiry
 from ..store import outbox_admin
-from ..ctct.token_manager import NeedsReauth, TokenUnavailable, describe_expiry
 
 OK, FAIL, WARN = "ok", "fail", "warn"
 MARKS = {OK: "✓", FAIL: "✗", WARN: "!"}
@@ -30,101 +31,173 @@ def run_checks() -> list[Check]:
     path = config.config_path()
     loaded = config.load(path)
     if loaded.status == config.INACTIVE:
-        return [Check("provider selected", FAIL, loaded.message, "choose Constant Contact in Settings → Integrations → Email Marketing")]
-    if loaded.status == config.INVALID:
+        return [
+            Check(
+                "provider selected",
+                FAIL,
+                loaded.message,
+                "choose Constant Contact in Settings → Integrations → Email Marketing",
+            )
+        ]
+    if loaded.status == config.INVALID or loaded.settings is None:
         return [Check("config readable", FAIL, loaded.message, "see the message: it names the key and the fix")]
     settings = loaded.settings
-    found = [Check("provider selected", OK, f"constant_contact in {path}"),
-             Check("list id", OK, f"{settings.list_id} is a UUID")]
-    rt = dispatch.runtime()
+    found = [
+        Check("provider selected", OK, f"constant_contact in {path}"),
+        Check("list id", OK, f"{settings.list_id} is a UUID"),
+    ]
+    rt = runtime.runtime()
     state = rt.tokens.state(settings)
     if not state.access_token and not state.refresh_token:
-        found.append(Check("token present", FAIL, "no access token in the config or the token store",
-                           "run `remixcrm-ctct login`, or paste a token in Settings → Integrations → Email Marketing"))
+        found.append(
+            Check(
+                "token present",
+                FAIL,
+                "no access token in the config or the token store",
+                "run `remixcrm-ctct login`, or paste a token in Settings → Integrations → Email Marketing",
+            )
+        )
     else:
-        found.append(Check("token present", OK, "in the token store" if state.seeded_from and not settings.access_token else "in the config"))
+        found.append(
+            Check(
+                "token present",
+                OK,
+                "in the token store" if state.seeded_from and not settings.access_token else "in the config",
+            )
+        )
         found += _live_checks(settings, rt)
     refresh_ok = bool(rt.tokens.state(settings).refresh_token and settings.client_id)
-    found.append(Check("refresh possible", OK if refresh_ok else WARN,
-                       "refresh token and client_id present" if refresh_ok else "no refresh token or no client_id: the token cannot be renewed when it expires",
-                       "" if refresh_ok else "set client_id and run `remixcrm-ctct login`"))
+    found.append(
+        Check(
+            "refresh possible",
+            OK if refresh_ok else WARN,
+            "refresh token and client_id present"
+            if refresh_ok
+            else "no refresh token or no client_id: the token cannot be renewed when it expires",
+            "" if refresh_ok else "set client_id and run `remixcrm-ctct login`",
+        )
+    )
     found.append(_data_dir_check(rt))
     found.append(_outbox_check(rt))
     return found
 
 
-def _live_checks(settings, rt) -> list[Check]:
+def _live_checks(settings: config.Settings, rt: runtime.Runtime) -> list[Check]:
     found = []
     state = rt.tokens.state(settings)
     token = state.access_token
     try:
-        api_client.CtctClient(settings.api_base_url, token or "").privileges()
+        client.CtctClient(settings.api_base_url, token or "").privileges()
         found.append(Check("token works", OK, f"{settings.api_base_url} accepts it"))
-    except api_client.ApiError as e:
+    except client.ApiError as e:
         if e.status != 401:
-            return [Check("token works", FAIL, f"cannot ask {settings.api_base_url}: {e}", "check api_base_url and the network")]
+            return [
+                Check(
+                    "token works",
+                    FAIL,
+                    f"cannot ask {settings.api_base_url}: {e}",
+                    "check api_base_url and the network",
+                )
+            ]
         try:  # expired or revoked: would the plugin's own refresh save the day?
             token = rt.tokens.refresh(settings, stale=token)
             found.append(Check("token works", OK, "it had expired; refreshed just now and saved"))
         except (NeedsReauth, TokenUnavailable, oauth.OAuthError) as refresh_error:
-            return [Check("token works", FAIL, f"rejected (401) and refresh failed: {str(refresh_error).split(';')[0]}",
-                          "run `remixcrm-ctct login`, or paste a new access and refresh token in Settings → Integrations → Email Marketing")]
+            return [
+                Check(
+                    "token works",
+                    FAIL,
+                    f"rejected (401) and refresh failed: {str(refresh_error).split(';')[0]}",
+                    REAUTH_FIX,
+                )
+            ]
     found.append(_expiry_check(rt.tokens.state(settings).expires_at))
     try:
-        found_list = api_client.CtctClient(settings.api_base_url, token).get_list(settings.list_id)
-    except api_client.ApiError as e:
+        found_list = client.CtctClient(settings.api_base_url, token or "").get_list(settings.list_id)
+    except client.ApiError as e:
         if e.status == 403:
-            return found + [Check("scopes", FAIL, f"the token may not read lists: {e}", "log in again with `remixcrm-ctct login` (scopes contact_data offline_access)")]
+            return found + [
+                Check(
+                    "scopes",
+                    FAIL,
+                    f"the token may not read lists: {e}",
+                    "log in again with `remixcrm-ctct login` (scopes contact_data offline_access)",
+                )
+            ]
         if e.status == 404:
-            return found + [Check("scopes", OK, "contact_data"),
-                            Check("list exists", FAIL, f"no list {settings.list_id} in this account",
-                                  "copy the right List ID from Constant Contact into Settings → Integrations → Email Marketing → List ID")]
+            return found + [
+                Check("scopes", OK, "contact_data"),
+                Check(
+                    "list exists",
+                    FAIL,
+                    f"no list {settings.list_id} in this account",
+                    "copy the right List ID from Constant Contact into "
+                    "Settings → Integrations → Email Marketing → List ID",
+                ),
+            ]
         return found + [Check("list exists", FAIL, str(e), "run again later, or check api_base_url")]
     found.append(Check("scopes", OK, "contact_data"))
     name, members = found_list.get("name", "?"), found_list.get("membership_count", "?")
     if found_list.get("deleted_at"):
-        found.append(Check("list exists", FAIL, f"list {name!r} was deleted on {found_list['deleted_at']}",
-                           "choose a live list in Settings → Integrations → Email Marketing → List ID"))
+        found.append(
+            Check(
+                "list exists",
+                FAIL,
+                f"list {name!r} was deleted on {found_list['deleted_at']}",
+                "choose a live list in Settings → Integrations → Email Marketing → List ID",
+            )
+        )
     else:
         found.append(Check("list exists", OK, f"{name!r}, {members} member(s)"))
     return found
 
 
-def _expiry_check(expires_at) -> Check:
+def _expiry_check(expires_at: float | None) -> Check:
     # the expiry comes from a token response or a hand-edited file: any value is described, none crashes
     expiry = describe_expiry(expires_at)
     if expires_at is None:
         return Check("access-token expiry", OK, f"expires at {expiry}")
     try:
-        dt.datetime.fromtimestamp(expires_at, dt.timezone.utc)
+        dt.datetime.fromtimestamp(expires_at, dt.UTC)
     except (TypeError, OverflowError, ValueError, OSError):  # nan, inf, a year past 9999, not a number
-        return Check("access-token expiry", WARN, f"expires at {expiry}: not a real expiry",
-                     "run `remixcrm-ctct login` for a token whose expiry the plugin can plan by")
+        return Check(
+            "access-token expiry",
+            WARN,
+            f"expires at {expiry}: not a real expiry",
+            "run `remixcrm-ctct login` for a token whose expiry the plugin can plan by",
+        )
     if expires_at < time.time():
         return Check("access-token expiry", WARN, f"expired at {expiry}; it is refreshed before the next send")
     return Check("access-token expiry", OK, f"expires at {expiry}")
 
 
-def _data_dir_check(rt) -> Check:
+def _data_dir_check(rt: runtime.Runtime) -> Check:
     try:
         rt.outbox.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=rt.outbox.path.parent):
             pass
     except OSError as e:
-        return Check("data dir writable", FAIL, f"{rt.outbox.path.parent}: {e.strerror}", "make it writable by the RemixCRM user, or set REMIXCRM_DATA_DIR")
+        return Check(
+            "data dir writable",
+            FAIL,
+            f"{rt.outbox.path.parent}: {e.strerror}",
+            "make it writable by the RemixCRM user, or set REMIXCRM_DATA_DIR",
+        )
     return Check("data dir writable", OK, str(rt.outbox.path.parent))
 
 
-def _outbox_check(rt) -> Check:
+def _outbox_check(rt: runtime.Runtime) -> Check:
     counts = outbox_admin.summary(rt.outbox).counts
     pending, dead = counts.get("pending", 0) + counts.get("sending", 0), counts.get("dead", 0)
     detail = f"{pending} pending, {dead} dead, {counts.get('delivered', 0)} delivered"
     if dead:
-        return Check("outbox", WARN, detail, "see `remixcrm-ctct status`, fix the cause, then `remixcrm-ctct retry --dead`")
+        return Check(
+            "outbox", WARN, detail, "see `remixcrm-ctct status`, fix the cause, then `remixcrm-ctct retry --dead`"
+        )
     return Check("outbox", OK, detail)
 
 
-def main(say, as_json: bool = False) -> int:
+def main(say: Callable[[str], None], as_json: bool = False) -> int:
     checks = run_checks()
     ok = all(c.status != FAIL for c in checks)
     if as_json:

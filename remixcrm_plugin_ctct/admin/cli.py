@@ -25,7 +25,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--dry-run", action="store_true", help="dry_run = true: show what would be sent, write nothing")
     sandbox = commands.add_parser(
-        "sandbox", help="run an offline Constant Contact stand-in on a loopback port, and print a config for it",
+        "sandbox",
+        help="run an offline Constant Contact stand-in on a loopback port, and print a config for it",
         description="Serve a local Constant Contact (API under /v3, authorization server under "
         "/oauth2/default/v1) on 127.0.0.1 until Ctrl-C: sign_up_form with the vendor schema's limits, contact "
         "lookups, lists, token refresh (rotating by default), device and PKCE logins, 4 requests/s and a "
@@ -33,14 +34,19 @@ def build_parser() -> argparse.ArgumentParser:
         "config.toml that points the plugin at it, with a fresh token pair. The sandbox's tokens are not secrets.",
     )
     sandbox.add_argument("--port", type=int, default=8910, help="loopback port (default 8910; 0 picks a free one)")
-    sandbox.add_argument("--token-lifetime", type=float, default=86400, help="access-token lifetime in seconds (default 24 h)")
+    sandbox.add_argument(
+        "--token-lifetime", type=float, default=86400, help="access-token lifetime in seconds (default 24 h)"
+    )
     sandbox.add_argument("--long-lived", action="store_true", help="long-lived refresh tokens instead of rotating ones")
-    sandbox.add_argument("--rate-limit", type=float, default=4, help="requests per second before 429 throttled (default 4)")
+    sandbox.add_argument(
+        "--rate-limit", type=float, default=4, help="requests per second before 429 throttled (default 4)"
+    )
     sandbox.add_argument("--daily-quota", type=int, default=10_000, help="requests per day before 429 quota_exceeded")
     sandbox.add_argument("--error-rate", type=float, default=0.0, help="share of API calls answered 503 (0 to 1)")
     sandbox.add_argument("--latency", type=float, default=0.0, help="seconds added to every API answer")
     check = commands.add_parser(
-        "check", help="would sending work? provider, list, token, scopes, expiry, refresh, data dir, outbox",
+        "check",
+        help="would sending work? provider, list, token, scopes, expiry, refresh, data dir, outbox",
         description="Read the config as the plugin does and report, one line each with the fix: provider "
         "selected, list id, token present, token works (a cheap call), scopes, list exists and is not "
         "deleted (name and member count), access-token expiry, refresh possible, data dir writable, outbox "
@@ -56,7 +62,12 @@ def build_parser() -> argparse.ArgumentParser:
         "new ones are pasted in Settings. Prints the expiry, never a token.",
     )
     login.add_argument("--browser", action="store_true", help="use Authorization Code with PKCE and a browser")
-    login.add_argument("--port", type=int, default=8765, help="loopback port for --browser's redirect URI (default 8765; 0 picks a free one)")
+    login.add_argument(
+        "--port",
+        type=int,
+        default=8765,
+        help="loopback port for --browser's redirect URI (default 8765; 0 picks a free one)",
+    )
     login.add_argument("--no-open", action="store_true", help="with --browser: print the URL, do not open a browser")
     _token_options(login)
     refresh = commands.add_parser(
@@ -67,30 +78,43 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _token_options(refresh)
     status = commands.add_parser(
-        "status", help="outbox counts, pauses, the last error; --client ID: did client X reach Constant Contact?",
+        "status",
+        help="outbox counts, pauses, the last error; --client ID: did client X reach Constant Contact?",
         description="Counts of events by state (pending, sending, delivered, dead), the oldest unsent event, "
         "why sending is paused (daily quota, needs re-authorisation, config), today's request count and the "
         "last error. With --client ID: whether that client reached Constant Contact, and if not, why.",
     )
     status.add_argument("--client", metavar="ID", help="the RemixCRM client id to look up")
-    retry = commands.add_parser("retry", help="make pending events due now (--dead: dead ones too)",
-                                description="Make every pending event due now instead of at its backoff time; "
-                                "with --dead, also give dead events (given up after an error) a new try.")
+    retry = commands.add_parser(
+        "retry",
+        help="make pending events due now (--dead: dead ones too)",
+        description="Make every pending event due now instead of at its backoff time; "
+        "with --dead, also give dead events (given up after an error) a new try.",
+    )
     retry.add_argument("--dead", action="store_true", help="also retry events that were given up")
-    flush = commands.add_parser("flush", help="send everything pending now from this process (progress bar on a terminal)",
-                                description="Send every pending event now, from this process, within the rate "
-                                "limit, showing progress; stops early when sending is paused and says why.")
+    flush = commands.add_parser(
+        "flush",
+        help="send everything pending now from this process (progress bar on a terminal)",
+        description="Send every pending event now, from this process, within the rate "
+        "limit, showing progress; stops early when sending is paused and says why.",
+    )
     flush.add_argument("--timeout", type=float, help="give up after this many seconds")
-    commands.add_parser("purge", help="forget emails and names of events delivered longer ago than retention_days",
-                        description="Remove emails and names from delivered events older than retention_days "
-                        "(default 30); the small status record (client id, contact id, outcome, time) stays.")
+    commands.add_parser(
+        "purge",
+        help="forget emails and names of events delivered longer ago than retention_days",
+        description="Remove emails and names from delivered events older than retention_days "
+        "(default 30); the small status record (client id, contact id, outcome, time) stays.",
+    )
     return parser
 
 
-def _token_options(command) -> None:
+def _token_options(command: argparse.ArgumentParser) -> None:
     command.add_argument("--client-id", help="the app's API key (default: client_id from config.toml)")
-    command.add_argument("--token-url", help="token endpoint; the device and authorize endpoints live beside it "
-                         "(default: token_url from config.toml, else Constant Contact's)")
+    command.add_argument(
+        "--token-url",
+        help="token endpoint; the device and authorize endpoints live beside it "
+        "(default: token_url from config.toml, else Constant Contact's)",
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -111,8 +135,16 @@ def _main(argv: list[str] | None) -> int:
     if args.command == "sandbox":
         from ..sandbox import serve
 
-        return serve.run(lambda text: print(text, flush=True), args.port, args.token_lifetime, args.long_lived,
-                         args.rate_limit, args.daily_quota, args.error_rate, args.latency)
+        return serve.run(
+            lambda text: print(text, flush=True),
+            args.port,
+            args.token_lifetime,
+            args.long_lived,
+            args.rate_limit,
+            args.daily_quota,
+            args.error_rate,
+            args.latency,
+        )
     if args.command in ("login", "refresh"):
         return _tokens_command(args)
     if args.command == "check":
@@ -136,11 +168,11 @@ def _main(argv: list[str] | None) -> int:
     return 2
 
 
-def _tokens_command(args) -> int:
-    from .. import config, runtime as dispatch
-    from . import login
+def _tokens_command(args: argparse.Namespace) -> int:
+    from .. import config, runtime
     from ..ctct import oauth
     from ..ctct.token_manager import NeedsReauth, TokenUnavailable, describe_expiry
+    from . import login
 
     def say(text: str) -> None:
         print(text, flush=True)
@@ -154,7 +186,7 @@ def _tokens_command(args) -> int:
     if not settings.client_id:
         say("✗ no client_id: set client_id (your Constant Contact app's API key) in config.toml, or pass --client-id")
         return 1
-    manager = dispatch.tokens()
+    manager = runtime.tokens()
     try:
         if args.command == "refresh":
             manager.refresh(settings, force=True)

@@ -1,6 +1,6 @@
 """The one place that talks HTTP to Constant Contact's V3 API.
 
-One lazily created ``requests.Session`` is shared by every sender thread (connection reuse),
+One lazily created ``requests.Session`` is shared by every delivery thread (connection reuse),
 every call carries explicit (connect, read) timeouts, and the Authorization header is set
 per call and never logged or put into an exception.
 """
@@ -8,9 +8,13 @@ per call and never logged or put into an exception.
 import logging
 import threading
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from .. import __version__, forksafe
 from . import redact
+
+if TYPE_CHECKING:  # requests is imported lazily: importing the plugin stays cheap
+    import requests
 
 log = logging.getLogger("remixcrm_plugin_ctct")
 
@@ -30,7 +34,7 @@ FIXES = {
     "(run `remixcrm-ctct check`) and api_base_url",
 }
 
-_session = None
+_session: "requests.Session | None" = None
 _session_lock = threading.Lock()
 
 
@@ -38,8 +42,14 @@ class ApiError(Exception):
     """A failed call: HTTP status (None for a transport error) and Constant Contact's words,
     redacted once here (no email, no token, one capped line): they go to the log and the outbox."""
 
-    def __init__(self, status: int | None, error_key: str, error_message: str, retry_after: str | None = None,
-                 known_secrets: tuple = ()):
+    def __init__(
+        self,
+        status: int | None,
+        error_key: str,
+        error_message: str,
+        retry_after: str | None = None,
+        known_secrets: tuple[str, ...] = (),
+    ):
         self.status = status
         self.error_key = redact.upstream_text(error_key, 100, known_secrets)
         self.error_message = redact.upstream_text(error_message, known=known_secrets)
@@ -48,13 +58,13 @@ class ApiError(Exception):
 
     @property
     def fix(self) -> str | None:
-        return FIXES.get(self.status)
+        return FIXES.get(self.status) if self.status is not None else None
+
 
 @dataclass(frozen=True)
 class SignUpResult:
-    status: int  # 201 created, 200 updated: the status is the documented signal, not `action`
+    status: int  # 201 created, 200 updated: the documented signal (the body's `action` is not read)
     contact_id: str | None
-    action: str | None
 
     @property
     def created(self) -> bool:
@@ -64,7 +74,7 @@ class SignUpResult:
 _fork_hook_registered = False
 
 
-def session():
+def session() -> "requests.Session":
     """The process-wide session, created on first use (importing this module opens nothing)."""
     global _session, _fork_hook_registered
     with _session_lock:
@@ -82,7 +92,8 @@ def session():
 
 
 def reset_session() -> None:
-    """Forget the session (between tests) so the next call makes a new one."""
+    """Forget the session so the next call makes a new one: for tests, which must not share
+    connections. A forked child needs no call: ``_after_fork`` already runs there (forksafe)."""
     global _session
     with _session_lock:
         _session = None
@@ -98,7 +109,7 @@ def _after_fork() -> None:
     _session = None
 
 
-def parse_error(response) -> tuple[str, str]:
+def parse_error(response: "requests.Response") -> tuple[str, str]:
     """``(error_key, error_message)`` from a body that may be a list, an object or not JSON."""
     try:
         body = response.json()
@@ -130,7 +141,7 @@ class CtctClient:
         """``POST /contacts/sign_up_form``: create or update one contact. Raises ApiError."""
         response = self._request("POST", "/contacts/sign_up_form", json=body)
         data = _json_or_empty(response)
-        return SignUpResult(response.status_code, data.get("contact_id"), data.get("action"))
+        return SignUpResult(response.status_code, data.get("contact_id"))
 
     def find_contact(self, email: str) -> dict | None:
         """``GET /contacts?email=…&status=all``: the contact with this email, deleted ones included.
@@ -149,9 +160,11 @@ class CtctClient:
 
     def get_list(self, list_id: str) -> dict:
         """``GET /contact_lists/{id}`` with its member count (needs the contact_data scope)."""
-        return _json_or_empty(self._request("GET", f"/contact_lists/{list_id}", params={"include_membership_count": "all"}))
+        return _json_or_empty(
+            self._request("GET", f"/contact_lists/{list_id}", params={"include_membership_count": "all"})
+        )
 
-    def _request(self, method: str, path: str, **kwargs):
+    def _request(self, method: str, path: str, **kwargs: Any) -> "requests.Response":
         requests = forksafe.load_module("requests")  # lazy (cheap plugin import), never torn by a fork
 
         redact.guard_urllib3()  # before our first request: urllib3 logs query strings (emails) at DEBUG
@@ -161,16 +174,22 @@ class CtctClient:
                 method, self.api_base_url + path, headers=headers, timeout=(CONNECT_TIMEOUT, READ_TIMEOUT), **kwargs
             )
         except requests.Timeout as e:
-            raise ApiError(None, "timeout", f"no answer from {self.api_base_url} in time ({type(e).__name__})") from None
+            raise ApiError(
+                None, "timeout", f"no answer from {self.api_base_url} in time ({type(e).__name__})"
+            ) from None
         except requests.RequestException as e:
             raise ApiError(None, "connection_error", f"cannot reach {self.api_base_url} ({type(e).__name__})") from None
         if response.status_code >= 400:
-            raise ApiError(response.status_code, *parse_error(response),
-                           retry_after=response.headers.get("Retry-After"), known_secrets=(self._access_token,))
+            raise ApiError(
+                response.status_code,
+                *parse_error(response),
+                retry_after=response.headers.get("Retry-After"),
+                known_secrets=(self._access_token,),
+            )
         return response
 
 
-def _json_or_empty(response) -> dict:
+def _json_or_empty(response: "requests.Response") -> dict:
     try:
         data = response.json()
     except ValueError:
@@ -178,7 +197,7 @@ def _json_or_empty(response) -> dict:
     return data if isinstance(data, dict) else {}
 
 
-def _json_list(response) -> list:
+def _json_list(response: "requests.Response") -> list:
     try:
         data = response.json()
     except ValueError:

@@ -10,11 +10,12 @@ import hashlib
 import json
 import secrets
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from urllib.parse import urlencode
 
-from . import client as api_client, redact
 from .. import forksafe
+from . import client, redact
 
 SCOPES = "contact_data offline_access"
 DEVICE_GRANT = "urn:ietf:params:oauth:grant-type:device_code"
@@ -32,7 +33,9 @@ class OAuthError(Exception):
 
     @property
     def transient(self) -> bool:
-        return self.status is None or self.status >= 500 or self.status == 429 or self.error == "temporarily_unavailable"
+        return (
+            self.status is None or self.status >= 500 or self.status == 429 or self.error == "temporarily_unavailable"
+        )
 
 
 @dataclass(frozen=True)
@@ -41,7 +44,6 @@ class Tokens:
     refresh_token: str | None = field(repr=False)
     expires_at: float | None  # epoch seconds
     lifetime: float | None  # seconds
-    scope: str | None = None
 
 
 def endpoint(token_url: str, name: str) -> str:
@@ -58,18 +60,19 @@ def parse_tokens(body: dict, now: float | None = None) -> Tokens:
     access = body.get("access_token")
     if not isinstance(access, str) or not access:
         raise OAuthError("invalid_response", "the token response has no access_token")
-    expires_at = None
     raw = body.get("expires_in")
     try:
         seconds = float(raw) if raw is not None else None
     except (TypeError, ValueError):
         seconds = None
-    if seconds is not None:
-        expires_at = seconds if seconds > EPOCH_THRESHOLD else now + seconds
-    else:
+    if seconds is None:
         expires_at = _jwt_exp(access)
+    elif seconds > EPOCH_THRESHOLD:
+        expires_at = seconds
+    else:
+        expires_at = now + seconds
     lifetime = None if expires_at is None else max(0.0, expires_at - now)
-    return Tokens(access, body.get("refresh_token") or None, expires_at, lifetime, body.get("scope"))
+    return Tokens(access, body.get("refresh_token") or None, expires_at, lifetime)
 
 
 def _jwt_exp(token: str) -> float | None:
@@ -95,9 +98,12 @@ def token_request(url: str, data: dict, client_id: str | None, client_secret: st
         data["client_id"] = client_id
     redact.guard_urllib3()
     try:
-        response = api_client.session().post(
-            url, data=data, auth=auth, headers={"Accept": "application/json"},
-            timeout=(api_client.CONNECT_TIMEOUT, api_client.READ_TIMEOUT),
+        response = client.session().post(
+            url,
+            data=data,
+            auth=auth,
+            headers={"Accept": "application/json"},
+            timeout=(client.CONNECT_TIMEOUT, client.READ_TIMEOUT),
         )
     except requests.RequestException as e:
         raise OAuthError("connection_error", f"cannot reach {url} ({type(e).__name__})") from None
@@ -107,22 +113,35 @@ def token_request(url: str, data: dict, client_id: str | None, client_secret: st
         body = {}
     if response.status_code >= 400 or not isinstance(body, dict) or "error" in body:
         body = body if isinstance(body, dict) else {}
-        raise OAuthError(str(body.get("error") or f"http_{response.status_code}"), str(body.get("error_description") or ""), response.status_code)
+        raise OAuthError(
+            str(body.get("error") or f"http_{response.status_code}"),
+            str(body.get("error_description") or ""),
+            response.status_code,
+        )
     return body
 
 
 def refresh(token_url: str, refresh_token: str, client_id: str | None, client_secret: str | None) -> Tokens:
-    body = token_request(token_url, {"grant_type": "refresh_token", "refresh_token": refresh_token}, client_id, client_secret)
+    body = token_request(
+        token_url, {"grant_type": "refresh_token", "refresh_token": refresh_token}, client_id, client_secret
+    )
     return parse_tokens(body)
 
 
 # --- Device Authorization flow (RFC 8628): works on a headless server ---
 
+
 def device_authorize(token_url: str, client_id: str, scope: str = SCOPES) -> dict:
     return token_request(endpoint(token_url, "device/authorize"), {"scope": scope}, client_id)
 
 
-def poll_device_token(token_url: str, client_id: str, start: dict, sleep=time.sleep, clock=time.monotonic) -> Tokens:
+def poll_device_token(
+    token_url: str,
+    client_id: str,
+    start: dict,
+    sleep: Callable[[float], None] = time.sleep,
+    clock: Callable[[], float] = time.monotonic,
+) -> Tokens:
     """Poll until the user approved; honours authorization_pending and slow_down (+5 s)."""
     interval = float(start["interval"]) if start.get("interval") is not None else 5.0  # RFC 8628's default
     deadline = clock() + float(start.get("expires_in") or 600)
@@ -131,7 +150,9 @@ def poll_device_token(token_url: str, client_id: str, start: dict, sleep=time.sl
         if clock() > deadline:
             raise OAuthError("expired_token", "the code expired before it was approved; run login again")
         try:
-            body = token_request(token_url, {"grant_type": DEVICE_GRANT, "device_code": start["device_code"]}, client_id)
+            body = token_request(
+                token_url, {"grant_type": DEVICE_GRANT, "device_code": start["device_code"]}, client_id
+            )
         except OAuthError as e:
             if e.error == "authorization_pending":
                 continue
@@ -144,6 +165,7 @@ def poll_device_token(token_url: str, client_id: str, start: dict, sleep=time.sl
 
 # --- Authorization Code with PKCE (RFC 7636) ---
 
+
 def pkce_pair() -> tuple[str, str]:
     """(code_verifier, S256 code_challenge)."""
     verifier = secrets.token_urlsafe(64)[:96]
@@ -151,14 +173,25 @@ def pkce_pair() -> tuple[str, str]:
     return verifier, challenge
 
 
-def authorize_url(token_url: str, client_id: str, redirect_uri: str, state: str, challenge: str, scope: str = SCOPES) -> str:
-    query = urlencode({
-        "client_id": client_id, "redirect_uri": redirect_uri, "response_type": "code", "scope": scope,
-        "state": state, "code_challenge": challenge, "code_challenge_method": "S256",
-    })
+def authorize_url(
+    token_url: str, client_id: str, redirect_uri: str, state: str, challenge: str, scope: str = SCOPES
+) -> str:
+    query = urlencode(
+        {
+            "client_id": client_id,
+            "redirect_uri": redirect_uri,
+            "response_type": "code",
+            "scope": scope,
+            "state": state,
+            "code_challenge": challenge,
+            "code_challenge_method": "S256",
+        }
+    )
     return f"{endpoint(token_url, 'authorize')}?{query}"
 
 
-def exchange_code(token_url: str, client_id: str, code: str, redirect_uri: str, verifier: str, client_secret: str | None = None) -> Tokens:
+def exchange_code(
+    token_url: str, client_id: str, code: str, redirect_uri: str, verifier: str, client_secret: str | None = None
+) -> Tokens:
     data = {"grant_type": "authorization_code", "code": code, "redirect_uri": redirect_uri, "code_verifier": verifier}
     return parse_tokens(token_request(token_url, data, client_id, client_secret))

@@ -22,12 +22,16 @@ _EMAIL = re.compile(r"([A-Za-z0-9._%+\-]+)(@|%40)([A-Za-z0-9\-]+(?:\.[A-Za-z0-9\
 _AUTH = re.compile(r"\b(bearer|basic)(\s+|%20|\+)[^\s\"',;&]+", re.IGNORECASE)
 _SECRET_FIELD = re.compile(
     r"((?:access|refresh|id)_token|client_secret|password|code_verifier|device_code)"
-    r"([\"']?\s*(?:=|:)\s*[\"']?)[^\s\"',;&]+", re.IGNORECASE)
+    r"([\"']?\s*(?:=|:)\s*[\"']?)[^\s\"',;&]+",
+    re.IGNORECASE,
+)
 _UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", re.IGNORECASE)
 # long runs of token alphabet (base64url: no "/", so URLs stay readable) with letters and digits:
 # JWTs, opaque tokens, keys
-_TOKENISH = re.compile(r"(?<![A-Za-z0-9_\-.~+=])(?=[A-Za-z0-9_\-.~+=]*\d)(?=[A-Za-z0-9_\-.~+=]*[A-Za-z])"
-                       r"[A-Za-z0-9_\-.~+=]{32,}")
+_TOKENISH = re.compile(
+    r"(?<![A-Za-z0-9_\-.~+=])(?=[A-Za-z0-9_\-.~+=]*\d)(?=[A-Za-z0-9_\-.~+=]*[A-Za-z])"
+    r"[A-Za-z0-9_\-.~+=]{32,}"
+)
 _CONTROL = re.compile(r"[\x00-\x1f\x7f\u2028\u2029]+")
 REDACTED = "<redacted>"
 
@@ -37,7 +41,7 @@ def emails(text: str) -> str:
     return _EMAIL.sub(_mask, text)
 
 
-def _mask(m: re.Match) -> str:
+def _mask(m: re.Match[str]) -> str:
     masked = mask_email(f"{m.group(1)}@{m.group(3)}")
     return masked.replace("@", m.group(2), 1)
 
@@ -48,7 +52,7 @@ def secrets(text: str) -> str:
     return _TOKENISH.sub(lambda m: m.group(0) if _UUID.fullmatch(m.group(0)) else REDACTED, text)
 
 
-def upstream_text(text, limit: int = LIMIT, known: tuple = ()) -> str:
+def upstream_text(text: object, limit: int = LIMIT, known: tuple[str, ...] = ()) -> str:
     """``text`` from a server, fit for a log line and a status column: one line, no email,
     no token (nor any of the ``known`` secrets), at most ``limit`` characters."""
     text = str(text if text is not None else "")

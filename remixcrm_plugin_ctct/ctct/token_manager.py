@@ -13,20 +13,23 @@ every refresh expires all earlier ones):
 import datetime as dt
 import logging
 import math
-import os
 import threading
 import time
+from collections.abc import Callable
 
 from .. import forksafe
-from . import oauth
+from ..config import Settings
 from ..store.interfaces import TokenStore
 from ..store.tokens import TokenState, fingerprint
+from . import oauth
 
 log = logging.getLogger("remixcrm_plugin_ctct")
 
 PROACTIVE_MARGIN = 300.0  # refresh when the token expires within 5 minutes
 MIN_REFRESH_INTERVAL = 1.0  # never more than one token-endpoint call per second
-REAUTH_FIX = "run `remixcrm-ctct login`, or paste a new access and refresh token in Settings → Integrations → Email Marketing"
+REAUTH_FIX = (
+    "run `remixcrm-ctct login`, or paste a new access and refresh token in Settings → Integrations → Email Marketing"
+)
 
 
 class NeedsReauth(Exception):
@@ -40,11 +43,15 @@ class TokenUnavailable(Exception):
 def describe_expiry(expires_at: float | None) -> str:
     """When a token expires, for people. Any number is described, never raised on: the expiry
     comes from a token response or a hand-edited config (year 10000, inf and nan have been seen)."""
-    if expires_at is None or isinstance(expires_at, bool) or not isinstance(expires_at, (int, float)) \
-            or not math.isfinite(expires_at):
+    if (
+        expires_at is None
+        or isinstance(expires_at, bool)
+        or not isinstance(expires_at, (int, float))
+        or not math.isfinite(expires_at)
+    ):
         return "an unknown time"
     try:
-        when = dt.datetime.fromtimestamp(expires_at, dt.timezone.utc).replace(microsecond=0)
+        when = dt.datetime.fromtimestamp(expires_at, dt.UTC).replace(microsecond=0)
     except (OverflowError, ValueError, OSError):
         return f"an impossible time ({expires_at:.0f} s after 1970, outside the years 1 to 9999)"
     return f"{when.isoformat().replace('+00:00', 'Z')} (in {_duration(expires_at - time.time())})"
@@ -64,7 +71,12 @@ def _duration(seconds: float) -> str:
 
 
 class TokenManager:
-    def __init__(self, store: TokenStore, clock=time.time, sleep=time.sleep):
+    def __init__(
+        self,
+        store: TokenStore,
+        clock: Callable[[], float] = time.time,
+        sleep: Callable[[float], None] = time.sleep,
+    ):
         self.store, self._clock, self._sleep = store, clock, sleep
         self._lock = threading.Lock()
         self._announced: str | None = None
@@ -76,20 +88,20 @@ class TokenManager:
     def _after_fork(self) -> None:
         self._lock = threading.Lock()  # a parent thread may have held it at fork time
 
-    # --- what the sender calls ---
-    def access_token(self, settings) -> str:
+    # --- what delivery calls ---
+    def access_token(self, settings: Settings) -> str:
         """A token good for the next call; refreshes first when the expiry is unknown or near."""
         state = self.state(settings)
         self._check_reauth(state, settings)
-        if self._fresh(state):
+        if state.access_token and self._fresh(state):
             return state.access_token
         return self.refresh(settings, stale=state.access_token)
 
-    def after_unauthorized(self, settings, rejected: str) -> str:
+    def after_unauthorized(self, settings: Settings, rejected: str) -> str:
         """The API said 401 to ``rejected``: a newer token from the store, or a refresh."""
         return self.refresh(settings, stale=rejected)
 
-    def refresh(self, settings, stale: str | None = None, force: bool = False) -> str:
+    def refresh(self, settings: Settings, stale: str | None = None, force: bool = False) -> str:
         """Refresh under the cross-process lock, unless someone already did. Returns the token."""
         with self._lock, self.store.lock():
             state = self.store.read()
@@ -99,8 +111,9 @@ class TokenManager:
                 self._check_reauth(state, settings)
             if not force and state.access_token and state.access_token != stale and self._fresh(state):
                 return state.access_token  # another thread or process refreshed meanwhile
-            if not state.refresh_token or not settings.client_id:
-                missing = "refresh_token" if not state.refresh_token else "client_id"
+            refresh_token = state.refresh_token
+            if not refresh_token or not settings.client_id:
+                missing = "refresh_token" if not refresh_token else "client_id"
                 raise self._reauth(f"the access token is expired or unknown and there is no {missing} to refresh it")
             wait = state.last_refresh_call + MIN_REFRESH_INTERVAL - self._clock()
             if wait > 0:
@@ -108,38 +121,46 @@ class TokenManager:
             state = state.with_(last_refresh_call=self._clock())
             self.store.write(state)  # the attempt counts even if this process dies mid-call
             try:
-                tokens = oauth.refresh(settings.token_url, state.refresh_token, settings.client_id, settings.client_secret)
+                tokens = oauth.refresh(settings.token_url, refresh_token, settings.client_id, settings.client_secret)
             except oauth.OAuthError as e:
                 if e.transient:
                     raise TokenUnavailable(f"token refresh failed: {e}") from None
                 latest = self.store.read()  # rotated by someone who did not take the lock (a login)?
-                if latest and latest.refresh_token != state.refresh_token and latest.access_token:
+                if latest and latest.refresh_token != refresh_token and latest.access_token:
                     return latest.access_token
-                failed = state.with_(needs_reauth=f"Constant Contact refused the refresh token ({e})", reauth_credentials=_credentials(settings, state))
-                self.store.write(failed)
-                raise self._reauth(failed.needs_reauth) from None
+                reason = f"Constant Contact refused the refresh token ({e})"
+                self.store.write(state.with_(needs_reauth=reason, reauth_credentials=_credentials(settings, state)))
+                raise self._reauth(reason) from None
             new = state.with_(
-                access_token=tokens.access_token, refresh_token=tokens.refresh_token or state.refresh_token,
-                expires_at=tokens.expires_at, lifetime=tokens.lifetime, needs_reauth=None, reauth_credentials="",
+                access_token=tokens.access_token,
+                refresh_token=tokens.refresh_token or refresh_token,
+                expires_at=tokens.expires_at,
+                lifetime=tokens.lifetime,
+                needs_reauth=None,
+                reauth_credentials="",
             )
             self.store.write(new)  # saved before the new access token is used: never lose a rotated pair
         self._announced = None
         log.info("access token refreshed; it expires at %s", describe_expiry(new.expires_at))
-        return new.access_token
+        return tokens.access_token
 
-    def save_login(self, settings, tokens: oauth.Tokens) -> TokenState:
+    def save_login(self, settings: Settings, tokens: oauth.Tokens) -> TokenState:
         """Store the tokens a login produced; they win over the config's current pair."""
         with self._lock, self.store.lock():
             old = self.store.read() or TokenState()
             state = TokenState(
-                tokens.access_token, tokens.refresh_token, tokens.expires_at, tokens.lifetime,
-                seeded_from=_seed(settings), last_refresh_call=old.last_refresh_call,
+                tokens.access_token,
+                tokens.refresh_token,
+                tokens.expires_at,
+                tokens.lifetime,
+                seeded_from=_seed(settings),
+                last_refresh_call=old.last_refresh_call,
             )
             self.store.write(state)
         self._announced = None
         return state
 
-    def state(self, settings) -> TokenState:
+    def state(self, settings: Settings) -> TokenState:
         """The current state (seeded from the config if needed), for status and check."""
         state = self.store.read()
         if state is not None and state.seeded_from == _seed(settings):
@@ -158,11 +179,11 @@ class TokenManager:
         margin = min(PROACTIVE_MARGIN, state.lifetime / 4) if state.lifetime else PROACTIVE_MARGIN
         return state.expires_at - self._clock() > margin
 
-    def _reseed(self, settings) -> TokenState:
+    def _reseed(self, settings: Settings) -> TokenState:
         with self._lock, self.store.lock():
             return self._seed_locked(settings, self.store.read())
 
-    def _seed_locked(self, settings, current: TokenState | None) -> TokenState:
+    def _seed_locked(self, settings: Settings, current: TokenState | None) -> TokenState:
         seed = _seed(settings)
         if current is not None and current.seeded_from == seed:
             return current  # another process seeded it while we waited for the lock
@@ -172,7 +193,11 @@ class TokenManager:
             return state
         expires = settings.token_expires_at.timestamp() if settings.token_expires_at else None
         state = TokenState(
-            settings.access_token, settings.refresh_token, expires, None, seeded_from=seed,
+            settings.access_token,
+            settings.refresh_token,
+            expires,
+            None,
+            seeded_from=seed,
             last_refresh_call=current.last_refresh_call if current else 0.0,
         )
         self.store.write(state)
@@ -180,7 +205,7 @@ class TokenManager:
             log.info("new tokens found in the config (pasted in Settings); they replace the stored ones")
         return state
 
-    def _check_reauth(self, state: TokenState, settings) -> None:
+    def _check_reauth(self, state: TokenState, settings: Settings) -> None:
         if not state.access_token and not state.refresh_token:
             raise self._reauth("there is no access token")
         if state.needs_reauth and state.reauth_credentials == _credentials(settings, state):
@@ -193,9 +218,9 @@ class TokenManager:
         return NeedsReauth(f"{reason}; {REAUTH_FIX}")
 
 
-def _seed(settings) -> str:
+def _seed(settings: Settings) -> str:
     return fingerprint(settings.access_token, settings.refresh_token)
 
 
-def _credentials(settings, state: TokenState) -> str:
+def _credentials(settings: Settings, state: TokenState) -> str:
     return fingerprint(state.refresh_token, settings.client_id, settings.client_secret)

@@ -22,8 +22,10 @@ import json
 import re
 import threading
 import uuid
+from typing import Any
 
-from .contacts import UUID_RE, iso
+from .contacts import UUID_RE, ContactsApi, iso
+from .faults import Faults
 
 MAX_BYTES = 4_000_000
 MAX_CONTACTS = 40_000
@@ -32,15 +34,17 @@ MAX_QUEUED = 1_000  # "You exceeded 1,000 queued activities for this user accoun
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 _ANNIVERSARY = re.compile(r"^(\d{1,2}[/-]\d{1,2}[/-]\d{4}|\d{4}[/-]\d{1,2}[/-]\d{1,2})$")
 # JsonImportContact's string properties with their maxLength (the spec spells "home country" with a space)
-_FIELDS = {"email": 50, "first_name": 50, "last_name": 50, "job_title": 50, "company_name": 50, "anniversary": 10,
-           "phone": 50, "home_phone": 50, "work_phone": 50, "mobile_phone": 50, "other_phone": 50,
-           "street": 255, "street2": 255, "city": 50, "state": 50, "zip": 50, "country": 50,
-           "home_street": 255, "home_street2": 255, "home_city": 50, "home_state": 50, "home_zip": 50,
-           "home country": 50,
-           "work_street": 255, "work_street2": 255, "work_city": 50, "work_state": 50, "work_zip": 50,
-           "work_country": 50,
-           "other_street": 255, "other_street2": 255, "other_city": 50, "other_state": 50, "other_zip": 50,
-           "other_country": 50, "sms_number": 16, "sms_consent_date": 16}
+# fmt: off
+_FIELDS = {
+    "email": 50, "first_name": 50, "last_name": 50, "job_title": 50, "company_name": 50, "anniversary": 10,
+    "phone": 50, "home_phone": 50, "work_phone": 50, "mobile_phone": 50, "other_phone": 50,
+    "street": 255, "street2": 255, "city": 50, "state": 50, "zip": 50, "country": 50,
+    "home_street": 255, "home_street2": 255, "home_city": 50, "home_state": 50, "home_zip": 50, "home country": 50,
+    "work_street": 255, "work_street2": 255, "work_city": 50, "work_state": 50, "work_zip": 50, "work_country": 50,
+    "other_street": 255, "other_street2": 255, "other_city": 50, "other_state": 50, "other_zip": 50,
+    "other_country": 50, "sms_number": 16, "sms_consent_date": 16,
+}
+# fmt: on
 # stored under the names sign_up_form uses, so a contact looks the same whichever lane it came by
 _STORED_AS = {"phone": "phone_number"}
 
@@ -50,7 +54,7 @@ def _bad(status: int, message: str, key: str = "json.field.invalid") -> tuple[in
 
 
 class Imports:
-    def __init__(self, contacts, faults, polls_to_complete: int = 2):
+    def __init__(self, contacts: ContactsApi, faults: Faults, polls_to_complete: int = 2):
         self.contacts, self.faults = contacts, faults
         self.polls_to_complete = polls_to_complete
         self.activities: dict[str, dict] = {}  # activity_id -> {"public": ActivityImport, "rows": …, "polls": n}
@@ -73,17 +77,23 @@ class Imports:
             return _bad(404, f"list {unknown[0]} was not found", "contacts.api.not_found")
         now = self.contacts.clock()
         activity_id = str(uuid.uuid4())
-        public = {"activity_id": activity_id, "state": "initialized", "created_at": iso(now), "updated_at": iso(now),
-                  "percent_done": 0, "activity_errors": [],
-                  "status": {"items_total_count": len(body["import_data"]), "person_count": 0, "error_count": 0,
-                             "correctable_count": 0, "cannot_add_to_list_count": 0},
-                  "_links": {"self": {"href": f"/v3/activities/{activity_id}"}}}
+        counts = ("person_count", "error_count", "correctable_count", "cannot_add_to_list_count")
+        status = {"items_total_count": len(body["import_data"]), **dict.fromkeys(counts, 0)}
+        public: dict[str, Any] = {"activity_id": activity_id, "state": "initialized"}
+        stamp = iso(now)
+        public |= {"created_at": stamp, "updated_at": stamp, "percent_done": 0, "activity_errors": [], "status": status}
+        public["_links"] = {"self": {"href": f"/v3/activities/{activity_id}"}}
         with self._lock:
             queued = sum(a["public"]["state"] in ("initialized", "processing") for a in self.activities.values())
             if queued >= MAX_QUEUED:
                 return _bad(429, "You exceeded 1,000 queued activities for this user account.", "too_many_requests")
-            self.activities[activity_id] = {"public": public, "rows": body["import_data"], "list_ids": body["list_ids"],
-                                            "polls": 0, "fail": self.faults.take_import_failure()}
+            self.activities[activity_id] = {
+                "public": public,
+                "rows": body["import_data"],
+                "list_ids": body["list_ids"],
+                "polls": 0,
+                "fail": self.faults.take_import_failure(),
+            }
             return 201, _copy(public)
 
     def get(self, activity_id: str) -> tuple[int, object]:
@@ -138,7 +148,7 @@ class Imports:
         status["cannot_add_to_list_count"] = apply(self.contacts, good, activity["list_ids"])
 
 
-def apply(api, rows: list[dict], list_ids: list[str]) -> int:
+def apply(api: ContactsApi, rows: list[dict], list_ids: list[str]) -> int:
     """Import ``rows`` into the sandbox's contacts; returns how many could not join the lists.
 
     - new contact: ``permission_to_send = implicit``, ``opt_in_source = Account`` (the spec);
@@ -160,8 +170,14 @@ def apply(api, rows: list[dict], list_ids: list[str]) -> int:
             props = {_STORED_AS.get(k, k): v for k, v in row.items() if k != "email"}
             contact = api.contacts.get(key)
             if contact is None:
-                contact = {"contact_id": str(uuid.uuid4()), "list_memberships": [], "created": now,
-                           "permission_to_send": "implicit", "opt_in_source": "Account", "create_source": "Account"}
+                contact = {
+                    "contact_id": str(uuid.uuid4()),
+                    "list_memberships": [],
+                    "created": now,
+                    "permission_to_send": "implicit",
+                    "opt_in_source": "Account",
+                    "create_source": "Account",
+                }
                 api.contacts[key] = contact
             elif contact.get("deleted_at"):
                 contact.pop("deleted_at")
@@ -171,17 +187,20 @@ def apply(api, rows: list[dict], list_ids: list[str]) -> int:
             if contact["permission_to_send"] == "unsubscribed":
                 refused += 1
                 continue
-            contact["list_memberships"] += [l for l in list_ids if l not in contact["list_memberships"]]
+            contact["list_memberships"] += [i for i in list_ids if i not in contact["list_memberships"]]
     return refused
 
 
 def _validate(body, custom_fields: set) -> list[str]:
     if not isinstance(body, dict):
         return ["the request body must be a JSON object (ContactsJsonImport)"]
-    problems = [f"'{k}' is not a property of ContactsJsonImport" for k in body
-                if k not in ("import_data", "list_ids", "sms_permission_to_send")]
+    problems = [
+        f"'{k}' is not a property of ContactsJsonImport"
+        for k in body
+        if k not in ("import_data", "list_ids", "sms_permission_to_send")
+    ]
     lists = body.get("list_ids")
-    if not isinstance(lists, list) or not 1 <= len(lists) <= 50 or not all(_is_uuid(l) for l in lists):
+    if not isinstance(lists, list) or not 1 <= len(lists) <= 50 or not all(_is_uuid(i) for i in lists):
         problems.append("list_ids is required and must hold 1 to 50 list ids (UUIDs)")
     if body.get("sms_permission_to_send", "not_set") not in ("explicit", "not_set"):
         problems.append("sms_permission_to_send must be explicit or not_set")
@@ -227,5 +246,9 @@ def _is_uuid(value) -> bool:
 
 
 def _copy(public: dict) -> dict:
-    return {**public, "activity_errors": list(public["activity_errors"]), "status": dict(public["status"]),
-            "_links": {"self": dict(public["_links"]["self"])}}
+    return {
+        **public,
+        "activity_errors": list(public["activity_errors"]),
+        "status": dict(public["status"]),
+        "_links": {"self": dict(public["_links"]["self"])},
+    }

@@ -17,6 +17,7 @@ import secrets
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from urllib.parse import urlencode
 
 SANDBOX_CLIENT_ID = "sandbox-client-id"
@@ -25,10 +26,19 @@ TOKEN_THROTTLED = {"errorCode": "E0000047", "errorSummary": "API call exceeded r
 
 
 class AuthServer:
-    def __init__(self, access_lifetime: float = 86400, rotating: bool = True, client_id: str = SANDBOX_CLIENT_ID,
-                 client_secret: str | None = None, auto_approve_device: bool = True, device_interval: float = 1,
-                 scope: str = "contact_data offline_access", clock=time.time, token_rate_limit: float | None = 1,
-                 rate_clock=time.monotonic):
+    def __init__(
+        self,
+        access_lifetime: float = 86400,
+        rotating: bool = True,
+        client_id: str = SANDBOX_CLIENT_ID,
+        client_secret: str | None = None,
+        auto_approve_device: bool = True,
+        device_interval: float = 1,
+        scope: str = "contact_data offline_access",
+        clock: Callable[[], float] = time.time,
+        token_rate_limit: float | None = 1,
+        rate_clock: Callable[[], float] = time.monotonic,
+    ):
         self.access_lifetime, self.rotating = access_lifetime, rotating
         self.client_id, self.client_secret = client_id, client_secret
         self.auto_approve_device, self.device_interval, self.clock = auto_approve_device, device_interval, clock
@@ -84,8 +94,13 @@ class AuthServer:
             self.refresh_tokens.add(refresh)
         else:
             refresh = next(iter(self.refresh_tokens))
-        return {"access_token": access, "token_type": "Bearer", "expires_in": self.access_lifetime,
-                "refresh_token": refresh, "scope": self.scope}
+        return {
+            "access_token": access,
+            "token_type": "Bearer",
+            "expires_in": self.access_lifetime,
+            "refresh_token": refresh,
+            "scope": self.scope,
+        }
 
     # --- endpoints: each returns (status, body) ---
     def token(self, form: dict, basic: tuple[str, str] | None) -> tuple[int, dict]:
@@ -100,7 +115,10 @@ class AuthServer:
                 self.token_calls += 1
                 if form.get("refresh_token") not in self.refresh_tokens:
                     self.invalid_grants += 1
-                    return 400, {"error": "invalid_grant", "error_description": "The refresh token is invalid or expired."}
+                    return 400, {
+                        "error": "invalid_grant",
+                        "error_description": "The refresh token is invalid or expired.",
+                    }
                 return 200, self._issue_locked()
             if grant == "authorization_code":
                 return self._code_grant(form)
@@ -126,11 +144,21 @@ class AuthServer:
             return 401, {"error": "invalid_client", "error_description": "Client authentication failed."}
         device_code, user_code = secrets.token_urlsafe(24), secrets.token_hex(4).upper()
         with self._lock:
-            self.device_codes[device_code] = {"user_code": user_code, "approved": False, "polls": 0, "expires_at": self.clock() + 600}
+            self.device_codes[device_code] = {
+                "user_code": user_code,
+                "approved": False,
+                "polls": 0,
+                "expires_at": self.clock() + 600,
+            }
         verify = f"{base_url}/device"
-        return 200, {"device_code": device_code, "user_code": user_code, "verification_uri": verify,
-                     "verification_uri_complete": f"{verify}?user_code={user_code}", "expires_in": 600,
-                     "interval": self.device_interval}
+        return 200, {
+            "device_code": device_code,
+            "user_code": user_code,
+            "verification_uri": verify,
+            "verification_uri_complete": f"{verify}?user_code={user_code}",
+            "expires_in": 600,
+            "interval": self.device_interval,
+        }
 
     def approve_device(self, user_code: str) -> bool:
         with self._lock:
@@ -160,7 +188,11 @@ class AuthServer:
             return 400, "PKCE with S256 is required"
         code = secrets.token_urlsafe(24)
         with self._lock:
-            self.auth_codes[code] = {"redirect_uri": query.get("redirect_uri"), "challenge": query["code_challenge"], "expires_at": self.clock() + 300}
+            self.auth_codes[code] = {
+                "redirect_uri": query.get("redirect_uri"),
+                "challenge": query["code_challenge"],
+                "expires_at": self.clock() + 300,
+            }
         return 302, f"{query.get('redirect_uri')}?{urlencode({'code': code, 'state': query.get('state', '')})}"
 
     def _code_grant(self, form: dict) -> tuple[int, dict]:

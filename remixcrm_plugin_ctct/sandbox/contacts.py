@@ -15,27 +15,32 @@ import re
 import threading
 import time
 import uuid
+from collections.abc import Callable
+from typing import Any
 
 SEEDED_LIST_ID = "1d0c1bd5-7e5a-4d0e-9b64-5ad1c4b3f001"
 UUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$", re.I)
 # ContactCreateOrUpdateInput's string fields we model, with maxLength from the vendor spec
-_LIMITS = {"email_address": 50, "first_name": 50, "last_name": 50, "job_title": 50, "company_name": 50, "phone_number": 25}
-_OTHER_SCHEMA_FIELDS = {"list_memberships", "custom_fields", "anniversary", "birthday_month", "birthday_day", "street_address", "sms_channel"}
+_LIMITS = dict(email_address=50, first_name=50, last_name=50, job_title=50, company_name=50, phone_number=25)
+_OTHER_SCHEMA_FIELDS = {"list_memberships", "custom_fields", "anniversary", "birthday_month", "birthday_day"}
+_OTHER_SCHEMA_FIELDS |= {"street_address", "sms_channel"}
 # GET /contacts?status= values (the spec's enum); "active" is everyone not deleted and not opted out
 STATUSES = {"all", "active", "deleted", "not_set", "pending_confirmation", "temp_hold", "unsubscribed"}
 
 
 def iso(ts: float) -> str:
-    return dt.datetime.fromtimestamp(ts, dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+    return dt.datetime.fromtimestamp(ts, dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
 
 
 def _day(ts: float) -> str:
     # ContactResource.deleted_at is `format: date` in the spec ("2016-07-08"), not a date-time
-    return dt.datetime.fromtimestamp(ts, dt.timezone.utc).strftime("%Y-%m-%d")
+    return dt.datetime.fromtimestamp(ts, dt.UTC).strftime("%Y-%m-%d")
 
 
 class ContactsApi:
-    def __init__(self, confirmed_opt_in: bool = False, lowercase_lookups: bool = True, clock=time.time):
+    def __init__(
+        self, confirmed_opt_in: bool = False, lowercase_lookups: bool = True, clock: Callable[[], float] = time.time
+    ):
         self.lists = {SEEDED_LIST_ID: {"list_id": SEEDED_LIST_ID, "name": "RemixCRM clients"}}
         self.contacts: dict[str, dict] = {}  # lower-cased email -> contact
         self.custom_fields: set[str] = set()  # names an import may use as "cf:<name>"
@@ -53,8 +58,9 @@ class ContactsApi:
         """Contacts in ``GET /contacts``'s shape (email_address an object carrying permission_to_send).
         From Python (tests, the demo) the email is matched case-blind; ``as_queried`` is the HTTP
         path, which matches only the stored lower-case address when ``lowercase_lookups`` is on."""
-        params = {"status": "all" if include_deleted else "", "limit": 500, "email": email}
-        found, page = [], {"_links": {"next": {"href": ""}}}
+        params: dict[str, Any] = {"status": "all" if include_deleted else "", "limit": 500, "email": email}
+        found: list[dict] = []
+        page: Any = {"_links": {"next": {"href": ""}}}
         while "_links" in page:
             page = self.query(params, as_queried=as_queried)[1]
             found += page["contacts"]
@@ -90,22 +96,34 @@ class ContactsApi:
                 except ValueError:
                     return _bad_query(f"{key} must be an ISO-8601 date-time")
         with self.lock:
-            found = [c for k, c in self.contacts.items() if (not email or k == email) and _status_matches(c, statuses)
-                     and c.get("updated", 0) > since.get("updated_after", -1)
-                     and ("optout_after" not in since or c.get("opt_out", -1) > since["optout_after"])]
-            answer = {"contacts": [_api_shape(c) for c in found[offset:offset + limit]], "contacts_count": len(found)}
+            found = [
+                c
+                for k, c in self.contacts.items()
+                if (not email or k == email)
+                and _status_matches(c, statuses)
+                and c.get("updated", 0) > since.get("updated_after", -1)
+                and ("optout_after" not in since or c.get("opt_out", -1) > since["optout_after"])
+            ]
+            answer = {"contacts": [_api_shape(c) for c in found[offset : offset + limit]], "contacts_count": len(found)}
         if offset + limit < len(found):
             cursor = base64.urlsafe_b64encode(json.dumps({**params, "offset": offset + limit}).encode()).decode()
             answer["_links"] = {"next": {"href": f"/v3/contacts?cursor={cursor}"}}
         return 200, answer
 
-    def seed_contact(self, email: str, permission_to_send: str = "explicit", deleted: bool = False, list_id: str | None = None) -> dict:
+    def seed_contact(
+        self, email: str, permission_to_send: str = "explicit", deleted: bool = False, list_id: str | None = None
+    ) -> dict:
         """Put a contact in place as if it had a history: ``unsubscribed``, or deleted."""
         now = self.clock()
         with self.lock:
-            contact = {"contact_id": str(uuid.uuid4()), "email_address": email.lower(),
-                       "list_memberships": [list_id] if list_id else [],
-                       "permission_to_send": permission_to_send, "created": now, "updated": now}
+            contact = {
+                "contact_id": str(uuid.uuid4()),
+                "email_address": email.lower(),
+                "list_memberships": [list_id] if list_id else [],
+                "permission_to_send": permission_to_send,
+                "created": now,
+                "updated": now,
+            }
             if permission_to_send == "unsubscribed":
                 contact["opt_out"] = now
             if deleted:
@@ -133,7 +151,7 @@ class ContactsApi:
             return {**found, "membership_count": count}
 
     def unknown_lists(self, list_ids: list) -> list:
-        return [l for l in list_ids if l not in self.lists]
+        return [i for i in list_ids if i not in self.lists]
 
     def sign_up(self, body) -> tuple[int, object]:
         problems = validate(body)
@@ -147,26 +165,42 @@ class ContactsApi:
             self.sign_ups.append(body)
             key = body["email_address"].lower()
             existing = self.contacts.get(key)
-            contact = existing or {"contact_id": str(uuid.uuid4()), "list_memberships": [], "created": now,
-                                   "create_source": "Contact", "opt_in_source": "Contact"}
+            contact = existing or {
+                "contact_id": str(uuid.uuid4()),
+                "list_memberships": [],
+                "created": now,
+                "create_source": "Contact",
+                "opt_in_source": "Contact",
+            }
             contact.update({k: v for k, v in body.items() if k != "list_memberships"})
             contact["email_address"], contact["updated"] = key, now
-            contact["list_memberships"] += [l for l in body["list_memberships"] if l not in contact["list_memberships"]]
+            contact["list_memberships"] += [i for i in body["list_memberships"] if i not in contact["list_memberships"]]
             if existing is None and self.confirmed_opt_in:
                 contact["permission_to_send"] = "pending_confirmation"  # until the person clicks the confirmation mail
             else:
                 contact["permission_to_send"] = "explicit"  # what the real endpoint does, even after an unsubscribe
             contact.pop("deleted_at", None)  # and it restores a deleted contact
             self.contacts[key] = contact
-        return (200 if existing else 201), {"contact_id": contact["contact_id"], "action": "updated" if existing else "created"}
+        return (200 if existing else 201), {
+            "contact_id": contact["contact_id"],
+            "action": "updated" if existing else "created",
+        }
 
 
 def validate(body) -> list[str]:
     if not isinstance(body, dict):
         return ["the request body must be a JSON object"]
-    problems = [f"'{k}' is not a property of ContactCreateOrUpdateInput" for k in body if k not in _LIMITS and k not in _OTHER_SCHEMA_FIELDS]
+    problems = [
+        f"'{k}' is not a property of ContactCreateOrUpdateInput"
+        for k in body
+        if k not in _LIMITS and k not in _OTHER_SCHEMA_FIELDS
+    ]
     lists = body.get("list_memberships")
-    if not isinstance(lists, list) or not 1 <= len(lists) <= 50 or not all(isinstance(l, str) and UUID_RE.match(l) for l in lists):
+    if (
+        not isinstance(lists, list)
+        or not 1 <= len(lists) <= 50
+        or not all(isinstance(i, str) and UUID_RE.match(i) for i in lists)
+    ):
         problems.append("list_memberships must hold 1 to 50 list ids (UUIDs)")
     if not body.get("email_address"):
         problems.append("email_address is required")

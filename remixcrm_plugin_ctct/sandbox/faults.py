@@ -14,13 +14,19 @@ import random
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 
 THROTTLED = {"error_key": "throttled", "error_message": "Too Many Requests"}
 QUOTA_EXCEEDED = {"error_key": "quota_exceeded", "error_message": "Limit Exceeded"}
 
 
 class Faults:
-    def __init__(self, seed: int | None = None, clock=time.monotonic, wall_clock=time.time):
+    def __init__(
+        self,
+        seed: int | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
+    ):
         self.rate_limit: float | None = None  # requests per second, like Constant Contact's 4
         self.daily_quota: int | None = None
         self.error_rate = 0.0  # share of calls answered with error_status
@@ -60,9 +66,20 @@ class Faults:
                 return True
             return False
 
-    def fail_next(self, count: int, status: int, body=None) -> None:
+    def fail_next(self, count: int, status: int, body: object = None) -> None:
         with self._lock:
-            self.script.extend([("status", status, body if body is not None else [{"error_key": "injected", "error_message": f"injected {status}"}])] * count)
+            self.script.extend(
+                [
+                    (
+                        "status",
+                        status,
+                        body
+                        if body is not None
+                        else [{"error_key": "injected", "error_message": f"injected {status}"}],
+                    )
+                ]
+                * count
+            )
 
     def decide(self) -> tuple:
         """The fate of one API call: ("ok",), ("status", code, body), ("drop",) or ("hang",)."""
@@ -88,5 +105,9 @@ class Faults:
             if self.drop_rate and self._random.random() < self.drop_rate:
                 return ("drop",)
             if self.error_rate and self._random.random() < self.error_rate:
-                return ("status", self.error_status, [{"error_key": "server.error", "error_message": "injected failure"}])
+                return (
+                    "status",
+                    self.error_status,
+                    [{"error_key": "server.error", "error_message": "injected failure"}],
+                )
         return ("ok",)

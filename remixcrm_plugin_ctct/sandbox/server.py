@@ -18,10 +18,14 @@ from .faults import Faults
 SEEDED_TOKEN = "sandbox-access-token"  # a static token that never expires (tests, benchmarks)
 OAUTH_PREFIX = "/oauth2/default/v1"
 _UNAUTHORIZED = {"error_key": "unauthorized", "error_message": "Unauthorized"}
+_NO_SCOPE = [{"error_key": "forbidden", "error_message": "The token does not have the contact_data scope"}]
+_NOT_JSON = [{"error_key": "unsupported_media_type", "error_message": "Content-Type must be application/json"}]
 _IMPORT_PATH = "/v3/activities/contacts_json_import"
 # GET /account/user/privileges in the spec's UserPrivilegesResource shape (ids are the sandbox's own)
-PRIVILEGES = [{"privilege_id": n, "privilege_name": name}
-              for n, name in enumerate(("contacts:read", "contacts:write", "contacts:lists:read"), start=1)]
+PRIVILEGES = [
+    {"privilege_id": n, "privilege_name": name}
+    for n, name in enumerate(("contacts:read", "contacts:write", "contacts:lists:read"), start=1)
+]
 
 
 class Sandbox:
@@ -33,9 +37,16 @@ class Sandbox:
     /activities/{id}`` poll on which an import completes. ``token_rate_limit`` (1/s) and the rest
     go to the authorization server."""
 
-    def __init__(self, access_token: str | None = SEEDED_TOKEN, host: str = "127.0.0.1", port: int = 0,
-                 confirmed_opt_in: bool = False, lowercase_lookups: bool = True, import_polls_to_complete: int = 2,
-                 **authz_options):
+    def __init__(
+        self,
+        access_token: str | None = SEEDED_TOKEN,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        confirmed_opt_in: bool = False,
+        lowercase_lookups: bool = True,
+        import_polls_to_complete: int = 2,
+        **authz_options,
+    ):
         self.static_token = access_token
         self.api = ContactsApi(confirmed_opt_in=confirmed_opt_in, lowercase_lookups=lowercase_lookups)
         self.authz = AuthServer(**authz_options)
@@ -51,7 +62,7 @@ class Sandbox:
 
     @property
     def base_url(self) -> str:
-        host, port = self._server.server_address[:2]
+        host, port = self._server.socket.getsockname()[:2]
         return f"http://{host}:{port}"
 
     @property
@@ -75,7 +86,7 @@ class Sandbox:
     def __enter__(self) -> "Sandbox":
         return self.start()
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.stop()
 
     def members(self, list_id: str | None = None) -> list[dict]:
@@ -85,12 +96,12 @@ class Sandbox:
         return (self.static_token is not None and token == self.static_token) or self.authz.access_ok(token)
 
 
-def _handler(sandbox: Sandbox):
+def _handler(sandbox: Sandbox) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
         disable_nagle_algorithm = True  # headers and body go out as two writes: no 40 ms delayed-ACK stall
 
-        def log_message(self, *args):  # quiet: the demo prints its own view
+        def log_message(self, *args: object) -> None:  # quiet: the demo prints its own view
             pass
 
         def _reply(self, status: int, body, headers: dict | None = None) -> None:
@@ -143,7 +154,7 @@ def _handler(sandbox: Sandbox):
                 self._reply(fate[1], fate[2])
             return True
 
-        def do_POST(self):
+        def do_POST(self) -> None:
             raw = self._body()
             if self._hanging():
                 return
@@ -165,9 +176,9 @@ def _handler(sandbox: Sandbox):
             if self._fault() or not self._bearer_ok():
                 return
             if not sandbox.authz.has_scope(self._token(), "contact_data"):
-                return self._reply(403, [{"error_key": "forbidden", "error_message": "The token does not have the contact_data scope"}])
+                return self._reply(403, _NO_SCOPE)
             if not (self.headers.get("Content-Type") or "").startswith("application/json"):
-                return self._reply(415, [{"error_key": "unsupported_media_type", "error_message": "Content-Type must be application/json"}])
+                return self._reply(415, _NOT_JSON)
             if url.path == _IMPORT_PATH:
                 return self._reply(*sandbox.imports.create(raw))
             try:
@@ -176,10 +187,11 @@ def _handler(sandbox: Sandbox):
                 return self._reply(400, [{"error_key": "json.parse.error", "error_message": "malformed JSON"}])
             status, answer = sandbox.api.sign_up(body)
             with sandbox._calls_lock:
-                sandbox.calls.append({"email": str(body.get("email_address", "")).lower(), "start": started, "end": time.monotonic(), "status": status})
+                email = str(body.get("email_address", "")).lower()
+                sandbox.calls.append({"email": email, "start": started, "end": time.monotonic(), "status": status})
             self._reply(status, answer)
 
-        def do_GET(self):
+        def do_GET(self) -> None:
             if self._hanging():
                 return
             url = urlsplit(self.path)
@@ -191,25 +203,38 @@ def _handler(sandbox: Sandbox):
                 return self._reply(400, location.encode())
             if url.path == "/sandbox/stats":  # what the limits and faults did, for benches and tests
                 f = sandbox.faults
-                return self._reply(200, {"throttled": f.throttled, "quota_refused": f.quota_refused, "members": len(sandbox.members()),
-                                         "unauthorized": sandbox.unauthorized, "sign_ups": len(sandbox.calls),
-                                         "token_calls": sandbox.authz.token_calls,
-                                         "invalid_grants": sandbox.authz.invalid_grants,
-                                         "token_throttled": sandbox.authz.token_throttled,
-                                         "imports": len(sandbox.imports.activities)})
+                return self._reply(
+                    200,
+                    {
+                        "throttled": f.throttled,
+                        "quota_refused": f.quota_refused,
+                        "members": len(sandbox.members()),
+                        "unauthorized": sandbox.unauthorized,
+                        "sign_ups": len(sandbox.calls),
+                        "token_calls": sandbox.authz.token_calls,
+                        "invalid_grants": sandbox.authz.invalid_grants,
+                        "token_throttled": sandbox.authz.token_throttled,
+                        "imports": len(sandbox.imports.activities),
+                    },
+                )
             if url.path == f"{OAUTH_PREFIX}/device":
                 ok = sandbox.authz.approve_device(query.get("user_code", ""))
                 return self._reply(200 if ok else 404, b"approved" if ok else b"unknown code")
             if url.path == "/sandbox/view":  # read-only JSON view for people (no token needed)
-                return self._reply(200, {"lists": list(sandbox.api.lists.values()),
-                                         "contacts": sandbox.api.find(include_deleted=True),
-                                         "activities": sandbox.imports.view()})
+                return self._reply(
+                    200,
+                    {
+                        "lists": list(sandbox.api.lists.values()),
+                        "contacts": sandbox.api.find(include_deleted=True),
+                        "activities": sandbox.imports.view(),
+                    },
+                )
             if self._fault() or not self._bearer_ok():
                 return
             if url.path == "/v3/account/user/privileges":  # no scope needed: the cheapest "is this token alive"
                 return self._reply(200, PRIVILEGES)
             if not sandbox.authz.has_scope(self._token(), "contact_data"):
-                return self._reply(403, [{"error_key": "forbidden", "error_message": "The token does not have the contact_data scope"}])
+                return self._reply(403, _NO_SCOPE)
             if url.path == "/v3/contacts":
                 return self._reply(*sandbox.api.query(query))
             if url.path.startswith("/v3/activities/"):

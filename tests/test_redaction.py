@@ -8,7 +8,7 @@ import pytest
 import responses
 
 from conftest import ACCESS_TOKEN, RAW, SIGN_UP_URL, assert_no_secrets
-from remixcrm_plugin_ctct import commands, flush, oauth, redact
+from remixcrm_plugin_ctct import api_client, commands, flush, oauth, redact
 from remixcrm_plugin_ctct.api_client import ApiError
 from remixcrm_plugin_ctct.sandbox import Sandbox
 
@@ -89,3 +89,16 @@ def test_upstream_text_is_capped_and_every_error_type_uses_it():
     refused = oauth.OAuthError("invalid_grant", f"refresh token {opaque} for {EMAIL} is invalid")
     assert_no_email(str(refused) + refused.description)
     assert opaque not in str(refused) and "<redacted>" in refused.description
+
+
+def test_an_address_where_a_long_error_body_is_cut_is_masked_too():
+    class Page:  # a proxy's text page; the address straddles where the body used to be cut
+        status_code, reason = 503, "Service Unavailable"
+        text = "x" * 190 + " Ada.Lovelace@example.com was refused"
+
+        def json(self):
+            raise ValueError("not JSON")
+
+    error = ApiError(503, *api_client.parse_error(Page()))
+    assert "Lovelace" not in str(error)  # was: "… Ada.Lovelace@exa", the local part in full
+    assert "A***@example.com" in str(error)

@@ -91,7 +91,8 @@ WHERE id IN (SELECT e.id FROM events e
                AND NOT EXISTS (SELECT 1 FROM events s WHERE s.state = 'sending' AND s.email_key = e.email_key
                                AND s.lease_until >= :now - :grace AND s.id != e.id)
              ORDER BY {order} LIMIT :limit)
-RETURNING id, client_id, event, contact, attempts, created_at
+RETURNING id, client_id, event, contact, attempts, created_at,
+          (SELECT l.stamps FROM latest l WHERE l.email_key = events.email_key)
 """
 # a leased row is taken back when its holder is provably gone, or its lease expired and the
 # holder is not a live process on this machine, or even a live holder let it lapse long ago
@@ -243,7 +244,7 @@ class Outbox:
             if found:
                 conn.execute("INSERT OR IGNORE INTO owners (owner, machine, pid, started) VALUES (?, ?, ?, ?)",
                              (owner, *self._identity()))
-        rows = [Row(f[0], f[1], f[2], json.loads(f[3]), f[4], f[5]) for f in found]
+        rows = [Row(f[0], f[1], f[2], _consent_in_force(json.loads(f[3]), f[6], f[5]), f[4], f[5]) for f in found]
         return sorted(rows, key=lambda r: r.id)
 
     def _identity(self) -> tuple:
@@ -286,8 +287,11 @@ class Outbox:
         with self._write:
             found = self._conn().execute(
                 "UPDATE events SET contact = coalesce((SELECT l.contact FROM latest l WHERE l.email_key = events.email_key), "
-                "contact) WHERE id = ? RETURNING contact", (row.id,)).fetchall()
-        return row._replace(contact=json.loads(found[0][0])) if found and found[0][0] else row
+                "contact) WHERE id = ? RETURNING contact, "
+                "(SELECT l.stamps FROM latest l WHERE l.email_key = events.email_key)", (row.id,)).fetchall()
+        if not found or not found[0][0]:
+            return row
+        return row._replace(contact=_consent_in_force(json.loads(found[0][0]), found[0][1], row.created_at))
 
     def delivered(self, row_id: int, contact_id: str | None, outcome: str, now: float | None = None) -> None:
         self._exec("UPDATE events SET state = 'delivered', contact_id = ?, outcome = ?, last_error = NULL, "
@@ -433,6 +437,22 @@ class Outbox:
 
     def close(self) -> None:
         self._db.close()
+
+
+def _consent_in_force(contact: dict, stamps: str | None, created_at: float) -> dict:
+    """``contact`` as a row may push it: a "yes" older than every event of the row was given for an
+    earlier row, already pushed, and is used up. The person may have unsubscribed since (a link in
+    a mail, which RemixCRM never hears of): an event without consent of its own is then looked up,
+    never pushed on an old "yes" (sign_up_form re-subscribes)."""
+    if contact.get("email_opt_in") is not True or not stamps:
+        return contact
+    try:
+        given = float(json.loads(stamps)["email_opt_in"][0])
+    except (ValueError, TypeError, KeyError, IndexError):
+        given = float("-inf")  # when the "yes" was given is unknown: never a reason to push
+    if given >= created_at:
+        return contact
+    return {k: v for k, v in contact.items() if k != "email_opt_in"}
 
 
 def _counter_key(name: str, now: float | None) -> str:

@@ -160,18 +160,20 @@ def _patiently(step) -> None:
 @contextlib.contextmanager
 def transaction(conn: sqlite3.Connection):
     """``BEGIN IMMEDIATE`` … ``COMMIT``, or ``ROLLBACK`` on any error: the write lock is taken at
-    the start, so the transaction never meets "locked" halfway (the busy timeout covers BEGIN)."""
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        yield conn
-        conn.execute("COMMIT")
-    except BaseException:
-        if conn.in_transaction:  # SQLite may have rolled back already (disk full, I/O error)
-            try:
-                conn.execute("ROLLBACK")
-            except sqlite3.Error:
-                pass  # the original error says more
-        raise
+    the start, so the transaction never meets "locked" halfway (the busy timeout covers BEGIN).
+    No fork lands inside it (``forksafe.sqlite_call``)."""
+    with forksafe.sqlite_call:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield conn
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:  # SQLite may have rolled back already (disk full, I/O error)
+                try:
+                    conn.execute("ROLLBACK")
+                except sqlite3.Error:
+                    pass  # the original error says more
+            raise
 
 
 def is_damaged(error: BaseException) -> bool:

@@ -76,23 +76,32 @@ def _after_fork_in_parent() -> None:
         _gate.notify_all()
 
 
-class _SqliteGate:
-    """``with forksafe.sqlite_call:`` around every SQLite call (see ``_gate``)."""
+class _SqliteGate(threading.local):
+    """``with forksafe.sqlite_call:`` around every SQLite call and every transaction (see
+    ``_gate``): a transaction's locks are SQLite's in-process bookkeeping too, and a child that
+    inherits them "held by another connection of this process" finds the database locked for
+    ever. Re-entrant per thread: a statement inside a transaction never waits for a fork."""
+
+    depth = 0
 
     def __enter__(self) -> None:
         global _inside
-        with _lock:
-            _register_locked()
-        with _gate:
-            _gate.wait_for(lambda: not _forking, FORK_WAIT)
-            _inside += 1
+        if self.depth == 0:
+            with _lock:
+                _register_locked()
+            with _gate:
+                _gate.wait_for(lambda: not _forking, FORK_WAIT)
+                _inside += 1
+        self.depth += 1
 
     def __exit__(self, *exc) -> None:
         global _inside
-        with _gate:
-            _inside -= 1
-            if _inside == 0:
-                _gate.notify_all()
+        self.depth -= 1
+        if self.depth == 0:
+            with _gate:
+                _inside -= 1
+                if _inside == 0:
+                    _gate.notify_all()
 
 
 sqlite_call = _SqliteGate()

@@ -218,8 +218,10 @@ def contact_from_client(client) -> Contact | Skipped:
     fields = {}
     for body_key, (client_key, limit) in TEXT_FIELDS.items():
         value = get(client_key)
-        if value is None or isinstance(value, bool):
-            continue
+        if value is None or isinstance(value, bool) or (isinstance(value, float) and value != value):
+            continue  # NaN: how pandas-backed hosts spell "no value"; never a name "nan"
+        if isinstance(value, (bytes, bytearray)):  # a driver's raw column: its text, not "b'...'"
+            value = bytes(value).decode("utf-8", "replace")
         try:
             value = str.strip(value if isinstance(value, str) else str(value))
         except Exception as e:  # an int of more than 4300 digits; a __str__ that raises

@@ -32,6 +32,14 @@ _inherited: list[Any] = []  # objects from a parent process: never closed, never
 # forked halfway through an import inherits a half-initialised module in sys.modules, and every
 # later send there fails with "partially initialized module 'requests' has no attribute …".
 _import_lock = threading.Lock()
+# SQLite keeps process-wide mutexes (the unix VFS's inode list, its allocator): a fork while a
+# thread of ours is inside a SQLite call may copy one of them *held* into the child, and the
+# child's first sqlite3.connect then hangs for ever. Every SQLite call enters this gate (shared);
+# a fork waits, briefly, until no thread is inside and keeps new ones out until it is done.
+_gate = threading.Condition(threading.Lock())
+_inside = 0  # threads inside a SQLite call
+_forking = False
+FORK_WAIT = 1.0  # seconds a fork waits for SQLite calls in flight (a busy wait may outlast it)
 
 
 def after_fork_in_child(callback: Callable[[], None]) -> None:
@@ -54,11 +62,50 @@ def _register_locked() -> None:
 
 
 def _before_fork() -> None:
+    global _forking
     _import_lock.acquire()  # the global, looked up now: a child replaces it with a fresh lock
+    with _gate:
+        _forking = True
+        _gate.wait_for(lambda: _inside == 0, FORK_WAIT)
 
 
 def _after_fork_in_parent() -> None:
+    global _forking
     _import_lock.release()
+    with _gate:
+        _forking = False
+        _gate.notify_all()
+
+
+class _SqliteGate(threading.local):
+    """``with forksafe.sqlite_call:`` around every SQLite call and every transaction (see
+    ``_gate``): a transaction's locks are SQLite's in-process bookkeeping too, and a child that
+    inherits them "held by another connection of this process" finds the database locked for
+    ever. Re-entrant per thread: a statement inside a transaction never waits for a fork."""
+
+    depth = 0
+
+    def __enter__(self) -> None:
+        global _inside
+        if self.depth == 0:
+            with _lock:
+                _register_locked()
+            with _gate:
+                _gate.wait_for(lambda: not _forking, FORK_WAIT)
+                _inside += 1
+        self.depth += 1
+
+    def __exit__(self, *exc) -> None:
+        global _inside
+        self.depth -= 1
+        if self.depth == 0:
+            with _gate:
+                _inside -= 1
+                if _inside == 0:
+                    _gate.notify_all()
+
+
+sqlite_call = _SqliteGate()
 
 
 def load_module(name: str) -> ModuleType:
@@ -85,9 +132,10 @@ def keep(obj: Any) -> None:
 
 
 def _run_in_child() -> None:
-    global _lock, _import_lock
+    global _lock, _import_lock, _gate, _inside, _forking
     _lock = threading.Lock()  # the parent may have held it while registering
     _import_lock = threading.Lock()  # held by the forking thread itself (the ``before`` hook)
+    _gate, _inside, _forking = threading.Condition(threading.Lock()), 0, False  # the parent's threads are not here
     alive = []
     for ref in _callbacks:
         callback = ref()

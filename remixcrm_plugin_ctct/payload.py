@@ -66,8 +66,21 @@ class Skipped:
 
 
 def read(record, key):
-    """``record[key]`` for a mapping, ``record.key`` for an object; None when absent."""
-    return _getter(record)(key)
+    """``record[key]`` for a mapping, ``record.key`` for an object; None when absent, or when
+    reading it raises (a lazy ORM attribute of a detached record): a field we cannot read must
+    not cost the whole event."""
+    return _safe(_getter(record), [])(key)
+
+
+def _safe(get, failed: list):
+    """``get`` that returns None instead of raising, noting the key in ``failed``."""
+    def safe_get(key):
+        try:
+            return get(key)
+        except Exception as e:
+            failed.append(f"{key} ({type(e).__name__})")
+            return None
+    return safe_get
 
 
 def _getter(record):
@@ -189,7 +202,8 @@ def contact_from_client(client) -> Contact | Skipped:
     """Validate and normalise a client record; never raises."""
     if client is None:
         return Skipped("?", "the hook was called with client=None; RemixCRM must pass the client record")
-    get = _getter(client)
+    failed = []  # keys whose reading raised: treated as absent, named in one WARNING
+    get = _safe(_getter(client), failed)
     client_id = an_id(get("id"))
     raw_opt_in = get("email_opt_in")
     opt_in, understood = opt_in_from(raw_opt_in)
@@ -202,7 +216,7 @@ def contact_from_client(client) -> Contact | Skipped:
             _OPT_IN_FIX,
         )
     raw_email = get("email")
-    email = raw_email.strip() if isinstance(raw_email, str) else ""
+    email = str.strip(raw_email) if isinstance(raw_email, str) else ""  # str's own: a subclass may override
     valid = email and len(email) <= EMAIL_MAX and _EMAIL.match(email) and _encodable(email)
     if opt_in is False and not valid:
         return Skipped(client_id, declined(client_id), logging.INFO)
@@ -222,9 +236,15 @@ def contact_from_client(client) -> Contact | Skipped:
     fields = {}
     for body_key, (client_key, limit) in TEXT_FIELDS.items():
         value = get(client_key)
-        if value is None or isinstance(value, bool):
+        if value is None or isinstance(value, bool) or (isinstance(value, float) and value != value):
+            continue  # NaN: how pandas-backed hosts spell "no value"; never a name "nan"
+        if isinstance(value, (bytes, bytearray)):  # a driver's raw column: its text, not "b'...'"
+            value = bytes(value).decode("utf-8", "replace")
+        try:
+            value = str.strip(value if isinstance(value, str) else str(value))
+        except Exception as e:  # an int of more than 4300 digits; a __str__ that raises
+            failed.append(f"{client_key} ({type(e).__name__})")
             continue
-        value = value.strip() if isinstance(value, str) else str(value).strip()
         if not value:
             continue
         if len(value) > limit:
@@ -237,6 +257,9 @@ def contact_from_client(client) -> Contact | Skipped:
             )
             value = value[:limit].rstrip()
         fields[body_key] = clean_text(value)
+    if failed:
+        log.warning("client %s: could not read %s; sent without it (check the client record in RemixCRM)",
+                    shown(client_id), ", ".join(failed))
     return Contact(client_id, email, fields, opt_in)
 
 

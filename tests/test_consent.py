@@ -144,3 +144,17 @@ def test_no_sequence_of_events_without_recorded_consent_re_subscribes_anyone(pm,
     assert len(sequences) == 84
     assert sandbox.calls == []
     assert {permission(sandbox, f"unsub{n}@example.com") for n in range(len(sequences))} == {"unsubscribed"}
+
+
+def test_consent_already_pushed_is_not_reused_by_a_later_event_without_consent(pm, write_config, sandbox):
+    """Ada opted in (pushed), then unsubscribed through a link in a mail; months later a lead of
+    hers is converted with email_opt_in unknown. The old "yes" was used up by the first push:
+    the new event is looked up like any event without consent, and she stays unsubscribed."""
+    guarded(write_config, sandbox)
+    pm.hook.on_client_created(client={"id": 1, "email": "ada@example.com", "email_opt_in": True})
+    assert drained()
+    assert permission(sandbox, "ada@example.com") == "explicit"
+    sandbox.api.unsubscribe("ada@example.com")
+    pm.hook.on_lead_converted(lead={"id": 9}, client={"id": 2, "email": "Ada@example.com", "first_name": "Ada"})
+    assert drained()
+    assert permission(sandbox, "ada@example.com") == "unsubscribed"

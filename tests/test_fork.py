@@ -124,8 +124,58 @@ print(json.dumps({"child": wait_child(pid, 15)}))
 def test_a_fork_while_a_sender_thread_holds_locks_does_not_hang_the_child(write_config):
     with Sandbox(access_token=ACCESS_TOKEN) as sandbox:
         write_config(api_base_url=sandbox.api_base_url)
-        proc = subprocess.run([sys.executable, "-c", HELD_LOCKS], capture_output=True, text=True, timeout=60)
+        proc = subprocess.run([sys.executable, "-c", HELD_LOCKS], capture_output=True, text=True, timeout=40)
         assert proc.returncode == 0, proc.stderr
         assert json.loads(proc.stdout) == {"child": 0}, "the child's hook or flush hung on a lock held at fork time"
         members = {c["email_address"].lower() for c in sandbox.members()}
         assert {f"k{i}@example.com" for i in range(3)} <= members
+
+
+SQLITE_CHURN = r"""
+import os, signal, sys, threading, time
+from pathlib import Path
+from remixcrm_plugin_ctct import db
+path = Path(sys.argv[1]) / "churn.sqlite3"
+SCHEMA = "CREATE TABLE IF NOT EXISTS t (x)"
+db.connect(path, SCHEMA).close()
+stop = False
+
+def churn():  # what sender threads do: open, write in transactions, close, all the time
+    while not stop:
+        conn = db.connect(path, SCHEMA)
+        for _ in range(3):
+            with db.transaction(conn):
+                conn.execute("INSERT INTO t VALUES (1)"); conn.execute("INSERT INTO t VALUES (2)")
+        conn.close()
+
+for _ in range(2):
+    threading.Thread(target=churn, daemon=True).start()
+hung = 0
+for _ in range(int(sys.argv[2])):
+    pid = os.fork()
+    if pid == 0:
+        signal.alarm(8)  # a child stuck on a SQLite mutex copied held from the parent dies here
+        code = 0
+        try:  # a transaction of the parent's copied into the child: "database is locked" for ever
+            conn = db.connect(path, SCHEMA, busy_timeout=5.0)
+            with db.transaction(conn):
+                conn.execute("INSERT INTO t VALUES (3)")
+        except Exception as e:  # only "locked" is this test's concern (see the test's comment)
+            code = 3 if "locked" in str(e) else 0
+        os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    hung += (os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGALRM) or os.waitstatus_to_exitcode(status) == 3
+stop = True
+print(hung)
+"""
+
+
+def test_a_fork_while_threads_are_inside_sqlite_never_hangs_the_child(tmp_path):
+    # seen: 15 of 200 such forks left the child hung for ever in its first sqlite3.connect; a fork
+    # between BEGIN and COMMIT left a gunicorn worker's outbox "locked" for good.
+    # Not covered yet (see the review report): a child also inherits SQLite's bookkeeping of the
+    # parent's *idle* connections (the WAL-index mapping), seen here as SIGBUS or "malformed".
+    proc = subprocess.run([sys.executable, "-c", SQLITE_CHURN, str(tmp_path), "80"],
+                          capture_output=True, text=True, timeout=40)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "0", f"{proc.stdout.strip()} of 80 children hung or found the outbox locked for ever"

@@ -151,7 +151,33 @@ def test_a_record_that_explodes_never_reaches_the_host(pm, write_config, logs):
 
     assert pm.hook.on_client_created(client=Weird()) == []
     assert pm.hook.on_lead_converted(lead=None, client=Weird()) == []
-    assert "on_client_created failed inside the plugin; the CRM is unaffected" in logs.text
+    # nothing readable, so nothing to send: said as such, not as a traceback
+    assert "client '?' has no email address" in logs.text
+    assert "Traceback" not in logs.text and "failed inside the plugin" not in logs.text
+
+
+def test_a_field_or_lead_that_cannot_be_read_costs_that_field_not_the_client(pm, write_config, mocked, logs):
+    # a lazy ORM attribute of a detached record raises; a 5000-digit number cannot become text
+    write_config()
+    mocked.post(SIGN_UP_URL, status=201, json=CREATED)
+    mocked.post(SIGN_UP_URL, status=201, json=CREATED)
+
+    class Detached:
+        id, email, first_name = 5, "eve@example.com", "Eve"
+
+        def __getattr__(self, name):
+            raise RuntimeError("detached instance")
+
+    class Lead:
+        def __getattr__(self, name):
+            raise RuntimeError("detached instance")
+
+    assert pm.hook.on_client_created(client={"id": 4, "email": "dan@example.com", "first_name": 10**5000}) == []
+    assert pm.hook.on_lead_converted(lead=Lead(), client=Detached()) == []
+    assert flush(5)
+    assert sorted(b["email_address"] for b in sent_bodies(mocked)) == ["dan@example.com", "eve@example.com"]
+    assert "failed inside the plugin" not in logs.text
+    assert "client 4: could not read first_name (ValueError); sent without it" in logs.text
 
 
 def test_secrets_never_reach_the_logs_or_output(pm, write_config, mocked, logs, capfd):

@@ -61,6 +61,11 @@ def test_unknown_keys_are_ignored_and_non_strings_are_stringified():
     assert body == {"email_address": "x@example.com", "phone_number": "5551234", "list_memberships": [LIST_ID]}
 
 
+def test_nan_is_no_value_and_bytes_are_their_text():
+    body = body_for({"id": 1, "email": "x@example.com", "first_name": float("nan"), "company": "Zoë Ltd".encode()})
+    assert body == {"email_address": "x@example.com", "company_name": "Zoë Ltd", "list_memberships": [LIST_ID]}
+
+
 @pytest.mark.parametrize(
     "key, body_key, limit",
     [

@@ -10,6 +10,7 @@ from conftest import ACCESS_TOKEN, RAW, SIGN_UP_URL, assert_no_secrets
 
 from remixcrm_plugin_ctct import flush
 from remixcrm_plugin_ctct.admin import commands
+from remixcrm_plugin_ctct.ctct import client as api_client
 from remixcrm_plugin_ctct.ctct import oauth, redact
 from remixcrm_plugin_ctct.ctct.client import ApiError
 from remixcrm_plugin_ctct.sandbox import Sandbox
@@ -66,24 +67,19 @@ def test_a_consent_lookup_logs_no_email_even_at_debug(pm, write_config, logs):
     assert_no_email(records)
 
 
-@pytest.mark.parametrize(
-    "text, expected",
-    [
-        (f"Email {EMAIL} is invalid", "Email A***@example.com is invalid"),
-        (
-            "/v3/contacts?email=Ada.Lovelace%40example.com&status=all",
-            "/v3/contacts?email=A***%40example.com&status=all",
-        ),
-        (f"Authorization: Bearer {ACCESS_TOKEN}", "Authorization: Bearer <redacted>"),
-        (
-            '{"access_token": "abc", "refresh_token":"def"}',
-            '{"access_token": "<redacted>", "refresh_token":"<redacted>"}',
-        ),
-        ("jwt eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.abcDEF123456", "jwt <redacted>"),
-        ("list 4a0d4fd2-1c3b-11ee-a2d3-fa163e3d2cf3 not found", "list 4a0d4fd2-1c3b-11ee-a2d3-fa163e3d2cf3 not found"),
-        ("line one\r\nline two", "line one line two"),
-    ],
-)
+@pytest.mark.parametrize("text, expected", [
+    (f"Email {EMAIL} is invalid", "Email A***@example.com is invalid"),
+    ("/v3/contacts?email=Ada.Lovelace%40example.com&status=all", "/v3/contacts?email=A***%40example.com&status=all"),
+    (f"Authorization: Bearer {ACCESS_TOKEN}", "Authorization: Bearer <redacted>"),
+    ('{"access_token": "abc", "refresh_token":"def"}', '{"access_token": "<redacted>", "refresh_token":"<redacted>"}'),
+    ("jwt eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.abcDEF123456", "jwt <redacted>"),
+    ("list 4a0d4fd2-1c3b-11ee-a2d3-fa163e3d2cf3 not found", "list 4a0d4fd2-1c3b-11ee-a2d3-fa163e3d2cf3 not found"),
+    ("line one\r\nline two", "line one line two"),
+    # addresses the hook accepts (payload._EMAIL is loose): non-ASCII, URL-encoded, RFC punctuation
+    ("zoë@exämple.de is invalid", "z***@exämple.de is invalid"),
+    ("/contacts?email=zo%C3%AB%40m%C3%BCnchen.de&status=all", "/contacts?email=z***%40m%C3%BCnchen.de&status=all"),
+    ("o'brien@example.com, a!b@example.org", "o***@example.com, a***@example.org"),
+])
 def test_upstream_text(text, expected):
     assert redact.upstream_text(text) == expected
 
@@ -96,3 +92,16 @@ def test_upstream_text_is_capped_and_every_error_type_uses_it():
     refused = oauth.OAuthError("invalid_grant", f"refresh token {opaque} for {EMAIL} is invalid")
     assert_no_email(str(refused) + refused.description)
     assert opaque not in str(refused) and "<redacted>" in refused.description
+
+
+def test_an_address_where_a_long_error_body_is_cut_is_masked_too():
+    class Page:  # a proxy's text page; the address straddles where the body used to be cut
+        status_code, reason = 503, "Service Unavailable"
+        text = "x" * 190 + " Ada.Lovelace@example.com was refused"
+
+        def json(self):
+            raise ValueError("not JSON")
+
+    error = ApiError(503, *api_client.parse_error(Page()))
+    assert "Lovelace" not in str(error)  # was: "… Ada.Lovelace@exa", the local part in full
+    assert "A***@example.com" in str(error)

@@ -343,3 +343,30 @@ def test_memory_events_wait_for_their_retry_and_count_as_unsettled(tmp_path):
     assert sender.flush(5, retries=True)
     assert attempts == [({"client_id": "1"}, 1), ({"client_id": "1"}, 2)]
     sender.close(1)
+
+
+def test_memory_events_of_one_email_go_out_once_as_its_newest_state():
+    # sent one by one, an older "yes" went out before the newer "no" (subscribing someone who
+    # declined), and a retried older event overwrote newer fields
+    from remixcrm_plugin_ctct.memory_lane import MemoryLane
+
+    def rec(at, seq, opt_in=None, name="v1", email="Eve@example.com"):
+        found = {"email": email, "client_id": "7", "event": "client_created", "fields": {"first_name": name},
+                 "at": at, "seq": seq}
+        return found if opt_in is None else {**found, "email_opt_in": opt_in}
+
+    lane = MemoryLane()
+    assert lane.add(rec(1.0, 1, True)) and lane.add(rec(2.0, 2, False, "v2", "eve@example.com"))
+    assert lane.add(rec(1.5, 3, name="old", email="bob@example.com"))
+    item = lane.take(now=10.0)
+    assert item.record["email_opt_in"] is False and item.record["fields"] == {"first_name": "v2"}
+    # a retry put back after a newer event arrived meanwhile: still one item, still the newest state
+    assert lane.add(rec(3.0, 4, None, "v3"))
+    lane.put_back(item, when=5.0)
+    assert len(lane) == 2
+    found = [lane.take(now=10.0), lane.take(now=10.0)]
+    eve = next(i for i in found if i.record["email"].lower() == "eve@example.com")
+    assert eve.record["email_opt_in"] is False and eve.record["fields"] == {"first_name": "v3"}
+    moved = []
+    lane.put_back(eve, when=0.0)
+    assert lane.move_to(moved.extend) == 3 and len(moved) == 3  # the outbox gets every event, merged there

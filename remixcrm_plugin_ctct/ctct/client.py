@@ -115,7 +115,9 @@ def parse_error(response: "requests.Response") -> tuple[str, str]:
         body = response.json()
     except ValueError:
         text = (response.text or "").strip().replace("\n", " ")
-        return f"http_{response.status_code}", text[:200] or (response.reason or "no body")
+        # not cut here: a cut through an address would leave its local part unmaskable;
+        # ApiError caps the text after redacting it
+        return f"http_{response.status_code}", text or (response.reason or "no body")
     if isinstance(body, list) and body and isinstance(body[0], dict):
         first = body[0]
         more = f" (+{len(body) - 1} more)" if len(body) > 1 else ""
@@ -124,7 +126,7 @@ def parse_error(response: "requests.Response") -> tuple[str, str]:
         key = body.get("error_key") or body.get("error") or f"http_{response.status_code}"
         message = body.get("error_message") or body.get("error_description") or body.get("message") or ""
         return str(key), str(message)
-    return f"http_{response.status_code}", str(body)[:200]
+    return f"http_{response.status_code}", str(body)
 
 
 class CtctClient:

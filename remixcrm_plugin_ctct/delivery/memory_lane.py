@@ -11,7 +11,9 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+from ..store import newest
 
 log = logging.getLogger("remixcrm_plugin_ctct")
 
@@ -24,12 +26,32 @@ class MemoryEvent:
     record: dict  # a journal record (see journal.record): email, client_id, event, fields, at, ...
     attempts: int = 0
     next_at: float = 0.0  # epoch seconds when it may be tried (again)
+    # every event of this email waiting here, as recorded; ``record`` is their newest state. Like
+    # outbox rows, one push per email of its newest state: sent one by one, an older "yes" went
+    # out before a newer "no" (and subscribed someone who declined), older fields after newer ones
+    records: list = field(default_factory=list)
+
+
+def _key(record):
+    return record["email"].lower() if isinstance(record, dict) and isinstance(record.get("email"), str) else None
+
+
+def _merged(records: list) -> dict:
+    state = None
+    for r in sorted(records, key=newest.stamp):
+        state = newest.merge(state, r)
+    found = {"email": state.contact["email"], "client_id": state.client_id, "event": state.event,
+             "fields": state.contact["fields"], "at": state.at, "seq": state.seq}
+    if "email_opt_in" in state.contact:
+        found["email_opt_in"] = state.contact["email_opt_in"]
+    return found
 
 
 class MemoryLane:
     def __init__(self, limit: int = LIMIT):
         self.limit = limit
         self._items: deque[MemoryEvent] = deque()
+        self._waiting: dict = {}  # email key -> its item in _items (not one a worker has taken)
         self._lock = threading.Lock()  # a new lane (and lock) is made in a forked child
         self._moved_at = float("-inf")
 
@@ -38,10 +60,19 @@ class MemoryLane:
 
     def add(self, record: dict) -> bool:
         """Keep one event; False when the lane is full (the caller reports it as dropped)."""
+        key = _key(record)
         with self._lock:
+            item = self._waiting.get(key) if key is not None else None
+            if item is not None:
+                item.records.append(record)
+                item.record = _merged(item.records)
+                return True
             if len(self._items) >= self.limit:
                 return False
-            self._items.append(MemoryEvent(record))
+            item = MemoryEvent(record, records=[record])
+            self._items.append(item)
+            if key is not None:
+                self._waiting[key] = item
             return True
 
     def take(self, now: float) -> MemoryEvent | None:
@@ -50,6 +81,8 @@ class MemoryLane:
             for n, item in enumerate(self._items):
                 if item.next_at <= now:
                     del self._items[n]
+                    if self._waiting.get(_key(item.record)) is item:
+                        del self._waiting[_key(item.record)]
                     item.attempts += 1
                     return item
         return None
@@ -59,8 +92,17 @@ class MemoryLane:
         if not count_attempt:
             item.attempts -= 1
         item.next_at = when
+        key = _key(item.record)
         with self._lock:
+            newer = self._waiting.get(key) if key is not None else None
+            if newer is not None:  # events of this email arrived while it was out: one item, newest state
+                newer.records[:0] = item.records
+                newer.record = _merged(newer.records)
+                newer.attempts, newer.next_at = max(newer.attempts, item.attempts), max(newer.next_at, when)
+                return
             self._items.append(item)
+            if key is not None:
+                self._waiting[key] = item
 
     def due_count(self, until: float) -> int:
         with self._lock:
@@ -97,7 +139,8 @@ class MemoryLane:
         with self._lock:
             if not self._items:
                 return 0
-            write([item.record for item in self._items])
-            count = len(self._items)
+            write([r for item in self._items for r in (item.records or [item.record])])
+            count = sum(len(item.records) or 1 for item in self._items)
             self._items.clear()
+            self._waiting.clear()
             return count

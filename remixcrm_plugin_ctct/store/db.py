@@ -43,7 +43,9 @@ def _connect(path: Path, schema: str, busy_timeout: float) -> tuple[sqlite3.Conn
     files.ensure_private_dir(path.parent)
     while True:
         before = _file_id(path)
-        conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=busy_timeout)
+        with forksafe.sqlite_call:
+            conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=busy_timeout,
+                                   factory=_GatedConnection)
         found = _file_id(path)
         if found is not None and (before is None or before == found):
             break
@@ -73,6 +75,45 @@ def forget_setups() -> None:
     """As if this process had set up no file yet (its next connection to each sets it up again):
     for tests of concurrent first connections."""
     _ready.clear()
+
+
+class _Rows:
+    """What a statement returned, read in full inside the fork gate (a cursor read later would
+    step SQLite outside it)."""
+
+    def __init__(self, cursor: sqlite3.Cursor):
+        self._rows = cursor.fetchall()
+        self.rowcount, self.lastrowid = cursor.rowcount, cursor.lastrowid
+
+    def fetchall(self) -> list:
+        rows, self._rows = self._rows, []
+        return rows
+
+    def fetchone(self):
+        return self._rows.pop(0) if self._rows else None
+
+    def __iter__(self):
+        return iter(self.fetchall())
+
+
+class _GatedConnection(sqlite3.Connection):
+    """Every call into SQLite inside ``forksafe.sqlite_call``: no fork lands in the middle of one."""
+
+    def execute(self, *args):
+        with forksafe.sqlite_call:
+            return _Rows(super().execute(*args))
+
+    def executemany(self, *args):
+        with forksafe.sqlite_call:
+            return _Rows(super().executemany(*args))
+
+    def executescript(self, *args):
+        with forksafe.sqlite_call:
+            return _Rows(super().executescript(*args))
+
+    def close(self) -> None:
+        with forksafe.sqlite_call:
+            super().close()
 
 
 def _lock() -> threading.Lock:
@@ -125,18 +166,20 @@ def _patiently(step) -> None:
 @contextlib.contextmanager
 def transaction(conn: sqlite3.Connection):
     """``BEGIN IMMEDIATE`` … ``COMMIT``, or ``ROLLBACK`` on any error: the write lock is taken at
-    the start, so the transaction never meets "locked" halfway (the busy timeout covers BEGIN)."""
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        yield conn
-        conn.execute("COMMIT")
-    except BaseException:
-        if conn.in_transaction:  # SQLite may have rolled back already (disk full, I/O error)
-            try:
-                conn.execute("ROLLBACK")
-            except sqlite3.Error:
-                pass  # the original error says more
-        raise
+    the start, so the transaction never meets "locked" halfway (the busy timeout covers BEGIN).
+    No fork lands inside it (``forksafe.sqlite_call``)."""
+    with forksafe.sqlite_call:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield conn
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:  # SQLite may have rolled back already (disk full, I/O error)
+                try:
+                    conn.execute("ROLLBACK")
+                except sqlite3.Error:
+                    pass  # the original error says more
+            raise
 
 
 def is_damaged(error: BaseException) -> bool:

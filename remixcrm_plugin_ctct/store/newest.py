@@ -9,6 +9,7 @@ order gives the same state, so a decline newer than a consent wins however late 
 is folded.
 """
 
+import json
 import math
 from typing import NamedTuple
 
@@ -69,3 +70,19 @@ def merge(state: State | None, record: dict) -> State:
 
 def _tuple(found) -> Stamp:
     return _NEVER if found is None else (float(found[0]), int(found[1]))
+
+
+def consent_in_force(contact: dict, stamps: str | None, created_at: float) -> dict:
+    """``contact`` as a row may push it: a "yes" older than every event of the row was given for an
+    earlier row, already pushed, and is used up. The person may have unsubscribed since (a link in
+    a mail, which RemixCRM never hears of): an event without consent of its own is then looked up,
+    never pushed on an old "yes" (sign_up_form re-subscribes)."""
+    if contact.get("email_opt_in") is not True or not stamps:
+        return contact
+    try:
+        given = float(json.loads(stamps)["email_opt_in"][0])
+    except (ValueError, TypeError, KeyError, IndexError):
+        given = float("-inf")  # when the "yes" was given is unknown: never a reason to push
+    if given >= created_at:
+        return contact
+    return {k: v for k, v in contact.items() if k != "email_opt_in"}

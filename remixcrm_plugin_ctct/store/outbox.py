@@ -23,6 +23,7 @@ from pathlib import Path
 
 from .. import forksafe
 from . import db, leases, outbox_fold
+from .newest import consent_in_force
 from .interfaces import Row, Summary
 from .outbox_admin import AdminQueries
 from .outbox_sql import CLAIM, DUE, RECLAIMABLE, SCHEMA, SET_META
@@ -116,7 +117,7 @@ class Outbox(AdminQueries):
                 found = conn.execute(CLAIM.format(where=DUE, order="e.next_attempt_at, e.id"), args).fetchall()
             if found:
                 leases.note_holder(conn, owner)
-        rows = [Row(f[0], f[1], f[2], json.loads(f[3]), f[4], f[5]) for f in found]
+        rows = [Row(f[0], f[1], f[2], consent_in_force(json.loads(f[3]), f[6], f[5]), f[4], f[5]) for f in found]
         return sorted(rows, key=lambda r: r.id)
 
     def renew(self, owner: str, row_ids, lease: float = LEASE_SECONDS, now: float | None = None) -> set[int]:
@@ -139,8 +140,11 @@ class Outbox(AdminQueries):
         with self._write:
             found = self._conn().execute(
                 "UPDATE events SET contact = coalesce((SELECT l.contact FROM latest l "
-                "WHERE l.email_key = events.email_key), contact) WHERE id = ? RETURNING contact", (row.id,)).fetchall()
-        return row._replace(contact=json.loads(found[0][0])) if found and found[0][0] else row
+                "WHERE l.email_key = events.email_key), contact) WHERE id = ? RETURNING contact, "
+                "(SELECT l.stamps FROM latest l WHERE l.email_key = events.email_key)", (row.id,)).fetchall()
+        if not found or not found[0][0]:
+            return row
+        return row._replace(contact=consent_in_force(json.loads(found[0][0]), found[0][1], row.created_at))
 
     def delivered(self, row_id: int, contact_id: str | None, outcome: str, now: float | None = None) -> None:
         self._exec("UPDATE events SET state = 'delivered', contact_id = ?, outcome = ?, last_error = NULL, "

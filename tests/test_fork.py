@@ -134,7 +134,7 @@ def test_a_fork_while_a_sender_thread_holds_locks_does_not_hang_the_child(write_
 SQLITE_CHURN = r"""
 import os, signal, sys, threading, time
 from pathlib import Path
-from remixcrm_plugin_ctct import db
+from remixcrm_plugin_ctct.store import db
 path = Path(sys.argv[1]) / "churn.sqlite3"
 SCHEMA = "CREATE TABLE IF NOT EXISTS t (x)"
 db.connect(path, SCHEMA).close()

@@ -348,7 +348,7 @@ def test_memory_events_wait_for_their_retry_and_count_as_unsettled(tmp_path):
 def test_memory_events_of_one_email_go_out_once_as_its_newest_state():
     # sent one by one, an older "yes" went out before the newer "no" (subscribing someone who
     # declined), and a retried older event overwrote newer fields
-    from remixcrm_plugin_ctct.memory_lane import MemoryLane
+    from remixcrm_plugin_ctct.delivery.memory_lane import MemoryLane
 
     def rec(at, seq, opt_in=None, name="v1", email="Eve@example.com"):
         found = {"email": email, "client_id": "7", "event": "client_created", "fields": {"first_name": name},

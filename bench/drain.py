@@ -21,9 +21,9 @@ import sys
 import time
 
 import requests
+from sandbox_config import use_sandbox_config
 
 from remixcrm_plugin_ctct.sandbox import SEEDED_LIST_ID, SEEDED_TOKEN
-from sandbox_config import use_sandbox_config
 
 
 def serve(conn) -> None:
@@ -52,7 +52,8 @@ def stats(api_base_url: str) -> dict:
 
 def drain(api_base_url: str, events: int, rate: float, prefix: str) -> float:
     """Queue ``events`` in a fresh outbox, then time the sender emptying it. Returns events/s."""
-    from remixcrm_plugin_ctct import config, runtime as dispatch, payload
+    from remixcrm_plugin_ctct import config, payload
+    from remixcrm_plugin_ctct import runtime as dispatch
     from remixcrm_plugin_ctct.store import journal
 
     use_sandbox_config(api_base_url, requests_per_second=rate, daily_quota=1_000_000_000)
@@ -77,8 +78,15 @@ def plain_loop(api_base_url: str, events: int, prefix: str) -> float:
     headers = {"Authorization": f"Bearer {SEEDED_TOKEN}"}
     started = time.monotonic()
     for i in range(events):
-        body = {"email_address": f"{prefix}{i}@example.com", "first_name": "Drain", "last_name": str(i), "list_memberships": [SEEDED_LIST_ID]}
-        session.post(f"{api_base_url}/contacts/sign_up_form", json=body, headers=headers, timeout=(3.05, 10)).raise_for_status()
+        body = {
+            "email_address": f"{prefix}{i}@example.com",
+            "first_name": "Drain",
+            "last_name": str(i),
+            "list_memberships": [SEEDED_LIST_ID],
+        }
+        session.post(
+            f"{api_base_url}/contacts/sign_up_form", json=body, headers=headers, timeout=(3.05, 10)
+        ).raise_for_status()
     return events / (time.monotonic() - started)
 
 
@@ -117,14 +125,18 @@ print(json.dumps({"idle_kb": idle, "peak_kb": peak, "pending": pending}))
 
 
 def rss(rows: int) -> dict:
-    out = subprocess.run([sys.executable, "-c", RSS_CHILD, str(rows)], capture_output=True, text=True, timeout=900, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", RSS_CHILD, str(rows)], capture_output=True, text=True, timeout=900, check=True
+    )
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=1000)
-    parser.add_argument("--skip-limited", action="store_true", help="skip (a), which takes about 4 minutes for 1,000 events")
+    parser.add_argument(
+        "--skip-limited", action="store_true", help="skip (a), which takes about 4 minutes for 1,000 events"
+    )
     parser.add_argument("--rss-rows", type=int, default=100_000)
     args = parser.parse_args()
     met = True
@@ -138,8 +150,10 @@ def main() -> int:
         delivered = counters["members"]
         ok = rate >= 3.8 and counters["throttled"] == 0 and delivered == args.events
         met &= ok
-        print(f"(a) sandbox enforcing 4 requests/s, governor 4/s: {rate:.2f} events/s, {counters['throttled']} x 429 throttled, "
-              f"{delivered} delivered; goal >= 3.8/s and 0 x 429: {'met' if ok else 'MISSED'}")
+        print(
+            f"(a) sandbox enforcing 4 requests/s, governor 4/s: {rate:.2f} events/s, {counters['throttled']} x 429 throttled, "
+            f"{delivered} delivered; goal >= 3.8/s and 0 x 429: {'met' if ok else 'MISSED'}"
+        )
         pipe.send("done")
         proc.terminate()
 
@@ -148,8 +162,10 @@ def main() -> int:
     ours = drain(url, args.events, 100_000.0, "ours")
     ok = ours >= 0.8 * plain
     met &= ok
-    print(f"(b) no limit, governor raised: outbox {ours:.0f} events/s vs plain requests.Session loop {plain:.0f} events/s "
-          f"= {ours / plain:.2f}; goal >= 0.8: {'met' if ok else 'MISSED'}")
+    print(
+        f"(b) no limit, governor raised: outbox {ours:.0f} events/s vs plain requests.Session loop {plain:.0f} events/s "
+        f"= {ours / plain:.2f}; goal >= 0.8: {'met' if ok else 'MISSED'}"
+    )
     pipe.send("done")
     proc.terminate()
 
@@ -157,8 +173,10 @@ def main() -> int:
     grown = (figures["peak_kb"] - figures["idle_kb"]) / 1024
     ok = grown <= 30 and figures["pending"] == args.rss_rows + 1
     met &= ok
-    print(f"(c) {figures['pending']:,} pending rows: peak RSS {figures['peak_kb'] / 1024:.1f} MB, idle {figures['idle_kb'] / 1024:.1f} MB, "
-          f"+{grown:.1f} MB; goal <= +30 MB: {'met' if ok else 'MISSED'}")
+    print(
+        f"(c) {figures['pending']:,} pending rows: peak RSS {figures['peak_kb'] / 1024:.1f} MB, idle {figures['idle_kb'] / 1024:.1f} MB, "
+        f"+{grown:.1f} MB; goal <= +30 MB: {'met' if ok else 'MISSED'}"
+    )
     return 0 if met else 1
 
 

@@ -56,10 +56,15 @@ def serve_apis(conn) -> None:
     silent = socket.socket()
     silent.bind(("127.0.0.1", 0))
     silent.listen(1)  # listens, never accepts: the API that never answers
-    conn.send({
-        "answers": (sandbox.api_base_url, f"http://127.0.0.1:{ok.server_address[1]}"),
-        "never answers": (f"http://127.0.0.1:{silent.getsockname()[1]}/v3", f"http://127.0.0.1:{silent.getsockname()[1]}"),
-    })
+    conn.send(
+        {
+            "answers": (sandbox.api_base_url, f"http://127.0.0.1:{ok.server_address[1]}"),
+            "never answers": (
+                f"http://127.0.0.1:{silent.getsockname()[1]}/v3",
+                f"http://127.0.0.1:{silent.getsockname()[1]}",
+            ),
+        }
+    )
     ok.serve_forever()
 
 
@@ -67,8 +72,9 @@ def one_row(impl: str, api: str, ctct_url: str, segment_url: str, calls: int) ->
     """Runs in its own process: build the plugin manager, time ``calls`` hook calls."""
     import logging
 
-    from remixcrm_plugin_ctct.hookspecs import hookimpl, make_plugin_manager
     from sandbox_config import use_sandbox_config
+
+    from remixcrm_plugin_ctct.hookspecs import hookimpl, make_plugin_manager
 
     logging.getLogger("segment").setLevel(logging.CRITICAL)  # "queue is full" per dropped event
     if impl == "ctct":
@@ -78,6 +84,7 @@ def one_row(impl: str, api: str, ctct_url: str, segment_url: str, calls: int) ->
     else:
         pm = make_plugin_manager(load_entry_points=False)
         if impl == "noop":
+
             class Plugin:
                 @hookimpl
                 def on_client_created(self, client):
@@ -90,10 +97,16 @@ def one_row(impl: str, api: str, ctct_url: str, segment_url: str, calls: int) ->
             class Plugin:
                 @hookimpl
                 def on_client_created(self, client):
-                    segment.track(user_id=str(client["id"]), event="client_created", properties={"email": client["email"]})
+                    segment.track(
+                        user_id=str(client["id"]), event="client_created", properties={"email": client["email"]}
+                    )
+
         pm.register(Plugin())
 
-    records = [{"id": i, "email": f"client{i}@example.com", "first_name": "Ada", "last_name": f"Bench{i}", "phone": "555-0100"} for i in range(calls)]
+    records = [
+        {"id": i, "email": f"client{i}@example.com", "first_name": "Ada", "last_name": f"Bench{i}", "phone": "555-0100"}
+        for i in range(calls)
+    ]
     hook = pm.hook.on_client_created
     samples = []
     for client in records:
@@ -125,6 +138,7 @@ def main() -> int:
 
     try:
         import segment.analytics  # noqa: F401
+
         have_segment = True
     except ImportError:
         have_segment = False
@@ -138,15 +152,21 @@ def main() -> int:
             if impl == "segment" and not have_segment:
                 rows.append((impl, api, None))
                 continue
-            out = subprocess.run([sys.executable, __file__, "--calls", str(args.calls), "--row", impl, api, *urls[api]],
-                                 capture_output=True, text=True, timeout=600)
+            out = subprocess.run(
+                [sys.executable, __file__, "--calls", str(args.calls), "--row", impl, api, *urls[api]],
+                capture_output=True,
+                text=True,
+                timeout=600,
+            )
             if out.returncode:
                 sys.stderr.write(out.stderr)
                 return 1
             rows.append((impl, api, json.loads(out.stdout.strip().splitlines()[-1])))
     server.terminate()
 
-    print(f"hook_latency: {args.calls:,} calls of on_client_created per row, µs; Python {sys.version.split()[0]}, {os.cpu_count()} CPUs")
+    print(
+        f"hook_latency: {args.calls:,} calls of on_client_created per row, µs; Python {sys.version.split()[0]}, {os.cpu_count()} CPUs"
+    )
     print(f"{'hookimpl':<10}{'API':<16}{'p50':>8}{'p99':>8}{'max':>10}")
     for impl, api, fig in rows:
         if fig is None:

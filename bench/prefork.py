@@ -20,7 +20,6 @@ import os
 import shutil
 import statistics
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -55,8 +54,12 @@ def load(srv: Gunicorn, threads: int, requests: int, seconds: float, rate: float
                 return
             if rate:
                 time.sleep(max(0.0, begin + i / rate - time.monotonic()))  # pacing the load
-            record = {"id": f"{prefix}{i}", "email": f"{prefix}{i}@example.com", "first_name": "Prefork",
-                      "last_name": str(i)}
+            record = {
+                "id": f"{prefix}{i}",
+                "email": f"{prefix}{i}@example.com",
+                "first_name": "Prefork",
+                "last_name": str(i),
+            }
             started = time.perf_counter()
             status, headers = srv.post_client(record)
             took = (time.perf_counter() - started) * 1e6
@@ -113,9 +116,11 @@ def main() -> int:
     parser.add_argument("--drain", type=float, default=15.0)
     parser.add_argument("--preload", action="store_true")
     args = parser.parse_args()
-    print(f"prefork: gunicorn -w {args.workers}{' --preload' if args.preload else ''}, {args.threads} client threads, "
-          f"up to {args.requests:,} requests at {args.rate or 'max'}/s or {args.seconds:.0f} s; "
-          f"Python {sys.version.split()[0]}, {os.cpu_count()} CPUs")
+    print(
+        f"prefork: gunicorn -w {args.workers}{' --preload' if args.preload else ''}, {args.threads} client threads, "
+        f"up to {args.requests:,} requests at {args.rate or 'max'}/s or {args.seconds:.0f} s; "
+        f"Python {sys.version.split()[0]}, {os.cpu_count()} CPUs"
+    )
 
     proc, pipe, url = sandbox_process()
     try:
@@ -128,15 +133,19 @@ def main() -> int:
 
     for name, r in (("ctct (this plugin)", ours), ('provider = "none"', none)):
         lat = r["latencies"]
-        print(f"{name:>20}: {len(lat):,} requests in {r['seconds']:.1f} s ({len(r['failed'])} failed); request "
-              f"p50 {percentile(lat, 50) / 1000:.2f} ms, p99 {percentile(lat, 99) / 1000:.2f} ms; hook in the worker "
-              f"p50 {percentile(r['hooks'], 50):.1f} µs, p99 {percentile(r['hooks'], 99):.1f} µs; "
-              f"{r['errors']} plugin ERROR lines in the server log")
+        print(
+            f"{name:>20}: {len(lat):,} requests in {r['seconds']:.1f} s ({len(r['failed'])} failed); request "
+            f"p50 {percentile(lat, 50) / 1000:.2f} ms, p99 {percentile(lat, 99) / 1000:.2f} ms; hook in the worker "
+            f"p50 {percentile(r['hooks'], 50):.1f} µs, p99 {percentile(r['hooks'], 99):.1f} µs; "
+            f"{r['errors']} plugin ERROR lines in the server log"
+        )
     p50 = percentile(ours["latencies"], 50) / percentile(none["latencies"], 50)
     p99 = percentile(ours["latencies"], 99) / percentile(none["latencies"], 99)
     print(f"request latency with the plugin / without: p50 x{p50:.2f}, p99 x{p99:.2f}")
-    print(f"sandbox at 4 requests/s: {ours['throttled']} x 429 throttled; {ours['delivered']:,} delivered, "
-          f"{ours['send_rate']:.2f} events/s over load + {args.drain:.0f} s")
+    print(
+        f"sandbox at 4 requests/s: {ours['throttled']} x 429 throttled; {ours['delivered']:,} delivered, "
+        f"{ours['send_rate']:.2f} events/s over load + {args.drain:.0f} s"
+    )
     return 0 if not ours["failed"] and not none["failed"] and ours["throttled"] == 0 else 1
 
 

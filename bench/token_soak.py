@@ -44,20 +44,35 @@ def main() -> int:
     args = parser.parse_args()
     count = int(args.minutes * 60 / args.every)
 
-    with tempfile.TemporaryDirectory() as tmp, Sandbox(access_token=None, access_lifetime=args.lifetime, rotating=True) as sandbox:
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        Sandbox(access_token=None, access_lifetime=args.lifetime, rotating=True) as sandbox,
+    ):
         pair = sandbox.authz.seed()
         expires = (dt.datetime.now(dt.UTC) + dt.timedelta(seconds=args.lifetime)).replace(microsecond=0)
         config = Path(tmp, "config.toml")
-        config.write_text(config_toml(access_token=pair["access_token"], refresh_token=pair["refresh_token"],
-                                      token_expires_at=expires, client_id=SANDBOX_CLIENT_ID, list_id=SEEDED_LIST_ID,
-                                      api_base_url=sandbox.api_base_url, token_url=sandbox.token_url))
+        config.write_text(
+            config_toml(
+                access_token=pair["access_token"],
+                refresh_token=pair["refresh_token"],
+                token_expires_at=expires,
+                client_id=SANDBOX_CLIENT_ID,
+                list_id=SEEDED_LIST_ID,
+                api_base_url=sandbox.api_base_url,
+                token_url=sandbox.token_url,
+            )
+        )
         env = {**os.environ, "REMIXCRM_CONFIG": str(config), "REMIXCRM_DATA_DIR": str(Path(tmp, "data"))}
         started = time.monotonic()
-        host = subprocess.run([sys.executable, "-c", HOST, str(count), str(args.every)], env=env, capture_output=True, text=True)
+        host = subprocess.run(
+            [sys.executable, "-c", HOST, str(count), str(args.every)], env=env, capture_output=True, text=True
+        )
         took = time.monotonic() - started
         delivered = len(sandbox.members())
         needs_login = host.stderr.count("needs re-authorisation")
-        print(f"token_soak: {count} clients, one every {args.every:g} s for {took / 60:.1f} min, access tokens living {args.lifetime:g} s")
+        print(
+            f"token_soak: {count} clients, one every {args.every:g} s for {took / 60:.1f} min, access tokens living {args.lifetime:g} s"
+        )
         print(f"  delivered            {delivered} of {count}")
         print(f"  token refreshes      {sandbox.authz.token_calls}")
         print(f"  invalid_grant        {sandbox.authz.invalid_grants}")

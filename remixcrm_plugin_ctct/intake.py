@@ -40,10 +40,13 @@ def handle_event(event: str, client: object, lead: object | None = None) -> None
         now = time.monotonic()
         if now - _fallback_logged_at >= FALLBACK_LOG_INTERVAL:
             _fallback_logged_at = now
-            log.error("cannot write the outbox journal in %s (%s): client %s is %s; "
-                      "fix the disk or the folder's permissions",
-                      rt.journal.directory, e, payload.shown(contact.client_id),
-                      "kept in memory only" if kept else "dropped (memory is full)")
+            log.error(
+                "cannot write the outbox journal in %s (%s): client %s is %s; fix the disk or the folder's permissions",
+                rt.journal.directory,
+                e,
+                payload.shown(contact.client_id),
+                "kept in memory only" if kept else "dropped (memory is full)",
+            )
         return
     rt.worker.wake()
 

@@ -74,12 +74,14 @@ def read(record, key):
 
 def _safe(get, failed: list):
     """``get`` that returns None instead of raising, noting the key in ``failed``."""
+
     def safe_get(key):
         try:
             return get(key)
         except Exception as e:
             failed.append(f"{key} ({type(e).__name__})")
             return None
+
     return safe_get
 
 
@@ -258,8 +260,11 @@ def contact_from_client(client) -> Contact | Skipped:
             value = value[:limit].rstrip()
         fields[body_key] = clean_text(value)
     if failed:
-        log.warning("client %s: could not read %s; sent without it (check the client record in RemixCRM)",
-                    shown(client_id), ", ".join(failed))
+        log.warning(
+            "client %s: could not read %s; sent without it (check the client record in RemixCRM)",
+            shown(client_id),
+            ", ".join(failed),
+        )
     return Contact(client_id, email, fields, opt_in)
 
 

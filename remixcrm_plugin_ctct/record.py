@@ -37,16 +37,29 @@ class Event(NamedTuple):
 
     def to_record(self) -> dict[str, Any]:
         # "email" first: the journal finds the start of a record by it (journal_lines.RECORD_START)
-        found: dict[str, Any] = {"email": self.email, "client_id": self.client_id, "event": self.event,
-                                 "fields": self.fields, "at": self.at, "seq": self.seq}
+        found: dict[str, Any] = {
+            "email": self.email,
+            "client_id": self.client_id,
+            "event": self.event,
+            "fields": self.fields,
+            "at": self.at,
+            "seq": self.seq,
+        }
         if self.email_opt_in is not None:
             found["email_opt_in"] = self.email_opt_in
         return found
 
     @classmethod
     def from_record(cls, record: dict[str, Any]) -> "Event":
-        return cls(str(record["client_id"]), record["email"], record["event"], record.get("fields") or {},
-                   record.get("email_opt_in"), record.get("at", 0.0), record.get("seq", 0))
+        return cls(
+            str(record["client_id"]),
+            record["email"],
+            record["event"],
+            record.get("fields") or {},
+            record.get("email_opt_in"),
+            record.get("at", 0.0),
+            record.get("seq", 0),
+        )
 
     def encode(self) -> bytes:
         """One journal line: valid UTF-8 whatever the strings hold (payload already replaced lone

@@ -39,8 +39,9 @@ class Runtime:
         self.tokens = TokenManager(TokenStore(data_dir))
         self.governors = Governors(data_dir)
         self.delivery = Delivery(self.outbox, self.tokens, self.governors, _watcher)
-        self.worker = Worker(self.outbox, self.delivery, journal=self.journal,
-                             housekeeper=Housekeeper(self.outbox, _watcher))
+        self.worker = Worker(
+            self.outbox, self.delivery, journal=self.journal, housekeeper=Housekeeper(self.outbox, _watcher)
+        )
 
 
 def runtime() -> Runtime:

@@ -24,8 +24,10 @@ import time
 from remixcrm_plugin_ctct.hookspecs import make_plugin_manager
 
 if os.environ.get("PREFORK_APP_LOG"):
-    logging.basicConfig(level=os.environ["PREFORK_APP_LOG"].upper(),
-                        format="%(asctime)s [%(process)d] %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=os.environ["PREFORK_APP_LOG"].upper(),
+        format="%(asctime)s [%(process)d] %(levelname)s %(name)s: %(message)s",
+    )
 
 pm = make_plugin_manager()
 

@@ -58,8 +58,19 @@ class Gunicorn:
     def __init__(self, workdir: Path, env: dict, *args: str, app: str = "prefork_app:app"):
         self.workdir = Path(workdir)
         self.port = free_port()
-        self.args = [sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{self.port}", "--pythonpath", str(HERE),
-                     "--log-level", "info", *args, app]
+        self.args = [
+            sys.executable,
+            "-m",
+            "gunicorn",
+            "--bind",
+            f"127.0.0.1:{self.port}",
+            "--pythonpath",
+            str(HERE),
+            "--log-level",
+            "info",
+            *args,
+            app,
+        ]
         self.env = {**env, "XDG_RUNTIME_DIR": str(self.workdir)}  # gunicorn >= 25.1 puts its control socket there
         self.log_path = self.workdir / f"gunicorn-{self.port}.log"
         self.proc: subprocess.Popen | None = None
@@ -68,8 +79,14 @@ class Gunicorn:
     def start(self, timeout: float = 15.0) -> "Gunicorn":
         self.workdir.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "wb") as log:
-            self.proc = subprocess.Popen(self.args, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                         env=self.env, cwd=self.workdir)
+            self.proc = subprocess.Popen(
+                self.args,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=self.env,
+                cwd=self.workdir,
+            )
         if not wait_until(lambda: "Listening at" in self.log() or self.proc.poll() is not None, timeout):
             raise AssertionError(f"gunicorn did not listen within {timeout} s:\n{self.log()}")
         if self.proc.poll() is not None:
@@ -85,8 +102,9 @@ class Gunicorn:
 
     def wait_workers(self, count: int, timeout: float = 15.0) -> set[int]:
         if not wait_until(lambda: len(self.workers()) >= count, timeout):
-            raise AssertionError(f"gunicorn has {len(self.workers())} workers, not {count}, after {timeout} s:\n"
-                                 f"{self.log()}")
+            raise AssertionError(
+                f"gunicorn has {len(self.workers())} workers, not {count}, after {timeout} s:\n{self.log()}"
+            )
         return self.workers()
 
     def terminate(self, timeout: float) -> float | None:

@@ -10,19 +10,20 @@ import textwrap
 import threading
 
 import pytest
-
 from conftest import add_event
-from remixcrm_plugin_ctct.store import db
+
 from remixcrm_plugin_ctct import forksafe
-from remixcrm_plugin_ctct.store.outbox import Outbox
 from remixcrm_plugin_ctct.payload import Contact
+from remixcrm_plugin_ctct.store import db
+from remixcrm_plugin_ctct.store.outbox import Outbox
 
 SCHEMA = "CREATE TABLE IF NOT EXISTS t (n INTEGER);"
 
 
 def run_python(code: str, *args) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", textwrap.dedent(code), *map(str, args)],
-                          capture_output=True, text=True, timeout=60)
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code), *map(str, args)], capture_output=True, text=True, timeout=60
+    )
 
 
 def test_commits_survive_when_two_threads_connect_at_once_and_another_process_leaves(tmp_path):
@@ -30,7 +31,8 @@ def test_commits_survive_when_two_threads_connect_at_once_and_another_process_le
     itself, which dropped the process's POSIX locks; another process closing its last
     connection then deleted the WAL, and every later commit of ours vanished."""
     path = tmp_path / "data" / "x.sqlite3"
-    done = run_python("""
+    done = run_python(
+        """
         import os, subprocess, sys, threading
         from remixcrm_plugin_ctct.store import db
         path, schema = sys.argv[1], sys.argv[2]
@@ -49,7 +51,10 @@ def test_commits_survive_when_two_threads_connect_at_once_and_another_process_le
         conns["b"].execute("INSERT INTO t VALUES (3)")
         print("committed", flush=True)
         os._exit(0)  # like kill -9 (or a process still running): nothing is closed or checkpointed on the way out
-    """, path, SCHEMA)
+    """,
+        path,
+        SCHEMA,
+    )
     assert done.returncode == 0 and "committed" in done.stdout, done.stderr
     assert sorted(sqlite3.connect(path).execute("SELECT n FROM t").fetchall()) == [(1,), (2,), (3,)]
 
@@ -58,7 +63,8 @@ def test_commits_survive_a_natural_race_of_first_connections(tmp_path):
     """The same without touching internals: two threads connect first at once, the second a
     little later each time (0 to 4 ms: into the first one's setup), for 40 files; then another
     process opens and closes each file. On the old code about a third of the files lost commits."""
-    done = run_python("""
+    done = run_python(
+        """
         import os, subprocess, sys, threading, time
         from remixcrm_plugin_ctct.store import db
         paths = [os.path.join(sys.argv[1], f"x{i}.sqlite3") for i in range(40)]
@@ -82,16 +88,21 @@ def test_commits_survive_a_natural_race_of_first_connections(tmp_path):
             b.execute("INSERT INTO t VALUES (3)")
         print("committed", flush=True)
         os._exit(0)
-    """, tmp_path, SCHEMA)
+    """,
+        tmp_path,
+        SCHEMA,
+    )
     assert done.returncode == 0 and "committed" in done.stdout, done.stderr
-    lost = [p.name for p in tmp_path.glob("*.sqlite3")
-            if len(sqlite3.connect(p).execute("SELECT n FROM t").fetchall()) != 3]
+    lost = [
+        p.name for p in tmp_path.glob("*.sqlite3") if len(sqlite3.connect(p).execute("SELECT n FROM t").fetchall()) != 3
+    ]
     assert lost == []
 
 
 def test_the_database_file_is_never_opened_outside_sqlite_and_stays_private(tmp_path):
     path = tmp_path / "data" / "x.sqlite3"
-    done = run_python("""
+    done = run_python(
+        """
         import os, sys, threading
         os.umask(0o022)  # the usual umask: SQLite alone would make 0644 files
         opened = []
@@ -116,7 +127,10 @@ def test_the_database_file_is_never_opened_outside_sqlite_and_stays_private(tmp_
         holder.get().execute("INSERT INTO t VALUES (2)")
         print(len(conns), repr(opened), flush=True)
         os._exit(0)  # keep the -wal and -shm files for the look at their modes
-    """, path, SCHEMA)
+    """,
+        path,
+        SCHEMA,
+    )
     assert done.stdout.split("\n")[0] == "8 []"  # 8 connections, and not one open() of ours
     assert done.returncode == 0 and done.stdout.split("\n")[1] == "8 []", done.stderr
     for name in ("x.sqlite3", "x.sqlite3-wal", "x.sqlite3-shm"):
@@ -128,10 +142,9 @@ def test_a_transaction_commits_or_rolls_back_whole(tmp_path):
     conn = db.connect(tmp_path / "x.sqlite3", SCHEMA)
     with db.transaction(conn):
         conn.execute("INSERT INTO t VALUES (1)")
-    with pytest.raises(ZeroDivisionError):
-        with db.transaction(conn):
-            conn.execute("INSERT INTO t VALUES (2)")
-            1 / 0
+    with pytest.raises(ZeroDivisionError), db.transaction(conn):
+        conn.execute("INSERT INTO t VALUES (2)")
+        1 / 0
     assert conn.execute("SELECT n FROM t").fetchall() == [(1,)] and not conn.in_transaction
 
 

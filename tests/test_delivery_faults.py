@@ -9,13 +9,14 @@ import time
 from collections import defaultdict
 
 import pytest
-
 from conftest import ACCESS_TOKEN, RAW
+
+from remixcrm_plugin_ctct import flush
+from remixcrm_plugin_ctct import runtime as dispatch
 from remixcrm_plugin_ctct.ctct import client as api_client
-from remixcrm_plugin_ctct import runtime as dispatch, flush
-from remixcrm_plugin_ctct.store import outbox_admin
 from remixcrm_plugin_ctct.delivery import retry_policy
 from remixcrm_plugin_ctct.sandbox import SANDBOX_CLIENT_ID, Sandbox
+from remixcrm_plugin_ctct.store import outbox_admin
 
 
 @pytest.fixture
@@ -43,7 +44,11 @@ def drain(timeout=30):
 def assert_all_delivered_once_at_a_time(sandbox, emails):
     members = {c["email_address"].lower() for c in sandbox.members()}
     if not emails <= members and dispatch._runtime is not None:  # say where the missing ones are
-        print(dispatch.runtime().outbox._query("SELECT id, email_key, state, attempts, lease_owner, lease_until, next_attempt_at, last_error FROM events"))
+        print(
+            dispatch.runtime().outbox._query(
+                "SELECT id, email_key, state, attempts, lease_owner, lease_until, next_attempt_at, last_error FROM events"
+            )
+        )
     assert emails <= members, f"lost: {sorted(emails - members)}"
     by_email = defaultdict(list)
     for call in sandbox.calls:
@@ -88,15 +93,21 @@ def test_throttled_bursts_are_retried(pm, write_config, sandbox, fast_retries):
     assert_all_delivered_once_at_a_time(sandbox, emails)
     rt = dispatch.runtime()
     assert rt.outbox.counter_today("throttled") == sandbox.faults.throttled  # counted, for `status`
-    assert rt.governors.for_settings(dispatch.watcher().current().settings).spacing() > 1  # and every process slows down
+    assert (
+        rt.governors.for_settings(dispatch.watcher().current().settings).spacing() > 1
+    )  # and every process slows down
 
 
 def test_a_403_pauses_sending_with_one_error_and_loses_nothing(pm, write_config, logs):
     with Sandbox(access_token=None) as sandbox:
         sandbox.authz.scope = "offline_access"  # a token without the contact_data scope: every call is 403
         pair = sandbox.authz.seed()
-        tokens = dict(api_base_url=sandbox.api_base_url, token_url=sandbox.token_url, client_id=SANDBOX_CLIENT_ID,
-                      client_secret=None)
+        tokens = dict(
+            api_base_url=sandbox.api_base_url,
+            token_url=sandbox.token_url,
+            client_id=SANDBOX_CLIENT_ID,
+            client_secret=None,
+        )
         write_config(**tokens, access_token=pair["access_token"], refresh_token=pair["refresh_token"])
         emails = fire(pm, 5)
         assert flush(10)  # a pause counts as settled: its cause needs a fix
@@ -142,8 +153,14 @@ def test_quota_exceeded_pauses_everything_until_midnight_and_drops_nothing(pm, w
 def test_a_401_mid_stream_refreshes_once_and_loses_nothing(pm, write_config):
     with Sandbox(access_token=None) as sandbox:
         pair = sandbox.authz.seed()
-        write_config(api_base_url=sandbox.api_base_url, token_url=sandbox.token_url, client_id=SANDBOX_CLIENT_ID, client_secret=None,
-                     access_token=pair["access_token"], refresh_token=pair["refresh_token"])
+        write_config(
+            api_base_url=sandbox.api_base_url,
+            token_url=sandbox.token_url,
+            client_id=SANDBOX_CLIENT_ID,
+            client_secret=None,
+            access_token=pair["access_token"],
+            refresh_token=pair["refresh_token"],
+        )
         emails = fire(pm, 3, "a")
         assert drain()
         sandbox.authz.expire_all_access_tokens()  # revoked early, before its expiry time
@@ -173,8 +190,17 @@ print("done", flush=True)
 
 
 def start_hosts(env, specs):
-    procs = [subprocess.Popen([sys.executable, "-c", HOST, *spec], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True, env=env) for spec in specs]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", HOST, *spec],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        for spec in specs
+    ]
     for p in procs:
         assert p.stdout.readline().strip() == "ready"
     for p in procs:

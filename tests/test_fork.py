@@ -8,11 +8,11 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import ACCESS_TOKEN, RAW
+
 from remixcrm_plugin_ctct import config
-from remixcrm_plugin_ctct.store.outbox import Outbox
 from remixcrm_plugin_ctct.sandbox import Sandbox
+from remixcrm_plugin_ctct.store.outbox import Outbox
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork (POSIX)")
 
@@ -39,7 +39,9 @@ def wait_child(pid, timeout):
     return "hung"
 """
 
-SHARED_SESSION = COMMON + r"""
+SHARED_SESSION = (
+    COMMON
+    + r"""
 fire("p", 4)  # before the fork, as with --preload
 assert flush(20)
 parent_session = api_client.session()
@@ -58,6 +60,7 @@ fire("q", 12)
 ok = flush(20)
 print(json.dumps({"parent_flushed": ok, "child": wait_child(pid, 30)}))
 """
+)
 
 
 def unsubscribed(sandbox, prefixes, n):
@@ -87,7 +90,9 @@ def test_parent_and_child_never_share_the_http_session(write_config):
                 assert state == "delivered" and contact_id == sandbox.api.contacts[email]["contact_id"], email
 
 
-HELD_LOCKS = COMMON + r"""
+HELD_LOCKS = (
+    COMMON
+    + r"""
 from remixcrm_plugin_ctct import config
 fire("p", 2)
 assert flush(20)
@@ -119,6 +124,7 @@ if pid == 0:
 done.set()
 print(json.dumps({"child": wait_child(pid, 15)}))
 """
+)
 
 
 def test_a_fork_while_a_sender_thread_holds_locks_does_not_hang_the_child(write_config):
@@ -175,7 +181,8 @@ def test_a_fork_while_threads_are_inside_sqlite_never_hangs_the_child(tmp_path):
     # between BEGIN and COMMIT left a gunicorn worker's outbox "locked" for good.
     # Not covered yet (see the review report): a child also inherits SQLite's bookkeeping of the
     # parent's *idle* connections (the WAL-index mapping), seen here as SIGBUS or "malformed".
-    proc = subprocess.run([sys.executable, "-c", SQLITE_CHURN, str(tmp_path), "80"],
-                          capture_output=True, text=True, timeout=40)
+    proc = subprocess.run(
+        [sys.executable, "-c", SQLITE_CHURN, str(tmp_path), "80"], capture_output=True, text=True, timeout=40
+    )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "0", f"{proc.stdout.strip()} of 80 children hung or found the outbox locked for ever"

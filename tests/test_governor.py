@@ -5,8 +5,8 @@ import sys
 import time
 
 import pytest
-
 from conftest import ACCESS_TOKEN
+
 from remixcrm_plugin_ctct.delivery import governor
 from remixcrm_plugin_ctct.delivery.governor import MARGIN, WIDEN, WIDEN_HOLD, Governor
 from remixcrm_plugin_ctct.sandbox import Sandbox
@@ -116,7 +116,7 @@ def test_processes_share_one_budget(tmp_path):
 
 
 def test_counts_the_utc_day_and_stops_at_the_quota(tmp_path):
-    day = dt.datetime(2026, 11, 26, 23, 59, 59, tzinfo=dt.timezone.utc).timestamp()
+    day = dt.datetime(2026, 11, 26, 23, 59, 59, tzinfo=dt.UTC).timestamp()
     clock = Clock(day)
     gov = Governor(tmp_path, rate=4, daily_quota=3, clock=clock, sleep=clock.sleep)
     assert [gov.wait_turn() for _ in range(3)] == [1, 2, 3]
@@ -173,8 +173,12 @@ def test_four_processes_with_jitter_meet_no_throttling(tmp_path):
         sandbox.faults.rate_limit = 4  # as strict as Constant Contact: 4 in any 1 s window
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
         args = [sys.executable, "-c", JITTERY, str(tmp_path / "data"), sandbox.api_base_url, ACCESS_TOKEN, "15"]
-        procs = [subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-                 for _ in range(4)]
+        procs = [
+            subprocess.Popen(
+                args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+            )
+            for _ in range(4)
+        ]
         for p in procs:
             assert p.stdout.readline().strip() == "ready", p.stderr.read()
         started = time.monotonic()
@@ -232,8 +236,9 @@ class MemoryBudget:
 def test_the_pacing_policy_runs_on_any_budget_behind_the_seam(tmp_path):
     now = [1_000_000.0]
     budget = MemoryBudget()
-    gov = Governor(rate=4, daily_quota=3, clock=lambda: now[0], sleep=lambda s: now.__setitem__(0, now[0] + s),
-                   budget=budget)
+    gov = Governor(
+        rate=4, daily_quota=3, clock=lambda: now[0], sleep=lambda s: now.__setitem__(0, now[0] + s), budget=budget
+    )
     assert [gov.wait_turn() for _ in range(4)] == [1, 2, 3, None]  # the quota holds, whoever keeps the count
     assert now[0] - 1_000_000.0 == pytest.approx(2 * (1 + MARGIN) / 4)  # and the sends were spaced
     assert budget.state.day_count == 3 and gov.today_count() == 3

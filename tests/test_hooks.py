@@ -8,13 +8,14 @@ import time
 
 import pytest
 import requests
-
 from conftest import ACCESS_TOKEN, LIST_ID, SIGN_UP_URL, assert_no_secrets
+
+from remixcrm_plugin_ctct import flush
+from remixcrm_plugin_ctct import runtime as dispatch
 from remixcrm_plugin_ctct.ctct import client as api_client
-from remixcrm_plugin_ctct import runtime as dispatch, flush
+from remixcrm_plugin_ctct.sandbox import Sandbox
 from remixcrm_plugin_ctct.store import journal, outbox_admin
 from remixcrm_plugin_ctct.store.journal import Journal
-from remixcrm_plugin_ctct.sandbox import Sandbox
 
 ADA = {"id": 101, "email": "ada@example.com", "first_name": "Ada", "last_name": "Lovelace", "phone": "555-0101"}
 CREATED = {"contact_id": "c-101", "action": "created"}
@@ -29,10 +30,15 @@ def test_created_client_is_pushed_once(pm, write_config, mocked, logs):
     mocked.post(SIGN_UP_URL, status=201, json=CREATED)
     assert pm.hook.on_client_created(client=ADA) == []  # pluggy's list of non-None results
     assert flush(5)
-    assert sent_bodies(mocked) == [{
-        "email_address": "ada@example.com", "first_name": "Ada", "last_name": "Lovelace",
-        "phone_number": "555-0101", "list_memberships": [LIST_ID],
-    }]
+    assert sent_bodies(mocked) == [
+        {
+            "email_address": "ada@example.com",
+            "first_name": "Ada",
+            "last_name": "Lovelace",
+            "phone_number": "555-0101",
+            "list_memberships": [LIST_ID],
+        }
+    ]
     assert "client 101 (a***@example.com) created contact c-101" in logs.text
     assert "ada@example.com" not in logs.text
 
@@ -82,7 +88,11 @@ def test_broken_config_logs_one_error_and_keeps_clients_until_fixed(pm, write_co
         mocked.post(SIGN_UP_URL, status=201, json=CREATED)
     write_config()  # fixed in Settings: sending resumes by itself, no new event needed
     assert flush(5)
-    assert sorted(b["email_address"] for b in sent_bodies(mocked)) == ["c0@example.com", "c1@example.com", "c2@example.com"]
+    assert sorted(b["email_address"] for b in sent_bodies(mocked)) == [
+        "c0@example.com",
+        "c1@example.com",
+        "c2@example.com",
+    ]
     assert "sending resumes" in logs.text
 
 
@@ -96,13 +106,21 @@ def test_a_declined_client_is_never_sent(pm, write_config, mocked, logs):
 @pytest.mark.parametrize(
     "status, body, expected",
     [
-        (400, [{"error_key": "json.field.invalid", "error_message": "list_id is required"}],
-         "not sent, given up: Constant Contact answered 400 json.field.invalid: list_id is required. Fix: Constant Contact rejected the data: check that list_id is set"),
-        (404, [{"error_key": "contacts.api.not_found", "error_message": "list not found"}],
-         "Fix: the list or endpoint was not found: check List ID"),
+        (
+            400,
+            [{"error_key": "json.field.invalid", "error_message": "list_id is required"}],
+            "not sent, given up: Constant Contact answered 400 json.field.invalid: list_id is required. Fix: Constant Contact rejected the data: check that list_id is set",
+        ),
+        (
+            404,
+            [{"error_key": "contacts.api.not_found", "error_message": "list not found"}],
+            "Fix: the list or endpoint was not found: check List ID",
+        ),
     ],
 )
-def test_permanent_errors_are_dead_at_once_with_constant_contacts_words_and_the_fix(pm, write_config, mocked, logs, status, body, expected):
+def test_permanent_errors_are_dead_at_once_with_constant_contacts_words_and_the_fix(
+    pm, write_config, mocked, logs, status, body, expected
+):
     write_config()
     mocked.post(SIGN_UP_URL, status=status, json=body)
     assert pm.hook.on_client_created(client=ADA) == []
@@ -112,13 +130,16 @@ def test_permanent_errors_are_dead_at_once_with_constant_contacts_words_and_the_
     assert outbox_admin.summary(dispatch.runtime().outbox).counts == {"dead": 1}
 
 
-@pytest.mark.parametrize("failure", [
-    {"status": 500, "body": "Internal Server Error"},
-    {"status": 503, "json": [{"error_key": "service_unavailable", "error_message": "try later"}]},
-    {"status": 409, "json": [{"error_key": "conflict", "error_message": "You sent simultaneous requests"}]},
-    {"status": 429, "json": {"error_key": "throttled", "error_message": "Too Many Requests"}},
-    {"body": requests.ConnectionError("connection refused")},
-])
+@pytest.mark.parametrize(
+    "failure",
+    [
+        {"status": 500, "body": "Internal Server Error"},
+        {"status": 503, "json": [{"error_key": "service_unavailable", "error_message": "try later"}]},
+        {"status": 409, "json": [{"error_key": "conflict", "error_message": "You sent simultaneous requests"}]},
+        {"status": 429, "json": {"error_key": "throttled", "error_message": "Too Many Requests"}},
+        {"body": requests.ConnectionError("connection refused")},
+    ],
+)
 def test_transient_failures_are_kept_and_retried_later(pm, write_config, mocked, logs, failure):
     write_config()
     mocked.post(SIGN_UP_URL, **failure)

@@ -9,12 +9,12 @@ import re
 import pytest
 from filelock import FileLock
 
-from remixcrm_plugin_ctct.admin import cli
 from remixcrm_plugin_ctct import runtime as dispatch
+from remixcrm_plugin_ctct.admin import cli
+from remixcrm_plugin_ctct.payload import Contact, contact_from_client, shown
 from remixcrm_plugin_ctct.store import journal
 from remixcrm_plugin_ctct.store.journal import Journal, encode, record
 from remixcrm_plugin_ctct.store.outbox import Outbox
-from remixcrm_plugin_ctct.payload import Contact, contact_from_client, shown
 
 
 def contact(n, **fields):
@@ -62,8 +62,11 @@ def test_a_line_is_valid_utf8_whatever_the_contact_holds():
 
 
 def test_no_line_the_hook_writes_comes_near_a_fold_chunk():
-    worst = {"id": "\x00" * 10**6, "email": "a@example.com",
-             **{key: "😀" * 10**5 for key in ("first_name", "last_name", "phone", "company", "job_title")}}
+    worst = {
+        "id": "\x00" * 10**6,
+        "email": "a@example.com",
+        **{key: "😀" * 10**5 for key in ("first_name", "last_name", "phone", "company", "job_title")},
+    }
     data = encode(contact_from_client(worst), "lead_converted from lead " + shown("\x00" * 10**6), 1.0)
     assert len(data) < 4096 < journal.FOLD_CHUNK
 
@@ -135,11 +138,15 @@ def test_a_torn_last_line_of_a_dead_process_is_reported_not_waited_for(tmp_path,
 
 
 def test_poison_lines_are_skipped_with_one_error_naming_the_client_and_hold_nothing_back(tmp_path, logs):
-    data = (line(1)
-            + line(2, email="a\ud800@example.com", client_id="poison\nERROR forged")  # escaped by json.dumps
-            + line(3, client_id="3\udfff", fields={"first_name": "A\ud800", "secret_key": "x"})
-            + b"not json at all\n" + b"[1, 2]\n" + line(4, at="yesterday")
-            + line(5))
+    data = (
+        line(1)
+        + line(2, email="a\ud800@example.com", client_id="poison\nERROR forged")  # escaped by json.dumps
+        + line(3, client_id="3\udfff", fields={"first_name": "A\ud800", "secret_key": "x"})
+        + b"not json at all\n"
+        + b"[1, 2]\n"
+        + line(4, at="yesterday")
+        + line(5)
+    )
     path = orphan(tmp_path, data)
     box = Outbox(tmp_path)
     Journal(tmp_path).fold_into(box)  # an older version raised UnicodeEncodeError here, forever

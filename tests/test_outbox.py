@@ -7,14 +7,15 @@ import threading
 import time
 
 import pytest
-
 from conftest import ACCESS_TOKEN, add_event
-from remixcrm_plugin_ctct import runtime as dispatch, flush
+
+from remixcrm_plugin_ctct import flush
+from remixcrm_plugin_ctct import runtime as dispatch
+from remixcrm_plugin_ctct.payload import Contact
+from remixcrm_plugin_ctct.sandbox import Sandbox
 from remixcrm_plugin_ctct.store import leases, outbox_admin, owners
 from remixcrm_plugin_ctct.store.journal import Journal, encode
 from remixcrm_plugin_ctct.store.outbox import LEASE_CHECK_EVERY, LIVE_HOLDER_GRACE, THROTTLED, Outbox
-from remixcrm_plugin_ctct.payload import Contact
-from remixcrm_plugin_ctct.sandbox import Sandbox
 
 
 def contact(n, email=None, **fields):
@@ -33,8 +34,11 @@ def test_pending_events_for_one_email_coalesce_newest_fields_winning(tmp_path):
     add_event(box, Contact("1", "Ada@Example.com", {"first_name": "Ada", "phone_number": "1"}), "client_created")
     add_event(box, Contact("2", "ada@example.com", {"first_name": "Augusta"}, True), "lead_converted from lead 7")
     row = box.claim("me")
-    assert row.contact == {"email": "ada@example.com", "fields": {"first_name": "Augusta", "phone_number": "1"},
-                           "email_opt_in": True}
+    assert row.contact == {
+        "email": "ada@example.com",
+        "fields": {"first_name": "Augusta", "phone_number": "1"},
+        "email_opt_in": True,
+    }
     assert (row.client_id, row.event) == ("2", "lead_converted from lead 7")
     assert box.claim("me") is None  # one push, not two
     assert [r["client_id"] for r in outbox_admin.for_client(box, "1")] == ["2"]  # client 1 is traceable
@@ -150,6 +154,7 @@ def test_a_dead_processs_journal_is_adopted(tmp_path):
 
 # --- events merge in the order they happened, whatever the fold order ---
 
+
 def rec(client_id, at, seq=0, email="ada@example.com", opt_in=None, **fields):
     found = {"email": email, "client_id": str(client_id), "event": f"event {client_id}", "fields": fields, "at": at}
     if seq is not None:
@@ -168,8 +173,10 @@ def test_fields_follow_event_order_not_fold_order(tmp_path):
     box.add_records([oldest], "1.jsonl", 10)
     box.add_records([rec(2, t + 2, phone_number="2")], "2.jsonl", 10)
     row = box.claim("me")
-    assert row.contact == {"email": "ada@example.com",
-                           "fields": {"first_name": "Newest", "phone_number": "2", "job_title": "CEO"}}
+    assert row.contact == {
+        "email": "ada@example.com",
+        "fields": {"first_name": "Newest", "phone_number": "2", "job_title": "CEO"},
+    }
     assert (row.client_id, row.event) == ("3", "event 3")  # the push is the newest event's
     assert sorted([row.client_id] + [r["client_id"] for r in outbox_admin.for_client(box, "1")]) == ["3", "3"]
     assert box.claim("me") is None
@@ -196,8 +203,9 @@ def sandbox():
 
 
 @pytest.mark.parametrize("decline_sent_first", [False, True])
-def test_a_newer_decline_is_never_pushed_when_an_older_consent_is_folded_later(write_config, sandbox,
-                                                                               decline_sent_first):
+def test_a_newer_decline_is_never_pushed_when_an_older_consent_is_folded_later(
+    write_config, sandbox, decline_sent_first
+):
     """The field failure: an opt-in as one worker's last request, the decline as the next
     worker's first; the second worker's journal was folded first."""
     write_config(api_base_url=sandbox.api_base_url)
@@ -231,8 +239,9 @@ def test_the_leases_of_a_dead_process_are_taken_back_at_once(tmp_path):
     box = Outbox(tmp_path)
     for n in range(3):
         add_event(box, contact(n), "e")
-    done = subprocess.run([sys.executable, "-c", HOLD_AND_EXIT, str(tmp_path)],
-                          capture_output=True, text=True, timeout=30)
+    done = subprocess.run(
+        [sys.executable, "-c", HOLD_AND_EXIT, str(tmp_path)], capture_output=True, text=True, timeout=30
+    )
     assert done.stdout.strip() == "3", done.stderr
     assert box.due_count() == 0  # leased for LEASE_SECONDS by a process that no longer exists
     assert len(box.claim_many("me", 8)) == 3

@@ -17,15 +17,17 @@ from collections import Counter, defaultdict
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-
 from conftest import ACCESS_TOKEN, RAW
 from prefork_server import Gunicorn, wait_until
-from remixcrm_plugin_ctct import config
-from remixcrm_plugin_ctct.store.outbox import FILE_NAME as OUTBOX_FILE
-from remixcrm_plugin_ctct.sandbox import SEEDED_LIST_ID, Sandbox
 
-pytestmark = pytest.mark.skipif(importlib.util.find_spec("gunicorn") is None or not hasattr(os, "fork"),
-                                reason="needs gunicorn (the `test` extra) and os.fork (POSIX)")
+from remixcrm_plugin_ctct import config
+from remixcrm_plugin_ctct.sandbox import SEEDED_LIST_ID, Sandbox
+from remixcrm_plugin_ctct.store.outbox import FILE_NAME as OUTBOX_FILE
+
+pytestmark = pytest.mark.skipif(
+    importlib.util.find_spec("gunicorn") is None or not hasattr(os, "fork"),
+    reason="needs gunicorn (the `test` extra) and os.fork (POSIX)",
+)
 
 OK = (200, 201)
 
@@ -59,8 +61,13 @@ def server(isolated):
 
 def client(prefix, i, version=1, opt_in=None, lead=False) -> dict:
     """A client record; ``version`` shows in its fields, so the newest event's fields are recognisable."""
-    record = {"id": f"{prefix}{i}", "email": f"{prefix}{i}@example.com", "first_name": f"First v{version}",
-              "last_name": f"{prefix.capitalize()}{i}", "company": f"Company v{version}"}
+    record = {
+        "id": f"{prefix}{i}",
+        "email": f"{prefix}{i}@example.com",
+        "first_name": f"First v{version}",
+        "last_name": f"{prefix.capitalize()}{i}",
+        "company": f"Company v{version}",
+    }
     if opt_in is not None:
         record["email_opt_in"] = opt_in
     if lead:
@@ -71,6 +78,7 @@ def client(prefix, i, version=1, opt_in=None, lead=False) -> dict:
 def fire_all(srv, clients, threads=3) -> dict:
     """POST every client (``threads`` at a time, so every worker gets some); {email: [pids]} of
     the workers that accepted them. Fails, naming the client, on anything but 200."""
+
     def post(record):
         status, headers = srv.post_client(record)
         assert status == 200, f"client {record['id']} was not accepted: HTTP {status}"
@@ -112,16 +120,24 @@ def outbox_rows(emails) -> str:
         conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
         try:
             marks = ",".join("?" * len(emails))
-            rows = conn.execute(f"SELECT id, email_key, state, attempts, lease_owner, lease_until, next_attempt_at, "
-                                f"last_error, outcome FROM events WHERE email_key IN ({marks}) ORDER BY id",
-                                [e.lower() for e in emails]).fetchall()
+            rows = conn.execute(
+                f"SELECT id, email_key, state, attempts, lease_owner, lease_until, next_attempt_at, "
+                f"last_error, outcome FROM events WHERE email_key IN ({marks}) ORDER BY id",
+                [e.lower() for e in emails],
+            ).fetchall()
         finally:
             conn.close()
     except sqlite3.Error as e:
         return f"(outbox unreadable: {e})"
     now = time.time()
-    return "\n".join(f"  row {r[0]} {r[1]}: {r[2]}, {r[3]} attempt(s), lease {r[4]} until {_rel(r[5], now)}, "
-                     f"next attempt {_rel(r[6], now)}, error {r[7]!r}, outcome {r[8]!r}" for r in rows) or "  (no rows)"
+    return (
+        "\n".join(
+            f"  row {r[0]} {r[1]}: {r[2]}, {r[3]} attempt(s), lease {r[4]} until {_rel(r[5], now)}, "
+            f"next attempt {_rel(r[6], now)}, error {r[7]!r}, outcome {r[8]!r}"
+            for r in rows
+        )
+        or "  (no rows)"
+    )
 
 
 def _rel(at, now) -> str:
@@ -161,6 +177,7 @@ def missing_report(sandbox, emails, accepted) -> str:
 
 # --- every accepted client delivered once, with its newest fields; nobody re-subscribed ---
 
+
 @pytest.mark.parametrize("preload", [True, False], ids=["preload", "no-preload"])
 def test_every_accepted_client_is_delivered_once_with_its_newest_fields(preload, sandbox, write_config, server):
     write_config(api_base_url=sandbox.api_base_url, consent_guard=RAW("true"), requests_per_second=RAW("1000"))
@@ -170,8 +187,9 @@ def test_every_accepted_client_is_delivered_once_with_its_newest_fields(preload,
     # consent unknown for most (so the guard looks each one up), explicit for some, leads for some
     creates = [client("c", i, opt_in=True if i % 4 == 0 else None, lead=i % 5 == 0) for i in range(40)]
     creates += [client("unsub", i) for i in range(3)]
-    updates = [[client("c", i, version=v, opt_in=True if i % 4 == 0 else None) for i in range(0, 40, 5)]
-               for v in (2, 3)]
+    updates = [
+        [client("c", i, version=v, opt_in=True if i % 4 == 0 else None) for i in range(0, 40, 5)] for v in (2, 3)
+    ]
     at_import = []
     if preload:  # the master fires these before forking the workers, as a host doing work at start-up
         at_import = [client("pre", i) for i in range(6)] + [client("unsub", 0)]
@@ -188,9 +206,12 @@ def test_every_accepted_client_is_delivered_once_with_its_newest_fields(preload,
 
     def as_newest(email) -> bool:
         found = contact(sandbox, email)
-        return (found is not None and SEEDED_LIST_ID in found["list_memberships"]
-                and found.get("first_name") == newest[email]["first_name"]
-                and found.get("company_name") == newest[email]["company"])
+        return (
+            found is not None
+            and SEEDED_LIST_ID in found["list_memberships"]
+            and found.get("first_name") == newest[email]["first_name"]
+            and found.get("company_name") == newest[email]["company"]
+        )
 
     wait_until(lambda: all(as_newest(e) for e in expected), 20)
     wait_until(lambda: not unfinished(), 5)  # a stale event sent after the newest would show only then
@@ -204,8 +225,10 @@ def test_every_accepted_client_is_delivered_once_with_its_newest_fields(preload,
         if found is None or SEEDED_LIST_ID not in found["list_memberships"]:
             problems.append(f"{email} not delivered {where}")
         elif not as_newest(email):
-            problems.append(f"{email} has {found.get('first_name')!r}/{found.get('company_name')!r}, not its newest "
-                            f"{newest[email]['first_name']!r}/{newest[email]['company']!r} {where}")
+            problems.append(
+                f"{email} has {found.get('first_name')!r}/{found.get('company_name')!r}, not its newest "
+                f"{newest[email]['first_name']!r}/{newest[email]['company']!r} {where}"
+            )
         # once per email; a client updated after its first send may go once per event, never more
         if not 1 <= sends[email] <= events[email] or (events[email] == 1 and sends[email] != 1):
             problems.append(f"{email} was sent {sends[email]} times for {events[email]} event(s) {where}")
@@ -213,12 +236,15 @@ def test_every_accepted_client_is_delivered_once_with_its_newest_fields(preload,
         found = contact(sandbox, email)
         permission = found["email_address"]["permission_to_send"]
         if permission != "unsubscribed" or sends[email]:
-            problems.append(f"{email} was unsubscribed and is now {permission!r} after {sends[email]} sign_up_form "
-                            f"call(s) (accepted by {', '.join(map(str, accepted[email]))})")
+            problems.append(
+                f"{email} was unsubscribed and is now {permission!r} after {sends[email]} sign_up_form "
+                f"call(s) (accepted by {', '.join(map(str, accepted[email]))})"
+            )
     assert not problems, "\n".join(problems) + "\noutbox rows:\n" + outbox_rows([p.split()[0] for p in problems])
 
 
 # --- a decline as the next worker's first request after another worker's opt-in ---
+
 
 def test_a_decline_as_the_next_workers_first_request_is_not_pushed(sandbox, write_config, server):
     write_config(api_base_url=sandbox.api_base_url, requests_per_second=RAW("1000"))
@@ -241,8 +267,9 @@ def test_a_decline_as_the_next_workers_first_request_is_not_pushed(sandbox, writ
     status, headers = srv.post_client(client("x", 0, version=2, opt_in=False))  # the next worker's first
     assert status == 200
     decline_pid = int(headers["x-pid"])
-    assert len(set(pids) | {opt_in_pid}) == 1 and decline_pid != opt_in_pid, \
+    assert len(set(pids) | {opt_in_pid}) == 1 and decline_pid != opt_in_pid, (
         f"setup: the opt-in ({opt_in_pid}) and the decline ({decline_pid}) should come from two workers"
+    )
     marker = client("marker", 0, opt_in=True)  # fired after the decline, in the same worker's journal
     srv.post_client(marker)
 
@@ -252,15 +279,19 @@ def test_a_decline_as_the_next_workers_first_request_is_not_pushed(sandbox, writ
     wait_until(lambda: any(c["email"] == "x0@example.com" and c["start"] >= declined_at for c in sandbox.calls), 2)
     srv.stop()
 
-    pushed = [c for c in sandbox.calls
-              if c["email"] == "x0@example.com" and c["start"] >= declined_at and c["status"] in OK]
-    assert not pushed, (f"x0@example.com declined (worker {decline_pid}'s first request) after opting in (worker "
-                        f"{opt_in_pid}'s last), and was pushed {len(pushed)} time(s) after the decline:\n"
-                        + outbox_rows(["x0@example.com"]))
+    pushed = [
+        c for c in sandbox.calls if c["email"] == "x0@example.com" and c["start"] >= declined_at and c["status"] in OK
+    ]
+    assert not pushed, (
+        f"x0@example.com declined (worker {decline_pid}'s first request) after opting in (worker "
+        f"{opt_in_pid}'s last), and was pushed {len(pushed)} time(s) after the decline:\n"
+        + outbox_rows(["x0@example.com"])
+    )
     assert delivered, missing_report(sandbox, settled, {})
 
 
 # --- the shared rate limit under a burst ---
+
 
 def test_a_burst_across_workers_gets_no_throttled_answers_at_4_per_second(sandbox, write_config, server):
     write_config(api_base_url=sandbox.api_base_url, requests_per_second=RAW("4"))
@@ -276,13 +307,16 @@ def test_a_burst_across_workers_gets_no_throttled_answers_at_4_per_second(sandbo
     srv.stop()
     spans = [b - a for a, b in zip(arrivals, arrivals[4:])]  # 5 arrivals in under 1 s: a 429
     workers = len({p for ps in accepted.values() for p in ps})
-    assert sandbox.faults.throttled == 0, (f"{sandbox.faults.throttled} x 429 throttled in {len(arrivals)} calls from "
-                                           f"{workers} workers; the tightest 5 arrivals spanned "
-                                           f"{min(spans, default=0):.3f} s")
+    assert sandbox.faults.throttled == 0, (
+        f"{sandbox.faults.throttled} x 429 throttled in {len(arrivals)} calls from "
+        f"{workers} workers; the tightest 5 arrivals spanned "
+        f"{min(spans, default=0):.3f} s"
+    )
     assert delivered, missing_report(sandbox, emails, accepted)
 
 
 # --- kill -9 of a worker that just accepted events ---
+
 
 def test_a_killed_workers_events_are_delivered_within_30_s(sandbox, write_config, server):
     write_config(api_base_url=sandbox.api_base_url, requests_per_second=RAW("1000"))
@@ -311,11 +345,14 @@ def test_a_killed_workers_events_are_delivered_within_30_s(sandbox, write_config
     emails = set(accepted)
     delivered = wait_until(lambda: all(is_member(sandbox, e) for e in emails), 30)
     took = time.monotonic() - killed_at
-    assert delivered, (f"worker {victim} was killed with {len(mine)} accepted event(s); after {took:.0f} s:\n"
-                       + missing_report(sandbox, emails, accepted))
+    assert delivered, (
+        f"worker {victim} was killed with {len(mine)} accepted event(s); after {took:.0f} s:\n"
+        + missing_report(sandbox, emails, accepted)
+    )
 
 
 # --- SIGTERM of the master, then a start with no requests at all ---
+
 
 def test_sigterm_stops_within_the_graceful_timeout_and_a_restart_delivers_without_a_hook(sandbox, write_config, server):
     write_config(api_base_url=sandbox.api_base_url, requests_per_second=RAW("1000"))
@@ -326,8 +363,9 @@ def test_sigterm_stops_within_the_graceful_timeout_and_a_restart_delivers_withou
     assert wait_until(lambda: len(arrivals) >= 1, 10), "no send was attempted"  # a send hangs while we stop
 
     took = srv.terminate(timeout=15)
-    assert took is not None and took <= 5 + 1, \
+    assert took is not None and took <= 5 + 1, (
         f"the master took {took} s to exit after SIGTERM (None: over 15 s), not <= the 5 s graceful timeout"
+    )
     with sandbox.faults._lock:
         sandbox.faults.script.clear()  # the API answers again
 

@@ -9,9 +9,9 @@ import os
 import subprocess
 import sys
 
-from remixcrm_plugin_ctct.sandbox import SANDBOX_CLIENT_ID, Sandbox
-
 from conftest import RAW
+
+from remixcrm_plugin_ctct.sandbox import SANDBOX_CLIENT_ID, Sandbox
 
 WORKER = r"""
 import sys
@@ -31,12 +31,26 @@ def test_eight_processes_refresh_once_and_deliver_everything(write_config, isola
     with Sandbox(access_token=None, rotating=True) as sandbox:
         pair = sandbox.authz.seed(expired=True)
         path = write_config(
-            access_token=pair["access_token"], refresh_token=pair["refresh_token"], token_expires_at=RAW("2000-01-01T00:00:00Z"),
-            client_id=SANDBOX_CLIENT_ID, client_secret=None, token_url=sandbox.token_url, api_base_url=sandbox.api_base_url,
+            access_token=pair["access_token"],
+            refresh_token=pair["refresh_token"],
+            token_expires_at=RAW("2000-01-01T00:00:00Z"),
+            client_id=SANDBOX_CLIENT_ID,
+            client_secret=None,
+            token_url=sandbox.token_url,
+            api_base_url=sandbox.api_base_url,
         )
         env = {**os.environ, "REMIXCRM_CONFIG": str(path), "REMIXCRM_DATA_DIR": str(isolated / "data")}
-        procs = [subprocess.Popen([sys.executable, "-c", WORKER, str(n)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                  stderr=subprocess.PIPE, text=True, env=env) for n in range(8)]
+        procs = [
+            subprocess.Popen(
+                [sys.executable, "-c", WORKER, str(n)],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+                env=env,
+            )
+            for n in range(8)
+        ]
         try:
             for p in procs:
                 assert p.stdout.readline().strip() == "ready"

@@ -5,11 +5,24 @@ import pytest
 from remixcrm_plugin_ctct.delivery import retry_policy as rp
 
 
-@pytest.mark.parametrize("status, key, action", [
-    (None, "", rp.RETRY), (408, "", rp.RETRY), (409, "conflict", rp.RETRY), (500, "", rp.RETRY), (503, "", rp.RETRY),
-    (429, "throttled", rp.RETRY), (429, "", rp.RETRY), (429, "quota_exceeded", rp.QUOTA), (401, "unauthorized", rp.AUTH),
-    (400, "json.field.invalid", rp.DEAD), (403, "forbidden", rp.FORBIDDEN), (404, "not_found", rp.DEAD), (415, "", rp.DEAD),
-])
+@pytest.mark.parametrize(
+    "status, key, action",
+    [
+        (None, "", rp.RETRY),
+        (408, "", rp.RETRY),
+        (409, "conflict", rp.RETRY),
+        (500, "", rp.RETRY),
+        (503, "", rp.RETRY),
+        (429, "throttled", rp.RETRY),
+        (429, "", rp.RETRY),
+        (429, "quota_exceeded", rp.QUOTA),
+        (401, "unauthorized", rp.AUTH),
+        (400, "json.field.invalid", rp.DEAD),
+        (403, "forbidden", rp.FORBIDDEN),
+        (404, "not_found", rp.DEAD),
+        (415, "", rp.DEAD),
+    ],
+)
 def test_classification_follows_constant_contacts_meanings(status, key, action):
     assert rp.classify(status, key).action == action
 
@@ -24,7 +37,7 @@ def test_backoff_is_exponential_with_full_jitter_and_a_cap():
 def test_retry_after_in_seconds_or_as_a_date_wins_over_backoff():
     now = 1_800_000_000.0
     assert rp.retry_after_seconds("30", now) == 30
-    date = dt.datetime.fromtimestamp(now + 90, dt.timezone.utc).strftime("%a, %d %b %Y %H:%M:%S GMT")
+    date = dt.datetime.fromtimestamp(now + 90, dt.UTC).strftime("%a, %d %b %Y %H:%M:%S GMT")
     assert rp.retry_after_seconds(date, now) == pytest.approx(90)
     assert rp.retry_after_seconds(None, now) is None and rp.retry_after_seconds("soon", now) is None
     assert rp.next_attempt_at(now, 3, retry_after=30, rand=lambda: 1.0) == now + 30
@@ -38,7 +51,7 @@ def test_max_age():
 
 
 def test_next_utc_midnight():
-    late = dt.datetime(2026, 11, 26, 23, 59, 59, tzinfo=dt.timezone.utc).timestamp()
-    assert rp.next_utc_midnight(late) == dt.datetime(2026, 11, 27, tzinfo=dt.timezone.utc).timestamp()
-    midnight = dt.datetime(2026, 11, 27, tzinfo=dt.timezone.utc).timestamp()
-    assert rp.next_utc_midnight(midnight) == dt.datetime(2026, 11, 28, tzinfo=dt.timezone.utc).timestamp()
+    late = dt.datetime(2026, 11, 26, 23, 59, 59, tzinfo=dt.UTC).timestamp()
+    assert rp.next_utc_midnight(late) == dt.datetime(2026, 11, 27, tzinfo=dt.UTC).timestamp()
+    midnight = dt.datetime(2026, 11, 27, tzinfo=dt.UTC).timestamp()
+    assert rp.next_utc_midnight(midnight) == dt.datetime(2026, 11, 28, tzinfo=dt.UTC).timestamp()

@@ -159,8 +159,9 @@ def pending_rows(n):
 def test_pending_rows_go_out_when_the_plugin_is_loaded_without_any_hook(write_config, sandbox):
     write_config(api_base_url=sandbox.api_base_url)
     emails = pending_rows(3)  # left by an earlier run
-    host = subprocess.Popen([sys.executable, "-c", PLUGIN_HOST, "wait"], stdin=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    host = subprocess.Popen(
+        [sys.executable, "-c", PLUGIN_HOST, "wait"], stdin=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     try:
         assert wait_for(lambda: members(sandbox) == emails), "nothing was sent by a process that only loaded the plugin"
     finally:
@@ -184,8 +185,9 @@ def test_a_worker_recycled_after_one_request_leaves_it_to_the_next_and_reports_o
     assert time.monotonic() - started < 15
     assert "one@example.com" not in proc.stderr, proc.stderr
     assert "wait in the outbox" not in proc.stderr  # the other process's retry is not this worker's to report
-    nxt = subprocess.Popen([sys.executable, "-c", PLUGIN_HOST, "wait"], stdin=subprocess.PIPE,
-                           stderr=subprocess.PIPE, text=True)
+    nxt = subprocess.Popen(
+        [sys.executable, "-c", PLUGIN_HOST, "wait"], stdin=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     try:
         assert wait_for(lambda: members(sandbox) == {"one@example.com"}), "the next worker did not deliver it"
     finally:

@@ -3,6 +3,7 @@ import os
 import stat
 
 from conftest import ACCESS_TOKEN, REFRESH_TOKEN, assert_no_secrets
+
 from remixcrm_plugin_ctct.store.tokens import TokenState, TokenStore, fingerprint
 
 

@@ -5,8 +5,8 @@ import threading
 import time
 
 import pytest
-
 from conftest import add_event
+
 from remixcrm_plugin_ctct.delivery.pauses import Pause
 from remixcrm_plugin_ctct.delivery.worker import Worker
 from remixcrm_plugin_ctct.payload import Contact
@@ -252,8 +252,9 @@ print(time.monotonic(), flush=True)
 
 
 def test_exit_waits_at_most_the_budget_and_leaves_everything_recorded(tmp_path):
-    proc = subprocess.run([sys.executable, "-c", EXITING_HOST, str(tmp_path / "d"), "0.5"],
-                          capture_output=True, text=True, timeout=30)
+    proc = subprocess.run(
+        [sys.executable, "-c", EXITING_HOST, str(tmp_path / "d"), "0.5"], capture_output=True, text=True, timeout=30
+    )
     ended = time.monotonic()
     assert proc.returncode == 0, proc.stderr
     assert ended - float(proc.stdout.strip()) < 2.5  # the budget is 0.5 s; the margin absorbs a busy CI machine
@@ -295,6 +296,7 @@ def test_leases_of_a_long_send_are_renewed(parts, monkeypatch):
     outbox, recorder, sender = parts
     monkeypatch.setattr(outbox_module, "LEASE_SECONDS", 0.15)  # renewed every 50 ms
     renewed = []
+
     def renew(self, owner, ids, lease=30.0):
         renewed.append((owner, list(ids), lease))
         return set(ids)
@@ -351,8 +353,14 @@ def test_memory_events_of_one_email_go_out_once_as_its_newest_state():
     from remixcrm_plugin_ctct.delivery.memory_lane import MemoryLane
 
     def rec(at, seq, opt_in=None, name="v1", email="Eve@example.com"):
-        found = {"email": email, "client_id": "7", "event": "client_created", "fields": {"first_name": name},
-                 "at": at, "seq": seq}
+        found = {
+            "email": email,
+            "client_id": "7",
+            "event": "client_created",
+            "fields": {"first_name": name},
+            "at": at,
+            "seq": seq,
+        }
         return found if opt_in is None else {**found, "email_opt_in": opt_in}
 
     lane = MemoryLane()

@@ -58,8 +58,17 @@ def status() -> Status:
     else:
         state = rt.tokens.store.read()
         reauth = state.needs_reauth if state is not None else None
-    found = Status(rt.outbox.path, summary.counts, summary.oldest_pending_at, summary.last_error,
-                   summary.last_error_at, quota_until, problem, reauth, rt.outbox.counter_today(THROTTLED))
+    found = Status(
+        rt.outbox.path,
+        summary.counts,
+        summary.oldest_pending_at,
+        summary.last_error,
+        summary.last_error_at,
+        quota_until,
+        problem,
+        reauth,
+        rt.outbox.counter_today(THROTTLED),
+    )
     if loaded.settings is not None:
         governor = rt.governors.for_settings(loaded.settings)
         found.daily_quota, found.governor_path = loaded.settings.daily_quota, governor.path

@@ -62,39 +62,53 @@ def status(say: Say, client_id: str | None = None) -> int:
 def _unreadable(what: str, path: Path | None, error: sqlite3.Error, loses: str) -> str:
     """One line for a state file that cannot be read: what is wrong and what to do."""
     if db.is_damaged(error):
-        return (f"the {what} file {path} is damaged ({error}): move it aside together with its -wal and -shm files "
-                f"(a new one is made on the next use; {loses}), or restore it from a backup")
-    return (f"the {what} file {path} cannot be read ({error}): check that the disk is fine and that the RemixCRM "
-            "user may write it")
+        return (
+            f"the {what} file {path} is damaged ({error}): move it aside together with its -wal and -shm files "
+            f"(a new one is made on the next use; {loses}), or restore it from a backup"
+        )
+    return (
+        f"the {what} file {path} cannot be read ({error}): check that the disk is fine and that the RemixCRM "
+        "user may write it"
+    )
 
 
 def _client_status(say: Say, client_id: str, rows: list[dict]) -> int:
     if not rows:
-        say(f"client {client_id}: no event in the outbox. Either the hook never ran for it, the provider was not "
-            "Constant Contact then, the client declined marketing email, or its email was rejected (see the log)")
+        say(
+            f"client {client_id}: no event in the outbox. Either the hook never ran for it, the provider was not "
+            "Constant Contact then, the client declined marketing email, or its email was rejected (see the log)"
+        )
         return 1
     for r in rows:
         via = "" if r["client_id"] == client_id else f" (coalesced into client {r['client_id']}'s push)"
         if r["state"] == "delivered":
-            say(f"client {client_id}: reached Constant Contact{via}: contact {r['contact_id']} {r['outcome']} "
-                f"at {_when(r['updated_at'])} ({r['event']})")
+            say(
+                f"client {client_id}: reached Constant Contact{via}: contact {r['contact_id']} {r['outcome']} "
+                f"at {_when(r['updated_at'])} ({r['event']})"
+            )
         elif r["state"] in ("skipped", "dry_run"):
             say(f"client {client_id}: not sent{via}, on purpose, at {_when(r['updated_at'])}: {r['outcome']}")
         elif r["state"] == "dead":
-            say(f"client {client_id}: NOT sent{via}, given up at {_when(r['updated_at'])}: {r['last_error']}. "
-                "Fix the cause, then `remixcrm-ctct retry --dead`")
+            say(
+                f"client {client_id}: NOT sent{via}, given up at {_when(r['updated_at'])}: {r['last_error']}. "
+                "Fix the cause, then `remixcrm-ctct retry --dead`"
+            )
         else:
             wait = max(0, int(r["next_attempt_at"] - time.time()))
             why = f"; last error: {r['last_error']}" if r["last_error"] else ""
-            say(f"client {client_id}: not sent yet{via}: {r['state']}, {r['attempts']} attempt(s), "
-                f"next try in {wait} s{why}")
+            say(
+                f"client {client_id}: not sent yet{via}: {r['state']}, {r['attempts']} attempt(s), "
+                f"next try in {wait} s{why}"
+            )
     return 0 if rows[-1]["state"] == "delivered" else 1
 
 
 def retry(say: Say, dead: bool) -> int:
     count = api.retry(dead)
-    say(f"{count} event(s) due now{' (dead ones included)' if dead else ''}; "
-        "they go out with the next event, or run `remixcrm-ctct flush`")
+    say(
+        f"{count} event(s) due now{' (dead ones included)' if dead else ''}; "
+        "they go out with the next event, or run `remixcrm-ctct flush`"
+    )
     return 0
 
 
@@ -113,13 +127,17 @@ def flush(say: Say, timeout: float | None = None) -> int:
     if tty:
         sys.stdout.write("\n")
     counts = result.counts
-    say(f"delivered {counts.get('delivered', 0)}, pending {counts.get('pending', 0)}, dead {counts.get('dead', 0)}"
-        + (f"; paused by {result.pause.reason}" if result.pause else ""))
+    say(
+        f"delivered {counts.get('delivered', 0)}, pending {counts.get('pending', 0)}, dead {counts.get('dead', 0)}"
+        + (f"; paused by {result.pause.reason}" if result.pause else "")
+    )
     return 0 if not counts.get("pending") else 1
 
 
 def purge(say: Say) -> int:
     count, days = api.purge()
-    say(f"forgot the emails and names of {count} event(s) delivered more than {days:g} days ago; "
-        "their status records stay")
+    say(
+        f"forgot the emails and names of {count} event(s) delivered more than {days:g} days ago; "
+        "their status records stay"
+    )
     return 0

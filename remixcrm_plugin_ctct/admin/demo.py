@@ -23,18 +23,63 @@ UNSUBSCRIBED = "lee@example.com"  # the sandbox knows this contact: it unsubscri
 
 # (what it shows, hook, hook kwargs, expected: "in list", "not sent" or "stays unsubscribed")
 SAMPLES = [
-    ("new client", "on_client_created",
-     {"client": {"id": 101, "email": "ada@example.com", "first_name": "Ada", "last_name": "Lovelace", "phone": "+44 20 7946 0001", "company": "Analytical Engines", "email_opt_in": True}}, "in list"),
-    ("new client, consent assumed", "on_client_created",
-     {"client": {"id": 102, "email": "  grace@example.org ", "first_name": "Grace", "last_name": "Hopper", "job_title": "Rear Admiral"}}, "in list"),
-    ("lead converted", "on_lead_converted",
-     {"lead": {"id": 7}, "client": {"id": 103, "email": "alan@example.net", "first_name": "Alan", "last_name": "Turing"}}, "in list"),
-    ("bad email", "on_client_created",
-     {"client": {"id": 104, "email": "not-an-email", "first_name": "Nobody"}}, "not sent"),
-    ("declined marketing", "on_client_created",
-     {"client": {"id": 105, "email": "private@example.com", "first_name": "Pat", "email_opt_in": False}}, "not sent"),
-    ("unsubscribed earlier", "on_client_created",
-     {"client": {"id": 106, "email": "Lee@Example.com", "first_name": "Lee"}}, "stays unsubscribed"),
+    (
+        "new client",
+        "on_client_created",
+        {
+            "client": {
+                "id": 101,
+                "email": "ada@example.com",
+                "first_name": "Ada",
+                "last_name": "Lovelace",
+                "phone": "+44 20 7946 0001",
+                "company": "Analytical Engines",
+                "email_opt_in": True,
+            }
+        },
+        "in list",
+    ),
+    (
+        "new client, consent assumed",
+        "on_client_created",
+        {
+            "client": {
+                "id": 102,
+                "email": "  grace@example.org ",
+                "first_name": "Grace",
+                "last_name": "Hopper",
+                "job_title": "Rear Admiral",
+            }
+        },
+        "in list",
+    ),
+    (
+        "lead converted",
+        "on_lead_converted",
+        {
+            "lead": {"id": 7},
+            "client": {"id": 103, "email": "alan@example.net", "first_name": "Alan", "last_name": "Turing"},
+        },
+        "in list",
+    ),
+    (
+        "bad email",
+        "on_client_created",
+        {"client": {"id": 104, "email": "not-an-email", "first_name": "Nobody"}},
+        "not sent",
+    ),
+    (
+        "declined marketing",
+        "on_client_created",
+        {"client": {"id": 105, "email": "private@example.com", "first_name": "Pat", "email_opt_in": False}},
+        "not sent",
+    ),
+    (
+        "unsubscribed earlier",
+        "on_client_created",
+        {"client": {"id": 106, "email": "Lee@Example.com", "first_name": "Lee"}},
+        "stays unsubscribed",
+    ),
 ]
 
 
@@ -67,7 +112,10 @@ def _run(say, dry_run: bool) -> int:
         sandbox.api.seed_contact(UNSUBSCRIBED, permission_to_send="unsubscribed")
         _write_config(Path(os.environ["REMIXCRM_CONFIG"]), sandbox, dry_run)
         say(f"sandbox Constant Contact at {sandbox.base_url}, list {SEEDED_LIST_ID}")
-        say(f"throwaway config {os.environ['REMIXCRM_CONFIG']}" + (" (dry_run = true: no write call)" if dry_run else ""))
+        say(
+            f"throwaway config {os.environ['REMIXCRM_CONFIG']}"
+            + (" (dry_run = true: no write call)" if dry_run else "")
+        )
         say(f"the sandbox already knows {UNSUBSCRIBED}: unsubscribed long ago")
         pm = make_plugin_manager()
         if pm.get_plugin("constant_contact") is None:
@@ -91,12 +139,16 @@ def _run(say, dry_run: bool) -> int:
         members = {c["email_address"].lower(): c for c in sandbox.members()}
         say(f"contacts in sandbox list ({len(members)}):")
         for c in members.values():
-            say(f"  {c['email_address']:<24} {c.get('first_name', ''):<8} {c.get('last_name', ''):<10} {c['contact_id']}")
+            say(
+                f"  {c['email_address']:<24} {c.get('first_name', ''):<8} {c.get('last_name', ''):<10} {c['contact_id']}"
+            )
         ok = drained & (_dry_run_report(say, sandbox) if dry_run else _summary(say, sandbox, members))
         refreshed = sandbox.authz.token_calls == 1 and sandbox.authz.invalid_grants == 0
         ok &= refreshed
-        say(f"  {'✓' if refreshed else '✗'} token refreshed without a human: {sandbox.authz.token_calls} refresh call(s), "
-            f"{sandbox.authz.invalid_grants} invalid_grant")
+        say(
+            f"  {'✓' if refreshed else '✗'} token refreshed without a human: {sandbox.authz.token_calls} refresh call(s), "
+            f"{sandbox.authz.invalid_grants} invalid_grant"
+        )
     say("\nall sample clients handled as expected" if ok else "\nsome sample clients were not handled as expected")
     return 0 if ok else 1
 
@@ -110,7 +162,9 @@ def _summary(say, sandbox: Sandbox, members: dict) -> bool:
         unsubscribed = bool(found) and found[0]["email_address"]["permission_to_send"] == "unsubscribed"
         actual = "in list" if email in members else "stays unsubscribed" if unsubscribed else "not sent"
         ok &= actual == expected
-        say(f"  {'✓' if actual == expected else '✗'} client {kwargs['client']['id']:<4} {label:<28} expected {expected:<18} got {actual}")
+        say(
+            f"  {'✓' if actual == expected else '✗'} client {kwargs['client']['id']:<4} {label:<28} expected {expected:<18} got {actual}"
+        )
     return ok
 
 
@@ -136,10 +190,16 @@ def _write_config(path: Path, sandbox: Sandbox, dry_run: bool = False) -> None:
     """The config an admin would have after logging in: a token pair, its expiry, the app's id."""
     issued = sandbox.authz.seed()
     expires = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=issued["expires_in"])
-    text = config_toml(access_token=issued["access_token"], refresh_token=issued["refresh_token"],
-                       token_expires_at=expires.replace(microsecond=0), client_id=SANDBOX_CLIENT_ID,
-                       list_id=SEEDED_LIST_ID, api_base_url=sandbox.api_base_url, token_url=sandbox.token_url,
-                       dry_run=dry_run)
+    text = config_toml(
+        access_token=issued["access_token"],
+        refresh_token=issued["refresh_token"],
+        token_expires_at=expires.replace(microsecond=0),
+        client_id=SANDBOX_CLIENT_ID,
+        list_id=SEEDED_LIST_ID,
+        api_base_url=sandbox.api_base_url,
+        token_url=sandbox.token_url,
+        dry_run=dry_run,
+    )
     path.write_text(text, encoding="utf-8")
     path.chmod(0o600)
 

@@ -20,8 +20,9 @@ LIMIT = 300  # characters of upstream text kept
 
 # as loose as the hook's own check (payload._EMAIL): any address we may send can be masked,
 # also with non-ASCII or URL-encoded (%C3%AB) characters and RFC's ! ' # $ & * in its local part
-_EMAIL = re.compile(r"([^\s@\"<>()\[\],;:/?=]+?)(@|%40)([^\s@\"'<>()\[\],;:/?=&.]+(?:\.[^\s@\"'<>()\[\],;:/?=&.]+)+)",
-                    re.IGNORECASE)
+_EMAIL = re.compile(
+    r"([^\s@\"<>()\[\],;:/?=]+?)(@|%40)([^\s@\"'<>()\[\],;:/?=&.]+(?:\.[^\s@\"'<>()\[\],;:/?=&.]+)+)", re.IGNORECASE
+)
 _AUTH = re.compile(r"\b(bearer|basic)(\s+|%20|\+)[^\s\"',;&]+", re.IGNORECASE)
 _SECRET_FIELD = re.compile(
     r"((?:access|refresh|id)_token|client_secret|password|code_verifier|device_code)"

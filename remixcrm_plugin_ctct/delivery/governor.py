@@ -53,9 +53,15 @@ STEP_TOLERANCE = 0.25  # seconds: a check-in time further ahead of now than this
 
 
 class Governor:
-    def __init__(self, directory: Path | None = None, rate: float = DEFAULT_RATE,
-                 daily_quota: int = DEFAULT_DAILY_QUOTA, clock: Callable[[], float] = time.time,
-                 sleep: Callable[[float], None] = time.sleep, budget: Budget | None = None):
+    def __init__(
+        self,
+        directory: Path | None = None,
+        rate: float = DEFAULT_RATE,
+        daily_quota: int = DEFAULT_DAILY_QUOTA,
+        clock: Callable[[], float] = time.time,
+        sleep: Callable[[float], None] = time.sleep,
+        budget: Budget | None = None,
+    ):
         if budget is None:
             if directory is None:
                 raise TypeError("Governor needs a budget or a directory for the default SQLite one")
@@ -125,8 +131,9 @@ class Governor:
         return state._replace(next_slot=first + take * interval, day=today, day_count=count + take), slots
 
     def _with_pace(self, state: BudgetState, sent: list[float], widen: float, widened_at: float) -> BudgetState:
-        return state._replace(sent=sent[-self.per_window:] if self.per_window else [], widen=widen,
-                              widened_at=widened_at)
+        return state._replace(
+            sent=sent[-self.per_window :] if self.per_window else [], widen=widen, widened_at=widened_at
+        )
 
     def wait_turn(self) -> int | None:
         """Block until this process may send; the day's count, or None when the quota is used up
@@ -195,7 +202,7 @@ class Governor:
 
 
 def _day(now: float) -> str:
-    return dt.datetime.fromtimestamp(now, dt.timezone.utc).date().isoformat()
+    return dt.datetime.fromtimestamp(now, dt.UTC).date().isoformat()
 
 
 class _Pace(NamedTuple):

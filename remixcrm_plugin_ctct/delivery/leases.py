@@ -37,8 +37,9 @@ class LeaseKeeper:
     def start(self, owner: str) -> None:
         with self._cond:
             if self._thread is None:
-                self._thread = threading.Thread(target=self._run, args=(owner,), name="remixcrm-ctct-leases",
-                                                daemon=True)
+                self._thread = threading.Thread(
+                    target=self._run, args=(owner,), name="remixcrm-ctct-leases", daemon=True
+                )
                 self._thread.start()
 
     def stop(self) -> threading.Thread | None:

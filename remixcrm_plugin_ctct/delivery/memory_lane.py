@@ -40,8 +40,14 @@ def _merged(records: list) -> dict:
     state = None
     for r in sorted(records, key=newest.stamp):
         state = newest.merge(state, r)
-    found = {"email": state.contact["email"], "client_id": state.client_id, "event": state.event,
-             "fields": state.contact["fields"], "at": state.at, "seq": state.seq}
+    found = {
+        "email": state.contact["email"],
+        "client_id": state.client_id,
+        "event": state.event,
+        "fields": state.contact["fields"],
+        "at": state.at,
+        "seq": state.seq,
+    }
     if "email_opt_in" in state.contact:
         found["email_opt_in"] = state.contact["email_opt_in"]
     return found

@@ -67,7 +67,7 @@ def retry_after_seconds(value: str | None, now: float) -> float | None:
     except (TypeError, ValueError):
         return None
     if when.tzinfo is None:
-        when = when.replace(tzinfo=dt.timezone.utc)
+        when = when.replace(tzinfo=dt.UTC)
     return max(0.0, when.timestamp() - now)
 
 
@@ -85,6 +85,6 @@ def expired(created_at: float, now: float, max_age: float = DEFAULT_MAX_AGE) -> 
 
 def next_utc_midnight(now: float) -> float:
     """When Constant Contact resets the daily quota: the next 00:00:00 UTC after ``now``."""
-    today = dt.datetime.fromtimestamp(now, dt.timezone.utc).date()
-    midnight = dt.datetime.combine(today + dt.timedelta(days=1), dt.time(), dt.timezone.utc)
+    today = dt.datetime.fromtimestamp(now, dt.UTC).date()
+    midnight = dt.datetime.combine(today + dt.timedelta(days=1), dt.time(), dt.UTC)
     return midnight.timestamp()

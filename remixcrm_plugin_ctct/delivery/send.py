@@ -29,8 +29,14 @@ QUOTA_KEY = "quota_paused_until"
 class Delivery:
     """Bound to this process's outbox, token manager, governors and config watcher."""
 
-    def __init__(self, outbox: Outbox, tokens: TokenManager, governors: Governors, watcher: config.ConfigWatcher,
-                 clock: Callable[[], float] = time.time):
+    def __init__(
+        self,
+        outbox: Outbox,
+        tokens: TokenManager,
+        governors: Governors,
+        watcher: config.ConfigWatcher,
+        clock: Callable[[], float] = time.time,
+    ):
         self.outbox, self.tokens, self.governors, self.watcher = outbox, tokens, governors, watcher
         self.clock = clock
         self.sign_up = SignUp(outbox, tokens, governors)
@@ -52,8 +58,9 @@ class Delivery:
         settings = loaded.settings
         if loaded.status != config.ACTIVE or settings is None:
             return Pause(f"the config ({loaded.status})", changed=lambda: self.signature() != seen)
-        contact = payload.Contact(row.client_id, row.contact["email"], row.contact.get("fields", {}),
-                                  row.contact.get("email_opt_in"))
+        contact = payload.Contact(
+            row.client_id, row.contact["email"], row.contact.get("fields", {}), row.contact.get("email_opt_in")
+        )
         who = f"client {payload.shown(row.client_id)} ({payload.mask_email(contact.email)})"
         try:
             result = self.sign_up.send(contact, settings)
@@ -73,8 +80,9 @@ class Delivery:
         if result.error is None:
             self._said.pop("forbidden", None)  # privileges work (again): a new 403 is news
             self.outbox.delivered(row.id, result.contact_id, result.status)
-            log.info("%s %s contact %s in list %s (%s)", who, result.status, result.contact_id, settings.list_id,
-                     row.event)
+            log.info(
+                "%s %s contact %s in list %s (%s)", who, result.status, result.contact_id, settings.list_id, row.event
+            )
             return None
         err = result.error
         decision = retry_policy.classify(err.status, err.error_key)
@@ -84,14 +92,19 @@ class Delivery:
             self._retry(row, who, str(err), err.retry_after)
             return None
         if decision.action == retry_policy.AUTH:  # a freshly refreshed token was refused too
-            log.error("%s: Constant Contact refuses even a freshly refreshed token (%s). Fix: %s",
-                      who, err, api_client.FIXES[401])
+            log.error(
+                "%s: Constant Contact refuses even a freshly refreshed token (%s). Fix: %s",
+                who,
+                err,
+                api_client.FIXES[401],
+            )
             return self._pause_until_changed("a refused access token", str(err))
         if decision.action == retry_policy.FORBIDDEN:
             return self._forbidden_pause(err)
         self.outbox.dead(row.id, str(err))
-        log.error("%s not sent, given up: Constant Contact answered %s.%s", who, err,
-                  f" Fix: {err.fix}" if err.fix else "")
+        log.error(
+            "%s not sent, given up: Constant Contact answered %s.%s", who, err, f" Fix: {err.fix}" if err.fix else ""
+        )
         return None
 
     def _retry(self, row: Row, who: str, error: str, retry_after: str | None) -> None:
@@ -100,8 +113,13 @@ class Delivery:
         max_age = settings.max_age_hours * 3600 if settings else retry_policy.DEFAULT_MAX_AGE
         if retry_policy.expired(row.created_at, now, max_age):
             self.outbox.dead(row.id, f"gave up after {max_age / 3600:g} h; last error: {error}")
-            log.error("%s not sent, given up after %g h of failures; last error: %s "
-                      "(`remixcrm-ctct retry --dead` sends it again)", who, max_age / 3600, error)
+            log.error(
+                "%s not sent, given up after %g h of failures; last error: %s "
+                "(`remixcrm-ctct retry --dead` sends it again)",
+                who,
+                max_age / 3600,
+                error,
+            )
             return None
         when = retry_policy.next_attempt_at(now, row.attempts, retry_policy.retry_after_seconds(retry_after, now))
         self.outbox.retry_later(row.id, when, error)
@@ -116,14 +134,22 @@ class Delivery:
         recheck = retry_policy.FORBIDDEN_RECHECK
         marker = object()
         if self._said.setdefault("forbidden", marker) is marker:
-            log.error("constant contact refuses our requests (%s): all sending is paused, nothing is dropped; "
-                      "it resumes when the config or the tokens change, or tries again in %d min. Fix: %s",
-                      e, recheck // 60, api_client.FIXES[403])
+            log.error(
+                "constant contact refuses our requests (%s): all sending is paused, nothing is dropped; "
+                "it resumes when the config or the tokens change, or tries again in %d min. Fix: %s",
+                e,
+                recheck // 60,
+                api_client.FIXES[403],
+            )
         else:
             log.info("constant contact still refuses our requests (%s); sending stays paused", e)
         seen = self.signature()
-        return Pause("Constant Contact's 403 (missing scope or privilege)", until=self.clock() + recheck,
-                     changed=lambda: self.signature() != seen, error=str(e))
+        return Pause(
+            "Constant Contact's 403 (missing scope or privilege)",
+            until=self.clock() + recheck,
+            changed=lambda: self.signature() != seen,
+            error=str(e),
+        )
 
     def _quota(self, why: str) -> Pause:
         """Until 00:00 UTC, for every process on this machine (the row waits as long)."""
@@ -152,8 +178,9 @@ class Delivery:
         time to try again, or a Pause (held back without counting the attempt). Needs no disk:
         the governor and the token manager fall back to this process's memory."""
         record = item.record
-        contact = payload.Contact(str(record["client_id"]), record["email"], record.get("fields", {}),
-                                  record.get("email_opt_in"))
+        contact = payload.Contact(
+            str(record["client_id"]), record["email"], record.get("fields", {}), record.get("email_opt_in")
+        )
         who = f"client {payload.shown(contact.client_id)} ({payload.mask_email(contact.email)}, kept in memory)"
         loaded = self.watcher.current()
         settings = loaded.settings
@@ -172,8 +199,14 @@ class Delivery:
             log.info("%s %s (%s)", who, outcome, record["event"])
             return None
         if result.error is None:
-            log.info("%s %s contact %s in list %s (%s)", who, result.status, result.contact_id, settings.list_id,
-                     record["event"])
+            log.info(
+                "%s %s contact %s in list %s (%s)",
+                who,
+                result.status,
+                result.contact_id,
+                settings.list_id,
+                record["event"],
+            )
             return None
         err = result.error
         decision = retry_policy.classify(err.status, err.error_key)
@@ -182,13 +215,18 @@ class Delivery:
         if decision.action == retry_policy.RETRY:
             return self._memory_retry(item, who, str(err), err.retry_after)
         if decision.action == retry_policy.AUTH:
-            log.error("%s: Constant Contact refuses even a freshly refreshed token (%s). Fix: %s",
-                      who, err, api_client.FIXES[401])
+            log.error(
+                "%s: Constant Contact refuses even a freshly refreshed token (%s). Fix: %s",
+                who,
+                err,
+                api_client.FIXES[401],
+            )
             return self._pause_until_changed("a refused access token")
         if decision.action == retry_policy.FORBIDDEN:
             return self._forbidden_pause(err)
-        log.error("%s not sent, given up: Constant Contact answered %s.%s", who, err,
-                  f" Fix: {err.fix}" if err.fix else "")
+        log.error(
+            "%s not sent, given up: Constant Contact answered %s.%s", who, err, f" Fix: {err.fix}" if err.fix else ""
+        )
         return None
 
     def _memory_retry(self, item: MemoryEvent, who: str, error: str, retry_after: str | None) -> float | None:

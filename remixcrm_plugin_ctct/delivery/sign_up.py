@@ -54,8 +54,9 @@ class SignUp:
             return Result("failed", error=e)
         return Result("created" if answer.created else "updated", answer.contact_id)
 
-    def _call(self, settings: config.Settings, contact: payload.Contact,
-              request: Callable[[api_client.CtctClient], T]) -> T:
+    def _call(
+        self, settings: config.Settings, contact: payload.Contact, request: Callable[[api_client.CtctClient], T]
+    ) -> T:
         """Our turn, a token, one request; on a 401 one refresh (or another process's new token)
         and one more try. Every call counts against the rate governor and the day's quota."""
         token = self.tokens.access_token(settings)
@@ -66,14 +67,17 @@ class SignUp:
         except api_client.ApiError as e:
             if e.status != 401:
                 raise
-            log.info("client %s: Constant Contact rejected the access token (401); refreshing it and trying again",
-                     contact.client_id)
+            log.info(
+                "client %s: Constant Contact rejected the access token (401); refreshing it and trying again",
+                contact.client_id,
+            )
             token = self.tokens.after_unauthorized(settings, token)
             self._turn(settings)
             return self._throttle_aware(settings, request, token)
 
-    def _throttle_aware(self, settings: config.Settings, request: Callable[[api_client.CtctClient], T],
-                        token: str) -> T:
+    def _throttle_aware(
+        self, settings: config.Settings, request: Callable[[api_client.CtctClient], T], token: str
+    ) -> T:
         try:
             return request(api_client.CtctClient(settings.api_base_url, token))
         except api_client.ApiError as e:

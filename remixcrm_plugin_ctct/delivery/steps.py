@@ -29,8 +29,9 @@ class Sender(Protocol):
 
 
 class Steps:
-    def __init__(self, outbox: Outbox, sender: Sender, pauses: PauseSwitch, leases: LeaseKeeper,
-                 stopping: threading.Event):
+    def __init__(
+        self, outbox: Outbox, sender: Sender, pauses: PauseSwitch, leases: LeaseKeeper, stopping: threading.Event
+    ):
         self.outbox, self.sender, self.pauses, self.leases, self.stopping = outbox, sender, pauses, leases, stopping
         self._trouble_logged_at = float("-inf")
 
@@ -49,10 +50,14 @@ class Steps:
                 try:
                     pause = self.sender.work_row(self.outbox.refreshed(row))
                 except Exception:  # a bug, not an API answer: log it, try the row again in a minute
-                    log.exception("sending client %s hit an unexpected error; it is tried again in %.0f s",
-                                  row.client_id, ERROR_RETRY)
-                    self.outbox.retry_later(row.id, time.time() + ERROR_RETRY,
-                                            "unexpected error in the plugin (see the log)")
+                    log.exception(
+                        "sending client %s hit an unexpected error; it is tried again in %.0f s",
+                        row.client_id,
+                        ERROR_RETRY,
+                    )
+                    self.outbox.retry_later(
+                        row.id, time.time() + ERROR_RETRY, "unexpected error in the plugin (see the log)"
+                    )
                     continue
                 if pause is not None:
                     # pause first, then hand the row back: the other way round, another worker
@@ -65,8 +70,11 @@ class Steps:
         try:
             outcome = self.sender.work_memory(item)  # None: done; a float: retry then; a Pause: hold it
         except Exception:
-            log.exception("sending client %s (kept in memory) hit an unexpected error; it is tried again in %.0f s",
-                          item.record.get("client_id"), ERROR_RETRY)
+            log.exception(
+                "sending client %s (kept in memory) hit an unexpected error; it is tried again in %.0f s",
+                item.record.get("client_id"),
+                ERROR_RETRY,
+            )
             outcome = time.time() + ERROR_RETRY
         if isinstance(outcome, Pause):
             self.pauses.hold(outcome)  # first, so no other worker takes it again meanwhile
@@ -79,5 +87,6 @@ class Steps:
         now = time.monotonic()
         if now - self._trouble_logged_at >= TROUBLE_LOG_EVERY:
             self._trouble_logged_at = now
-            log.warning("cannot use the outbox %s (%s); events kept in memory still go out, the rest waits",
-                        self.outbox.path, e)
+            log.warning(
+                "cannot use the outbox %s (%s); events kept in memory still go out, the rest waits", self.outbox.path, e
+            )

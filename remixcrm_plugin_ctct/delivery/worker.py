@@ -37,9 +37,16 @@ IDLE_STOP = 60.0  # seconds with nothing pending anywhere before the threads sto
 
 
 class Worker:
-    def __init__(self, outbox: Outbox, sender: Sender, journal: Journal | None = None,
-                 housekeeper: Housekeeper | None = None, workers: int = 2, exit_budget: float = 2.0,
-                 memory_limit: int = MEMORY_LIMIT):
+    def __init__(
+        self,
+        outbox: Outbox,
+        sender: Sender,
+        journal: Journal | None = None,
+        housekeeper: Housekeeper | None = None,
+        workers: int = 2,
+        exit_budget: float = 2.0,
+        memory_limit: int = MEMORY_LIMIT,
+    ):
         self.outbox, self.sender = outbox, sender
         self.pacer = FoldPacer(journal) if journal is not None else None
         self.housekeeper = housekeeper or Housekeeper(outbox)
@@ -255,7 +262,9 @@ class Worker:
         left = self.close(max(0.0, deadline - time.monotonic()))
         lost = self.memory_left()
         if left - lost:
-            log.info("exiting: %d event(s) wait in the outbox and go out with the next run (or `remixcrm-ctct flush`)",
-                     left - lost)
+            log.info(
+                "exiting: %d event(s) wait in the outbox and go out with the next run (or `remixcrm-ctct flush`)",
+                left - lost,
+            )
         if lost:
             log.error("exiting with %d event(s) kept only in memory (the outbox was not writable): they are lost", lost)

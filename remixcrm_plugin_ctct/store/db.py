@@ -44,8 +44,9 @@ def _connect(path: Path, schema: str, busy_timeout: float) -> tuple[sqlite3.Conn
     while True:
         before = _file_id(path)
         with forksafe.sqlite_call:
-            conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=busy_timeout,
-                                   factory=_GatedConnection)
+            conn = sqlite3.connect(
+                path, isolation_level=None, check_same_thread=False, timeout=busy_timeout, factory=_GatedConnection
+            )
         found = _file_id(path)
         if found is not None and (before is None or before == found):
             break

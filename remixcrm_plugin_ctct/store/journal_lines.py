@@ -50,8 +50,13 @@ def fold_block(outbox: JournalSink, path: Path, start: int, block: bytes) -> int
             outbox.add_records([rec], path.name, after)
             count += 1
         except (ValueError, TypeError, KeyError, OverflowError) as e:
-            log.error("outbox journal %s: the outbox refused the event of client %s (%s); %s",
-                      path.name, payload.shown(rec.get("client_id")), type(e).__name__, BY_HAND)
+            log.error(
+                "outbox journal %s: the outbox refused the event of client %s (%s); %s",
+                path.name,
+                payload.shown(rec.get("client_id")),
+                type(e).__name__,
+                BY_HAND,
+            )
     outbox.add_records([], path.name, start + len(block))
     return count
 
@@ -74,8 +79,7 @@ def _usable(path: Path, at: int, line: bytes) -> dict | None:
             else:
                 damaged(path, at, line, "the line is not a record (written by something else?)")
             return None
-        damaged(path, at, line[:i], "a record cut short by a failed write ran into the next one (which is kept)",
-                 KEPT)
+        damaged(path, at, line[:i], "a record cut short by a failed write ran into the next one (which is kept)", KEPT)
     why = None
     if not isinstance(rec, dict):
         why = "the line is not a record"
@@ -108,10 +112,11 @@ def _bounded(rec: dict) -> tuple[dict, str | None]:
     limits = {body_key: limit for body_key, (_, limit) in payload.TEXT_FIELDS.items()}
     found = {
         "email": email,
-        "client_id": payload.clean_text(str(client_id))[:payload.ID_MAX],
+        "client_id": payload.clean_text(str(client_id))[: payload.ID_MAX],
         "event": payload.clean_text(event)[:EVENT_MAX],
-        "fields": {k: payload.clean_text(v)[:limits[k]] for k, v in fields.items()
-                   if k in limits and isinstance(v, str)},  # only what the hook would send
+        "fields": {
+            k: payload.clean_text(v)[: limits[k]] for k, v in fields.items() if k in limits and isinstance(v, str)
+        },  # only what the hook would send
         "at": float(at),
     }
     seq = rec.get("seq")
@@ -156,7 +161,12 @@ def damaged(path: Path, at: int, data: bytes, why: str, fate: str = BY_HAND) -> 
             client = json.loads(b'"' + raw + b'"') if found.group(1) is not None else raw.decode()
         except ValueError:
             client = raw.decode("utf-8", "replace")
-        log.error("outbox journal %s: skipping a damaged line of client %s: %s; %s",
-                  path.name, payload.shown(client), why, fate)
+        log.error(
+            "outbox journal %s: skipping a damaged line of client %s: %s; %s",
+            path.name,
+            payload.shown(client),
+            why,
+            fate,
+        )
     else:
         log.error("outbox journal %s: skipping a damaged line at byte %d: %s; %s", path.name, at, why, fate)

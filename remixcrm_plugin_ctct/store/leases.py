@@ -27,8 +27,9 @@ def identity() -> tuple[str, int, str | None]:
 
 def note_holder(conn: sqlite3.Connection, owner: str) -> None:
     """Record who ``owner`` is (once), so that other processes can tell when it is gone."""
-    conn.execute("INSERT OR IGNORE INTO owners (owner, machine, pid, started) VALUES (?, ?, ?, ?)",
-                 (owner, *identity()))
+    conn.execute(
+        "INSERT OR IGNORE INTO owners (owner, machine, pid, started) VALUES (?, ?, ?, ?)", (owner, *identity())
+    )
 
 
 def holders(conn: sqlite3.Connection) -> tuple[str, str]:
@@ -37,12 +38,15 @@ def holders(conn: sqlite3.Connection) -> tuple[str, str]:
     here = owners.machine()
     dead, alive = [], []
     for owner, machine, pid, started in conn.execute(
-            "SELECT DISTINCT e.lease_owner, o.machine, o.pid, o.started FROM events e "
-            "JOIN owners o ON o.owner = e.lease_owner WHERE e.state = 'sending'"):
+        "SELECT DISTINCT e.lease_owner, o.machine, o.pid, o.started FROM events e "
+        "JOIN owners o ON o.owner = e.lease_owner WHERE e.state = 'sending'"
+    ):
         if machine == here:
             (dead if owners.gone(pid, started) else alive).append(owner)
     for owner in dead:
         log.info("taking back the events leased by %s: that process is gone", owner)
-    conn.execute("DELETE FROM owners WHERE owner NOT IN "
-                 "(SELECT lease_owner FROM events WHERE state = 'sending' AND lease_owner IS NOT NULL)")
+    conn.execute(
+        "DELETE FROM owners WHERE owner NOT IN "
+        "(SELECT lease_owner FROM events WHERE state = 'sending' AND lease_owner IS NOT NULL)"
+    )
     return json.dumps(dead), json.dumps(alive)

@@ -44,8 +44,13 @@ def merge(state: State | None, record: dict) -> State:
     """``state`` with ``record`` merged in (``state`` is not changed)."""
     new = stamp(record)
     if state is None:
-        state = State({"email": record["email"], "fields": {}}, {"email": _NEVER, "fields": {}},
-                      str(record["client_id"]), record["event"], *new)
+        state = State(
+            {"email": record["email"], "fields": {}},
+            {"email": _NEVER, "fields": {}},
+            str(record["client_id"]),
+            record["event"],
+            *new,
+        )
     contact = {"email": state.contact["email"], "fields": dict(state.contact.get("fields", {}))}
     stamps = {"email": _tuple(state.stamps.get("email")), "fields": dict(state.stamps.get("fields", {}))}
     if "email_opt_in" in state.contact:

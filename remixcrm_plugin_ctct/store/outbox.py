@@ -23,8 +23,8 @@ from pathlib import Path
 
 from .. import forksafe
 from . import db, leases, outbox_fold
-from .newest import consent_in_force
 from .interfaces import Row, Summary
+from .newest import consent_in_force
 from .outbox_admin import AdminQueries
 from .outbox_sql import CLAIM, DUE, RECLAIMABLE, SCHEMA, SET_META
 
@@ -128,39 +128,56 @@ class Outbox(AdminQueries):
             return set()
         now = time.time() if now is None else now
         with self._write:  # RETURNING: the statement (and its write) ends only once its rows are read
-            found = self._conn().execute(
-                "UPDATE events SET lease_until = ? WHERE state = 'sending' AND lease_owner = ? "
-                "AND id IN (SELECT value FROM json_each(?)) RETURNING id",
-                (now + lease, owner, json.dumps(ids))).fetchall()
+            found = (
+                self._conn()
+                .execute(
+                    "UPDATE events SET lease_until = ? WHERE state = 'sending' AND lease_owner = ? "
+                    "AND id IN (SELECT value FROM json_each(?)) RETURNING id",
+                    (now + lease, owner, json.dumps(ids)),
+                )
+                .fetchall()
+            )
         return {r[0] for r in found}
 
     def refreshed(self, row: Row) -> Row:
         """``row`` with the newest known state of its email as of now. Called right before the
         send: a decline folded from another process's journal after the claim must still win."""
         with self._write:
-            found = self._conn().execute(
-                "UPDATE events SET contact = coalesce((SELECT l.contact FROM latest l "
-                "WHERE l.email_key = events.email_key), contact) WHERE id = ? RETURNING contact, "
-                "(SELECT l.stamps FROM latest l WHERE l.email_key = events.email_key)", (row.id,)).fetchall()
+            found = (
+                self._conn()
+                .execute(
+                    "UPDATE events SET contact = coalesce((SELECT l.contact FROM latest l "
+                    "WHERE l.email_key = events.email_key), contact) WHERE id = ? RETURNING contact, "
+                    "(SELECT l.stamps FROM latest l WHERE l.email_key = events.email_key)",
+                    (row.id,),
+                )
+                .fetchall()
+            )
         if not found or not found[0][0]:
             return row
         return row._replace(contact=consent_in_force(json.loads(found[0][0]), found[0][1], row.created_at))
 
     def delivered(self, row_id: int, contact_id: str | None, outcome: str, now: float | None = None) -> None:
-        self._exec("UPDATE events SET state = 'delivered', contact_id = ?, outcome = ?, last_error = NULL, "
-                   "lease_owner = NULL, lease_until = NULL, updated_at = ? WHERE id = ?",
-                   (contact_id, outcome, time.time() if now is None else now, row_id))
+        self._exec(
+            "UPDATE events SET state = 'delivered', contact_id = ?, outcome = ?, last_error = NULL, "
+            "lease_owner = NULL, lease_until = NULL, updated_at = ? WHERE id = ?",
+            (contact_id, outcome, time.time() if now is None else now, row_id),
+        )
 
     def finished(self, row_id: int, state: str, outcome: str, now: float | None = None) -> None:
         """A row that ends without a push: ``skipped`` (the consent guard) or ``dry_run``."""
-        self._exec("UPDATE events SET state = ?, outcome = ?, last_error = NULL, lease_owner = NULL, "
-                   "lease_until = NULL, updated_at = ? WHERE id = ?",
-                   (state, outcome, time.time() if now is None else now, row_id))
+        self._exec(
+            "UPDATE events SET state = ?, outcome = ?, last_error = NULL, lease_owner = NULL, "
+            "lease_until = NULL, updated_at = ? WHERE id = ?",
+            (state, outcome, time.time() if now is None else now, row_id),
+        )
 
     def dead(self, row_id: int, error: str, now: float | None = None) -> None:
-        self._exec("UPDATE events SET state = 'dead', outcome = 'dead', last_error = ?, lease_owner = NULL, "
-                   "lease_until = NULL, updated_at = ? WHERE id = ?",
-                   (error, time.time() if now is None else now, row_id))
+        self._exec(
+            "UPDATE events SET state = 'dead', outcome = 'dead', last_error = ?, lease_owner = NULL, "
+            "lease_until = NULL, updated_at = ? WHERE id = ?",
+            (error, time.time() if now is None else now, row_id),
+        )
 
     def retry_later(self, row_id: int, when: float, error: str | None, count_attempt: bool = True) -> None:
         """Back to pending, due at ``when``. If a newer event for the same email arrived meanwhile,
@@ -170,10 +187,12 @@ class Outbox(AdminQueries):
         with self._write:
             conn = self._conn()
             try:
-                conn.execute("UPDATE events SET state = 'pending', next_attempt_at = ?, "
-                             "last_error = coalesce(?, last_error), attempts = attempts - ?, lease_owner = NULL, "
-                             "lease_until = NULL, updated_at = ? WHERE id = ?",
-                             (when, error, undo, now, row_id))
+                conn.execute(
+                    "UPDATE events SET state = 'pending', next_attempt_at = ?, "
+                    "last_error = coalesce(?, last_error), attempts = attempts - ?, lease_owner = NULL, "
+                    "lease_until = NULL, updated_at = ? WHERE id = ?",
+                    (when, error, undo, now, row_id),
+                )
             except sqlite3.IntegrityError:
                 with db.transaction(conn):
                     conn.execute(
@@ -182,7 +201,9 @@ class Outbox(AdminQueries):
                         "created_at = min(events.created_at, o.created_at), "
                         "attempts = events.attempts + o.attempts - ? "
                         "FROM (SELECT * FROM events WHERE id = ?) AS o "
-                        "WHERE events.email_key = o.email_key AND events.state = 'pending'", (undo, row_id))
+                        "WHERE events.email_key = o.email_key AND events.state = 'pending'",
+                        (undo, row_id),
+                    )
                     conn.execute("DELETE FROM events WHERE id = ?", (row_id,))
 
     def release(self, owner: str) -> int:
@@ -197,9 +218,12 @@ class Outbox(AdminQueries):
         """When the next row becomes workable (a due retry or an expiring lease). A lease that
         already ran out is the periodic look's business (its holder may be alive and sending)."""
         now = time.time()
-        (due,) = self._query("SELECT min(t) FROM (SELECT min(next_attempt_at) AS t FROM events WHERE state = 'pending' "
-                             "UNION ALL SELECT min(lease_until) FROM events "
-                             "WHERE state = 'sending' AND lease_until >= ?)", (now,))[0]
+        (due,) = self._query(
+            "SELECT min(t) FROM (SELECT min(next_attempt_at) AS t FROM events WHERE state = 'pending' "
+            "UNION ALL SELECT min(lease_until) FROM events "
+            "WHERE state = 'sending' AND lease_until >= ?)",
+            (now,),
+        )[0]
         return due
 
     def due_count(self, now: float | None = None) -> int:
@@ -235,8 +259,11 @@ class Outbox(AdminQueries):
         prefix, key = f"count:{name}:", _counter_key(name, now)
         with self._write, db.transaction(self._conn()) as conn:
             conn.execute("DELETE FROM meta WHERE key > ? AND key < ? AND key != ?", (prefix, prefix + "\uffff", key))
-            ((count,),) = conn.execute("INSERT INTO meta (key, value) VALUES (?, '1') ON CONFLICT (key) DO UPDATE SET "
-                                       "value = CAST(value AS INTEGER) + 1 RETURNING value", (key,)).fetchall()
+            ((count,),) = conn.execute(
+                "INSERT INTO meta (key, value) VALUES (?, '1') ON CONFLICT (key) DO UPDATE SET "
+                "value = CAST(value AS INTEGER) + 1 RETURNING value",
+                (key,),
+            ).fetchall()
         return int(count)
 
     def counter_today(self, name: str, now: float | None = None) -> int:
@@ -248,5 +275,5 @@ class Outbox(AdminQueries):
 
 
 def _counter_key(name: str, now: float | None) -> str:
-    day = dt.datetime.fromtimestamp(time.time() if now is None else now, dt.timezone.utc).date().isoformat()
+    day = dt.datetime.fromtimestamp(time.time() if now is None else now, dt.UTC).date().isoformat()
     return f"count:{name}:{day}"

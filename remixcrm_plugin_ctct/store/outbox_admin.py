@@ -11,8 +11,19 @@ from . import db
 from .interfaces import Outbox, Summary
 
 __all__ = ["AdminQueries", "Summary", "summary", "for_client", "retry", "purge"]
-ROW_KEYS = ("id", "state", "event", "attempts", "created_at", "updated_at", "next_attempt_at", "contact_id",
-            "outcome", "last_error", "client_id")
+ROW_KEYS = (
+    "id",
+    "state",
+    "event",
+    "attempts",
+    "created_at",
+    "updated_at",
+    "next_attempt_at",
+    "contact_id",
+    "outcome",
+    "last_error",
+    "client_id",
+)
 
 
 class AdminQueries:
@@ -28,15 +39,19 @@ class AdminQueries:
     def summary(self) -> Summary:
         counts = dict(self._query("SELECT state, count(*) FROM events GROUP BY state"))
         oldest = self._query("SELECT min(created_at) FROM events WHERE state IN ('pending', 'sending')")[0][0]
-        found = self._query("SELECT last_error, updated_at FROM events WHERE last_error IS NOT NULL "
-                            "AND state IN ('pending', 'sending', 'dead') ORDER BY updated_at DESC LIMIT 1")
+        found = self._query(
+            "SELECT last_error, updated_at FROM events WHERE last_error IS NOT NULL "
+            "AND state IN ('pending', 'sending', 'dead') ORDER BY updated_at DESC LIMIT 1"
+        )
         return Summary(counts, oldest, *(found[0] if found else (None, None)))
 
     def for_client(self, client_id: str) -> list[dict]:
         """Every row that carries this client's event (also when it was coalesced into another)."""
-        rows = self._query(f"SELECT {', '.join(ROW_KEYS)} FROM events "
-                           "WHERE client_id = ? OR instr(' ' || other_clients || ' ', ' ' || ? || ' ') ORDER BY id",
-                           (client_id, client_id))
+        rows = self._query(
+            f"SELECT {', '.join(ROW_KEYS)} FROM events "
+            "WHERE client_id = ? OR instr(' ' || other_clients || ' ', ' ' || ? || ' ') ORDER BY id",
+            (client_id, client_id),
+        )
         return [dict(zip(ROW_KEYS, r)) for r in rows]
 
     def rows(self) -> list[dict]:
@@ -54,13 +69,16 @@ class AdminQueries:
         """Make pending rows due now; with ``dead``, give dead rows (that still have their
         contact) a fresh start too. Returns how many."""
         now = time.time() if now is None else now
-        count = self._exec("UPDATE events SET next_attempt_at = ? WHERE state = 'pending' AND next_attempt_at > ?",
-                           (now, now)).rowcount
+        count = self._exec(
+            "UPDATE events SET next_attempt_at = ? WHERE state = 'pending' AND next_attempt_at > ?", (now, now)
+        ).rowcount
         if dead:
             for (row_id,) in self._query("SELECT id FROM events WHERE state = 'dead' AND contact IS NOT NULL"):
                 # via 'sending' so that retry_later can coalesce it with a newer pending row
-                self._exec("UPDATE events SET state = 'sending', created_at = ?, attempts = 0, outcome = NULL "
-                           "WHERE id = ?", (now, row_id))
+                self._exec(
+                    "UPDATE events SET state = 'sending', created_at = ?, attempts = 0, outcome = NULL WHERE id = ?",
+                    (now, row_id),
+                )
                 self.retry_later(row_id, now, None)  # attempts stay 0: a fresh start
                 count += 1
         return count
@@ -69,14 +87,16 @@ class AdminQueries:
         """Forget emails and names of rows finished before ``before``, and the newest known
         state of emails that no row names any more. Returns how many rows."""
         with self._write, db.transaction(self._conn()) as conn:
-            count = conn.execute("UPDATE events SET contact = NULL, email_key = NULL WHERE state IN "
-                                 "('delivered', 'skipped', 'dry_run') AND contact IS NOT NULL AND updated_at < ?",
-                                 (before,)).rowcount
+            count = conn.execute(
+                "UPDATE events SET contact = NULL, email_key = NULL WHERE state IN "
+                "('delivered', 'skipped', 'dry_run') AND contact IS NOT NULL AND updated_at < ?",
+                (before,),
+            ).rowcount
             # every fold leaves a row naming its email: a state no row names is of no further use
-            conn.execute("DELETE FROM latest WHERE NOT EXISTS "
-                         "(SELECT 1 FROM events e WHERE e.email_key = latest.email_key)")
+            conn.execute(
+                "DELETE FROM latest WHERE NOT EXISTS (SELECT 1 FROM events e WHERE e.email_key = latest.email_key)"
+            )
         return count
-
 
 
 def summary(outbox: Outbox) -> Summary:

@@ -18,12 +18,22 @@ def fold(conn: sqlite3.Connection, records: list[dict], now: float) -> None:
     for r in records:
         by_email.setdefault(r["email"].lower(), []).append(r)
     keys = json.dumps(list(by_email))
-    known = {f[0]: newest.State(json.loads(f[1]), json.loads(f[2]), *f[3:]) for f in conn.execute(
-        "SELECT email_key, contact, stamps, client_id, event, at, seq FROM latest "
-        "WHERE email_key IN (SELECT value FROM json_each(?))", (keys,))}
-    pending = {f[0]: f[1:] for f in conn.execute(
-        "SELECT email_key, id, client_id, other_clients FROM events "
-        "WHERE state = 'pending' AND email_key IN (SELECT value FROM json_each(?))", (keys,))}
+    known = {
+        f[0]: newest.State(json.loads(f[1]), json.loads(f[2]), *f[3:])
+        for f in conn.execute(
+            "SELECT email_key, contact, stamps, client_id, event, at, seq FROM latest "
+            "WHERE email_key IN (SELECT value FROM json_each(?))",
+            (keys,),
+        )
+    }
+    pending = {
+        f[0]: f[1:]
+        for f in conn.execute(
+            "SELECT email_key, id, client_id, other_clients FROM events "
+            "WHERE state = 'pending' AND email_key IN (SELECT value FROM json_each(?))",
+            (keys,),
+        )
+    }
     states, inserts, updates = [], [], []
     for key, group in by_email.items():
         group.sort(key=newest.stamp)
@@ -51,8 +61,11 @@ def fold(conn: sqlite3.Connection, records: list[dict], now: float) -> None:
         updates.append((client, event, _others(everyone, client), contact, now, row_id))
     conn.executemany(UPSERT_LATEST, states)
     conn.executemany(INSERT_PENDING, inserts)
-    conn.executemany("UPDATE events SET client_id = ?, event = coalesce(?, event), other_clients = ?, "
-                     "contact = ?, updated_at = ? WHERE id = ?", updates)
+    conn.executemany(
+        "UPDATE events SET client_id = ?, event = coalesce(?, event), other_clients = ?, "
+        "contact = ?, updated_at = ? WHERE id = ?",
+        updates,
+    )
 
 
 def _others(clients: list[str], client: str) -> str:

@@ -37,7 +37,7 @@ def _stat(pid: int) -> list[str] | None:
             text = f.read().decode("ascii", "replace")
     except OSError:
         return None
-    return text[text.rfind(")") + 2:].split()
+    return text[text.rfind(")") + 2 :].split()
 
 
 def status(pid: int) -> str | None:

@@ -112,7 +112,8 @@ pm.hook.on_client_created(client={"id": "warm", "email": "warm@example.com"})
 rt.journal.fold_into(rt.outbox)
 idle = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 for i in range(rows):
-    pm.hook.on_client_created(client={"id": i, "email": f"rss{i}@example.com", "first_name": "Memory", "last_name": str(i)})
+    client = {"id": i, "email": f"rss{i}@example.com", "first_name": "Memory", "last_name": str(i)}
+    pm.hook.on_client_created(client=client)
 rt.journal.fold_into(rt.outbox)  # what the sender (or `status`) does with a backlog
 pending = outbox_admin.summary(rt.outbox).counts.get("pending", 0)
 rt.worker.close(0)
@@ -151,7 +152,8 @@ def main() -> int:
         ok = rate >= 3.8 and counters["throttled"] == 0 and delivered == args.events
         met &= ok
         print(
-            f"(a) sandbox enforcing 4 requests/s, governor 4/s: {rate:.2f} events/s, {counters['throttled']} x 429 throttled, "
+            f"(a) sandbox enforcing 4 requests/s, governor 4/s: {rate:.2f} events/s, "
+            f"{counters['throttled']} x 429 throttled, "
             f"{delivered} delivered; goal >= 3.8/s and 0 x 429: {'met' if ok else 'MISSED'}"
         )
         pipe.send("done")
@@ -163,7 +165,8 @@ def main() -> int:
     ok = ours >= 0.8 * plain
     met &= ok
     print(
-        f"(b) no limit, governor raised: outbox {ours:.0f} events/s vs plain requests.Session loop {plain:.0f} events/s "
+        f"(b) no limit, governor raised: outbox {ours:.0f} events/s vs plain requests.Session loop "
+        f"{plain:.0f} events/s "
         f"= {ours / plain:.2f}; goal >= 0.8: {'met' if ok else 'MISSED'}"
     )
     pipe.send("done")
@@ -174,7 +177,8 @@ def main() -> int:
     ok = grown <= 30 and figures["pending"] == args.rss_rows + 1
     met &= ok
     print(
-        f"(c) {figures['pending']:,} pending rows: peak RSS {figures['peak_kb'] / 1024:.1f} MB, idle {figures['idle_kb'] / 1024:.1f} MB, "
+        f"(c) {figures['pending']:,} pending rows: peak RSS {figures['peak_kb'] / 1024:.1f} MB, "
+        f"idle {figures['idle_kb'] / 1024:.1f} MB, "
         f"+{grown:.1f} MB; goal <= +30 MB: {'met' if ok else 'MISSED'}"
     )
     return 0 if met else 1

@@ -165,7 +165,8 @@ def main() -> int:
     server.terminate()
 
     print(
-        f"hook_latency: {args.calls:,} calls of on_client_created per row, µs; Python {sys.version.split()[0]}, {os.cpu_count()} CPUs"
+        f"hook_latency: {args.calls:,} calls of on_client_created per row, µs; "
+        f"Python {sys.version.split()[0]}, {os.cpu_count()} CPUs"
     )
     print(f"{'hookimpl':<10}{'API':<16}{'p50':>8}{'p99':>8}{'max':>10}")
     for impl, api, fig in rows:

@@ -71,7 +71,8 @@ def main() -> int:
         delivered = len(sandbox.members())
         needs_login = host.stderr.count("needs re-authorisation")
         print(
-            f"token_soak: {count} clients, one every {args.every:g} s for {took / 60:.1f} min, access tokens living {args.lifetime:g} s"
+            f"token_soak: {count} clients, one every {args.every:g} s for {took / 60:.1f} min, "
+            f"access tokens living {args.lifetime:g} s"
         )
         print(f"  delivered            {delivered} of {count}")
         print(f"  token refreshes      {sandbox.authz.token_calls}")

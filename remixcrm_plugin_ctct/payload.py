@@ -204,7 +204,7 @@ def contact_from_client(client) -> Contact | Skipped:
     """Validate and normalise a client record; never raises."""
     if client is None:
         return Skipped("?", "the hook was called with client=None; RemixCRM must pass the client record")
-    failed = []  # keys whose reading raised: treated as absent, named in one WARNING
+    failed: list[str] = []  # keys whose reading raised: treated as absent, named in one WARNING
     get = _safe(_getter(client), failed)
     client_id = an_id(get("id"))
     raw_opt_in = get("email_opt_in")

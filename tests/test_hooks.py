@@ -84,7 +84,7 @@ def test_broken_config_logs_one_error_and_keeps_clients_until_fixed(pm, write_co
     assert dispatch.runtime().outbox.due_count() == 3  # recorded, waiting for the fix
     errors = [r.getMessage() for r in logs.records if r.levelno == logging.ERROR]
     assert len(errors) == 1 and "Settings → Integrations → Email Marketing → List ID" in errors[0]
-    for n in range(3):
+    for _ in range(3):
         mocked.post(SIGN_UP_URL, status=201, json=CREATED)
     write_config()  # fixed in Settings: sending resumes by itself, no new event needed
     assert flush(5)
@@ -109,7 +109,8 @@ def test_a_declined_client_is_never_sent(pm, write_config, mocked, logs):
         (
             400,
             [{"error_key": "json.field.invalid", "error_message": "list_id is required"}],
-            "not sent, given up: Constant Contact answered 400 json.field.invalid: list_id is required. Fix: Constant Contact rejected the data: check that list_id is set",
+            "not sent, given up: Constant Contact answered 400 json.field.invalid: list_id is required. "
+            "Fix: Constant Contact rejected the data: check that list_id is set",
         ),
         (
             404,

@@ -258,7 +258,7 @@ def test_a_decline_as_the_next_workers_first_request_is_not_pushed(sandbox, writ
     # is still in its journal when it exits (as in the field: the next worker folds it later)
     for n, record in enumerate(fillers[:2], start=1):
         pids.append(int(srv.post_client(record)[1]["x-pid"]))
-        assert wait_until(lambda: len(arrivals) >= n, 10), f"the first worker never sent {record['email']}"
+        assert wait_until(lambda n=n: len(arrivals) >= n, 10), f"the first worker never sent {record['email']}"
     pids.append(int(srv.post_client(fillers[2])[1]["x-pid"]))
     status, headers = srv.post_client(client("x", 0, opt_in=True))  # the worker's 4th and last request
     assert status == 200

@@ -115,5 +115,5 @@ def flush(timeout: float | None = None, progress: Callable[[int, int], None] | N
 def purge() -> tuple[int, float]:
     """Forget personal data of events delivered before the retention time; (how many, days)."""
     loaded = config.load(config.config_path())
-    days = float(loaded.settings.retention_days if loaded.settings else config.NUMBERS["retention_days"])  # type: ignore[arg-type]
+    days = float(loaded.settings.retention_days if loaded.settings else config.NUMBERS["retention_days"])
     return outbox_admin.purge(runtime().outbox, days * 86400), days

@@ -22,7 +22,7 @@ from ..store import outbox_admin
 UNSUBSCRIBED = "lee@example.com"  # the sandbox knows this contact: it unsubscribed long ago
 
 # (what it shows, hook, hook kwargs, expected: "in list", "not sent" or "stays unsubscribed")
-SAMPLES = [
+SAMPLES: list[tuple[str, str, dict, str]] = [
     (
         "new client",
         "on_client_created",
@@ -139,14 +139,14 @@ def _run(say, dry_run: bool) -> int:
         members = {c["email_address"].lower(): c for c in sandbox.members()}
         say(f"contacts in sandbox list ({len(members)}):")
         for c in members.values():
-            say(
-                f"  {c['email_address']:<24} {c.get('first_name', ''):<8} {c.get('last_name', ''):<10} {c['contact_id']}"
-            )
+            name = f"{c.get('first_name', ''):<8} {c.get('last_name', ''):<10}"
+            say(f"  {c['email_address']:<24} {name} {c['contact_id']}")
         ok = drained & (_dry_run_report(say, sandbox) if dry_run else _summary(say, sandbox, members))
         refreshed = sandbox.authz.token_calls == 1 and sandbox.authz.invalid_grants == 0
         ok &= refreshed
         say(
-            f"  {'✓' if refreshed else '✗'} token refreshed without a human: {sandbox.authz.token_calls} refresh call(s), "
+            f"  {'✓' if refreshed else '✗'} token refreshed without a human: "
+            f"{sandbox.authz.token_calls} refresh call(s), "
             f"{sandbox.authz.invalid_grants} invalid_grant"
         )
     say("\nall sample clients handled as expected" if ok else "\nsome sample clients were not handled as expected")
@@ -163,7 +163,8 @@ def _summary(say, sandbox: Sandbox, members: dict) -> bool:
         actual = "in list" if email in members else "stays unsubscribed" if unsubscribed else "not sent"
         ok &= actual == expected
         say(
-            f"  {'✓' if actual == expected else '✗'} client {kwargs['client']['id']:<4} {label:<28} expected {expected:<18} got {actual}"
+            f"  {'✓' if actual == expected else '✗'} client {kwargs['client']['id']:<4} {label:<28} "
+            f"expected {expected:<18} got {actual}"
         )
     return ok
 

@@ -37,9 +37,10 @@ def _key(record):
 
 
 def _merged(records: list) -> dict:
-    state = None
+    state: newest.State | None = None
     for r in sorted(records, key=newest.stamp):
         state = newest.merge(state, r)
+    assert state is not None, "a lane item holds at least one record"
     found = {
         "email": state.contact["email"],
         "client_id": state.client_id,

@@ -85,8 +85,9 @@ class Journal:
     def append(self, data: bytes) -> None:
         """Durable once this returns. Raises OSError (disk full, read-only) for the caller's fallback."""
         with self._append_lock:
-            if self._pid != os.getpid():
+            if self._pid != os.getpid() or self._fd is None:
                 self._open()
+            assert self._fd is not None
             if self._torn:
                 data = b"\n" + data
             try:
@@ -104,6 +105,7 @@ class Journal:
     def _cut_tail(self) -> None:
         """After a failed or short write, cut off what part of the line it left: else the next
         record would be appended to it and both would be lost as one damaged line."""
+        assert self._fd is not None  # called only right after a write to it
         try:
             os.ftruncate(self._fd, self._size)
         except OSError:  # cannot cut it: the next write starts with a newline, leaving it a line of its own
@@ -183,6 +185,7 @@ class Journal:
         with self._append_lock:  # no hook writes to the old file after this
             old_fd, old_path, old_owner = self._fd, self._path, self._owner_lock
             self._open()
+        assert old_fd is not None and old_path is not None  # rotation follows appends to this file
         os.close(old_fd)
         count = self._fold_file(outbox, old_path, final=True)
         self._forget(outbox, old_path, old_owner)

@@ -36,7 +36,8 @@ def holders(conn: sqlite3.Connection) -> tuple[str, str]:
     """The lease holders on this machine that are gone, and those alive (JSON lists); forgets
     holders that lease nothing any more. Runs inside the claim's transaction."""
     here = owners.machine()
-    dead, alive = [], []
+    dead: list[str] = []
+    alive: list[str] = []
     for owner, machine, pid, started in conn.execute(
         "SELECT DISTINCT e.lease_owner, o.machine, o.pid, o.started FROM events e "
         "JOIN owners o ON o.owner = e.lease_owner WHERE e.state = 'sending'"

@@ -20,10 +20,10 @@ _NEVER: Stamp = (float("-inf"), -1)
 def stamp(record: dict) -> Stamp:
     """Records from before ``seq`` existed count as seq 0; a time or sequence that is not a
     finite number counts as the oldest (one odd line must not stop the fold)."""
-    return (_number(record.get("at"), float), _number(record.get("seq"), int))
+    return (float(_number(record.get("at"), float)), int(_number(record.get("seq"), int)))
 
 
-def _number(value, kind) -> float | int:
+def _number(value: object, kind: type) -> float | int:
     try:
         found = kind(value)
     except (TypeError, ValueError, OverflowError):
@@ -51,8 +51,8 @@ def merge(state: State | None, record: dict) -> State:
             record["event"],
             *new,
         )
-    contact = {"email": state.contact["email"], "fields": dict(state.contact.get("fields", {}))}
-    stamps = {"email": _tuple(state.stamps.get("email")), "fields": dict(state.stamps.get("fields", {}))}
+    contact: dict = {"email": state.contact["email"], "fields": dict(state.contact.get("fields", {}))}
+    stamps: dict = {"email": _tuple(state.stamps.get("email")), "fields": dict(state.stamps.get("fields", {}))}
     if "email_opt_in" in state.contact:
         contact["email_opt_in"] = state.contact["email_opt_in"]
         stamps["email_opt_in"] = _tuple(state.stamps.get("email_opt_in"))

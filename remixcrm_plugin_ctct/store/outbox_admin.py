@@ -31,9 +31,15 @@ class AdminQueries:
 
     _write: threading.RLock
 
-    def _conn(self) -> sqlite3.Connection: ...
-    def _exec(self, sql: str, args: tuple = ()) -> sqlite3.Cursor: ...
-    def _query(self, sql: str, args: tuple = ()) -> list: ...
+    def _conn(self) -> sqlite3.Connection:
+        raise NotImplementedError  # the Outbox's
+
+    def _exec(self, sql: str, args: tuple = ()) -> sqlite3.Cursor:
+        raise NotImplementedError  # the Outbox's
+
+    def _query(self, sql: str, args: tuple = ()) -> list:
+        raise NotImplementedError  # the Outbox's
+
     def retry_later(self, row_id: int, when: float, error: str | None, count_attempt: bool = True) -> None: ...
 
     def summary(self) -> Summary:
@@ -52,14 +58,14 @@ class AdminQueries:
             "WHERE client_id = ? OR instr(' ' || other_clients || ' ', ' ' || ? || ' ') ORDER BY id",
             (client_id, client_id),
         )
-        return [dict(zip(ROW_KEYS, r)) for r in rows]
+        return [dict(zip(ROW_KEYS, r, strict=True)) for r in rows]
 
     def rows(self) -> list[dict]:
         """Every row with its email key, contact and lease, oldest first: for inspection (tests,
         debugging), not for the sending path."""
         keys = (*ROW_KEYS, "email_key", "contact", "other_clients", "lease_owner", "lease_until")
         found = self._query(f"SELECT {', '.join(keys)} FROM events ORDER BY id")
-        return [dict(zip(keys, r)) for r in found]
+        return [dict(zip(keys, r, strict=True)) for r in found]
 
     def known_emails(self) -> list[str]:
         """The emails (lower-cased) whose newest known state is kept: for inspection, like ``rows``."""

@@ -96,7 +96,6 @@ def flush(timeout: float = 5.0, retries: bool = False) -> bool:
 def _after_fork() -> None:
     global _lock
     _lock = threading.Lock()  # a parent thread may have held it while making the runtime
-    _watcher._lock = threading.Lock()  # ... or while reading the config
 
 
 forksafe.after_fork_in_child(_after_fork)  # registers an at-fork hook only: nothing starts

@@ -98,10 +98,10 @@ fire("p", 2)
 assert flush(20)
 rt = dispatch.runtime()
 governor = rt.governors.for_settings(dispatch.watcher().current().settings)
-locks = [rt.outbox._write, rt.worker.inflight.cond, rt.journal._append_lock, rt.journal._fold_lock, governor._lock,
+locks = [rt.outbox.write_lock, rt.worker.inflight.cond, rt.journal._append_lock, rt.journal._fold_lock, governor._lock,
          api_client._session_lock, rt.tokens._lock, dispatch._lock, dispatch.watcher()._lock]
 if hasattr(governor, "governor"):  # the diskless fallback around the governor
-    locks.append(governor.governor._lock)
+    locks.append(governor.governor.lock)
 held, done = threading.Event(), threading.Event()
 
 def sender_thread_mid_write():  # a sender thread inside its critical sections at fork time

@@ -30,11 +30,11 @@ class ConfigWatcher:
     def __init__(self, load: Callable[[Path], LoadedConfig] = loading.load) -> None:
         self._load = load
         self._lock = threading.Lock()  # guards the fields below; never held while the file is read
+        forksafe.after_fork_in_child(self._after_fork)  # an at-fork hook only: nothing starts
         self._snapshot: tuple[tuple, LoadedConfig] | None = None
         self._announced: tuple[str, str] | None = None
         self._reader: object | None = None  # the token of the thread reading the file now
         self._generation = 0  # forget() bumps it: a reading begun before then is not kept
-        self._fork_safe = False
 
     def current(self) -> LoadedConfig:
         return self._current()[1]
@@ -58,9 +58,6 @@ class ConfigWatcher:
             if token is not None:
                 self._reader = token
             generation = self._generation
-            if not self._fork_safe:  # registered on first use: importing the plugin registers nothing
-                self._fork_safe = True
-                forksafe.after_fork_in_child(self._after_fork)
         loaded = None
         try:
             loaded = self._load(Path(path))  # never raises

@@ -290,6 +290,22 @@ def test_renew_extends_a_lease_and_tells_a_lost_row(tmp_path, monkeypatch):
     assert box.renew("a", [first.id, second.id], now=now + 52 + LEASE_CHECK_EVERY) == {second.id}
 
 
+def test_take_before_a_send_extends_the_lease_and_tells_a_lost_row(tmp_path, monkeypatch):
+    box = Outbox(tmp_path)
+    add_event(box, contact(1), "e")
+    add_event(box, contact(2), "e")
+    now = time.time()
+    with monkeypatch.context() as m:
+        elsewhere(m, "elsewhere")
+        first, second = box.claim_many("a", 2, now=now, lease=30)
+    taken = box.take("a", second, lease=30, now=now + 20)
+    assert taken is not None and taken.contact["email"] == "c2@example.com"
+    assert box.claim("b", now=now + 51 + LEASE_CHECK_EVERY).id == first.id  # first lapsed: b took it
+    assert box.take("a", first, now=now + 52 + LEASE_CHECK_EVERY) is None  # a must not send it
+    (kept,) = [r for r in box.rows() if r["id"] == second.id]
+    assert kept["lease_owner"] == "a" and kept["lease_until"] == now + 50  # renewed by take
+
+
 def test_release_counts_only_this_owners_rows(tmp_path):
     box = Outbox(tmp_path)
     for n in range(3):

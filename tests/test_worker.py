@@ -309,7 +309,7 @@ def test_leases_of_a_long_send_are_renewed(parts, monkeypatch):
     deadline = time.monotonic() + 5
     while len(renewed) < 3 and time.monotonic() < deadline:
         time.sleep(0.01)
-    assert renewed[:3] == [(sender.owner, [1], 0.15)] * 3  # before the send, then by the keeper during it
+    assert renewed[:3] == [(sender.owner, [1], 0.15)] * 3  # by the keeper during the send
     recorder.block.set()
     assert sender.flush(5)
 

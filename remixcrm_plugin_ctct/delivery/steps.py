@@ -36,7 +36,7 @@ class Steps:
         self._trouble_logged_at = float("-inf")
 
     def rows(self, owner: str, rows: list[Row]) -> None:
-        """Send claimed rows one by one, their leases renewed while they wait."""
+        """Send claimed rows one by one; the lease keeper renews the leases of those waiting."""
         with self.leases.holding(row.id for row in rows):
             for n, row in enumerate(rows):
                 if self.pauses.current is not None or self.stopping.is_set():
@@ -44,11 +44,11 @@ class Steps:
                     for rest in rows[n:]:
                         self.outbox.retry_later(rest.id, time.time(), None, count_attempt=False)
                     return
-                ids = [r.id for r in rows[n:]]  # the rest wait: renew them all
-                if row.id not in self.outbox.renew(owner, ids, outbox_module.LEASE_SECONDS):
+                current = self.outbox.take(owner, row, outbox_module.LEASE_SECONDS)
+                if current is None:
                     continue  # its lease ran out during earlier sends and another process took it
                 try:
-                    pause = self.sender.work_row(self.outbox.refreshed(row))
+                    pause = self.sender.work_row(current)
                 except Exception:  # a bug, not an API answer: log it, try the row again in a minute
                     log.exception(
                         "sending client %s hit an unexpected error; it is tried again in %.0f s",

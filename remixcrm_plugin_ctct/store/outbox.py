@@ -139,21 +139,27 @@ class Outbox(AdminQueries):
             )
         return {r[0] for r in found}
 
-    def refreshed(self, row: Row) -> Row:
-        """``row`` with the newest known state of its email as of now. Called right before the
-        send: a decline folded from another process's journal after the claim must still win."""
-        with self._write:
+    def take(self, owner: str, row: Row, lease: float = LEASE_SECONDS, now: float | None = None) -> Row | None:
+        """Right before ``row``'s send, in one statement: None if ``owner`` lost its lease (it ran
+        out during earlier sends and another process took the row: it must not be sent again);
+        else the lease extended and ``row`` with the newest known state of its email as of now (a
+        decline folded from another process's journal after the claim must still win)."""
+        now = time.time() if now is None else now
+        with self._write:  # RETURNING: the statement (and its write) ends only once its rows are read
             found = (
                 self._conn()
                 .execute(
-                    "UPDATE events SET contact = coalesce((SELECT l.contact FROM latest l "
-                    "WHERE l.email_key = events.email_key), contact) WHERE id = ? RETURNING contact, "
+                    "UPDATE events SET lease_until = ?, contact = coalesce((SELECT l.contact FROM latest l "
+                    "WHERE l.email_key = events.email_key), contact) "
+                    "WHERE id = ? AND state = 'sending' AND lease_owner = ? RETURNING contact, "
                     "(SELECT l.stamps FROM latest l WHERE l.email_key = events.email_key)",
-                    (row.id,),
+                    (now + lease, row.id, owner),
                 )
                 .fetchall()
             )
-        if not found or not found[0][0]:
+        if not found:
+            return None
+        if not found[0][0]:
             return row
         return row._replace(contact=consent_in_force(json.loads(found[0][0]), found[0][1], row.created_at))
 

@@ -10,7 +10,6 @@ Goal: every client delivered, zero invalid_grant, nobody asked to log in.
 """
 
 import argparse
-import datetime as dt
 import os
 import subprocess
 import sys
@@ -18,8 +17,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from remixcrm_plugin_ctct.config import config_toml
-from remixcrm_plugin_ctct.sandbox import SANDBOX_CLIENT_ID, SEEDED_LIST_ID, Sandbox
+from remixcrm_plugin_ctct.sandbox import Sandbox
+from remixcrm_plugin_ctct.sandbox.serve import seeded_config
 
 HOST = r"""
 import logging, sys, time
@@ -48,20 +47,8 @@ def main() -> int:
         tempfile.TemporaryDirectory() as tmp,
         Sandbox(access_token=None, access_lifetime=args.lifetime, rotating=True) as sandbox,
     ):
-        pair = sandbox.authz.seed()
-        expires = (dt.datetime.now(dt.UTC) + dt.timedelta(seconds=args.lifetime)).replace(microsecond=0)
         config = Path(tmp, "config.toml")
-        config.write_text(
-            config_toml(
-                access_token=pair["access_token"],
-                refresh_token=pair["refresh_token"],
-                token_expires_at=expires,
-                client_id=SANDBOX_CLIENT_ID,
-                list_id=SEEDED_LIST_ID,
-                api_base_url=sandbox.api_base_url,
-                token_url=sandbox.token_url,
-            )
-        )
+        config.write_text(seeded_config(sandbox, args.lifetime))
         env = {**os.environ, "REMIXCRM_CONFIG": str(config), "REMIXCRM_DATA_DIR": str(Path(tmp, "data"))}
         started = time.monotonic()
         host = subprocess.run(

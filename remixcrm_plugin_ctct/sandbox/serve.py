@@ -11,6 +11,22 @@ from .contacts import SEEDED_LIST_ID
 from .server import Sandbox
 
 
+def seeded_config(sandbox: Sandbox, token_lifetime: float) -> str:
+    """A config.toml pointing the plugin at ``sandbox`` with a fresh token pair from its
+    authorization server, expiring in ``token_lifetime`` seconds."""
+    pair = sandbox.authz.seed()
+    expires = (dt.datetime.now(dt.UTC) + dt.timedelta(seconds=token_lifetime)).replace(microsecond=0)
+    return config_toml(
+        access_token=pair["access_token"],
+        refresh_token=pair["refresh_token"],
+        token_expires_at=expires,
+        client_id=SANDBOX_CLIENT_ID,
+        list_id=SEEDED_LIST_ID,
+        api_base_url=sandbox.api_base_url,
+        token_url=sandbox.token_url,
+    )
+
+
 def run(
     say: Callable[[str], object],
     port: int = 8910,
@@ -28,8 +44,6 @@ def run(
     sandbox.faults.configure(
         {"rate_limit": rate_limit, "daily_quota": daily_quota, "error_rate": error_rate, "latency": latency}
     )
-    pair = sandbox.authz.seed()
-    expires = (dt.datetime.now(dt.UTC) + dt.timedelta(seconds=token_lifetime)).replace(microsecond=0)
     with sandbox:
         say(f"Constant Contact sandbox on {sandbox.base_url} (loopback only; Ctrl-C stops it)")
         say(f"  API {sandbox.api_base_url}, token endpoint {sandbox.token_url}")
@@ -40,17 +54,7 @@ def run(
         )
         say("  device logins wait for you to open the verification URL that `login` prints")
         say("\nconfig.toml for it (point REMIXCRM_CONFIG at a copy):\n")
-        say(
-            config_toml(
-                access_token=pair["access_token"],
-                refresh_token=pair["refresh_token"],
-                token_expires_at=expires,
-                client_id=SANDBOX_CLIENT_ID,
-                list_id=SEEDED_LIST_ID,
-                api_base_url=sandbox.api_base_url,
-                token_url=sandbox.token_url,
-            )
-        )
+        say(seeded_config(sandbox, token_lifetime))
         try:
             (stop or threading.Event()).wait()
         except KeyboardInterrupt:

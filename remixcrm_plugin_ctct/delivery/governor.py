@@ -32,11 +32,12 @@ from pathlib import Path
 from typing import NamedTuple
 
 from .. import forksafe
+from ..config import Settings
 from ..store.budget import SqliteBudget
 from ..store.interfaces import Budget, BudgetState
 
-DEFAULT_RATE = 4.0  # requests per second, all processes together
-DEFAULT_DAILY_QUOTA = 10_000
+DEFAULT_RATE = Settings.requests_per_second  # requests per second, all processes together (stated once, there)
+DEFAULT_DAILY_QUOTA = Settings.daily_quota
 WINDOW = 1.0  # seconds: Constant Contact's limit is per second, counted as requests arrive
 # 4 sends span at least 1.07 s (3.74/s at most): what happens after the check-in (building the
 # request, a busy CPU, the network) may add up to 70 ms to one send and not to the 4th after it

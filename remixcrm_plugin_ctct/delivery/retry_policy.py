@@ -12,9 +12,11 @@ import email.utils
 import random
 from typing import NamedTuple
 
+from ..config import Settings
+
 BASE_DELAY = 1.0  # seconds before the first retry (before jitter)
 MAX_DELAY = 300.0  # the cap: a few minutes
-DEFAULT_MAX_AGE = 72 * 3600.0  # seconds after which a row that keeps failing is dead
+DEFAULT_MAX_AGE = Settings.max_age_hours * 3600.0  # seconds after which a row that keeps failing is dead
 
 RETRY, DEAD, QUOTA, AUTH, FORBIDDEN = "retry", "dead", "quota", "auth", "forbidden"
 FORBIDDEN_RECHECK = 600.0  # seconds: privileges fixed in Constant Contact's UI change no file here

@@ -36,6 +36,9 @@ class Settings:
     consent_guard: bool = True
     restore_deleted: bool = False
     dry_run: bool = False
+    # shared state for several hosts (see config/state.py); None: the SQLite files in the data dir
+    state_url: str | None = field(default=None, repr=False)  # may hold a password
+    state_schema: str = "remixcrm_ctct"
 
 
 @dataclass(frozen=True)
@@ -98,6 +101,8 @@ def parse_section(table: dict[str, Any], problems: list[str], require_list: bool
     client_secret = values.text(table, "client_secret", problems, secret=True, token=True)
     numbers = {key: values.number(table, key, default, problems) for key, default in NUMBERS.items()}
     switches = {key: values.switch(table, key, default, problems) for key, default in SWITCHES.items()}
+    url = values.state_url(table, problems)
+    schema = values.state_schema(table, Settings.__dataclass_fields__["state_schema"].default, problems)
     if problems or list_id is None:
         return None
     return Settings(
@@ -114,4 +119,6 @@ def parse_section(table: dict[str, Any], problems: list[str], require_list: bool
         numbers["requests_per_second"],
         int(numbers["daily_quota"]),
         **switches,
+        state_url=url,
+        state_schema=schema,
     )

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from .. import config, payload
 from ..ctct import client as api_client
 from ..ctct.token_manager import NeedsReauth, TokenManager, TokenUnavailable
-from ..store.outbox import Outbox, Row
+from ..store.interfaces import Outbox, Row
 from . import retry_policy
 from .governors import Governors
 from .memory_lane import MemoryEvent

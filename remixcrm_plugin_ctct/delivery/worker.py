@@ -20,7 +20,7 @@ import time
 from .. import forksafe
 from ..store.fold_pacing import FOLD_QUIET, FoldPacer
 from ..store.journal import Journal
-from ..store.outbox import Outbox
+from ..store.interfaces import Outbox
 from .housekeeping import Housekeeper
 from .inflight import InFlight
 from .leases import LeaseKeeper
@@ -141,10 +141,10 @@ class Worker:
             if not due and not self._exiting and self.pacer is not None and self.pacer.backlog(self.outbox):
                 due = 1  # written by a hook, not yet folded into the outbox
         except Exception as e:
-            if os.path.exists(self.outbox.path):
+            if self.outbox.has_state():
                 if not self._unreadable_said:
                     self._unreadable_said = True
-                    log.error("flush: cannot read the outbox %s (%s); what it holds is unknown", self.outbox.path, e)
+                    log.error("flush: cannot read the outbox %s (%s); what it holds is unknown", self.outbox.location, e)
                 return False
             due = 0  # no outbox at all (the data dir cannot be made): only memory holds events
         return True if due == 0 and self.inflight.unchanged(ticks) else None

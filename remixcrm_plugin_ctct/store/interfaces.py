@@ -2,8 +2,9 @@
 
 Today's implementations are embedded and zero-config (SQLite files and a JSON file in the data
 dir): :class:`.outbox.Outbox`, :class:`.budget.SqliteBudget`, :class:`.pause.SqlitePause`,
-:class:`.tokens.TokenStore`. A second backend (PostgreSQL, say) implements these Protocols and
-is chosen where the parts are built (``runtime``); nothing that uses them changes. Hence the
+:class:`.tokens.TokenStore`. The second backend, PostgreSQL (``store/postgres/``, for several
+hosts), implements the same Protocols; :mod:`.backends` chooses where the parts are built
+(``runtime``), and nothing that uses them changes. Hence the
 rules the methods keep: each call is one atomic step (its own transaction), times are epoch
 seconds passed in, and nothing returns a cursor, a connection or a lock of the backend's own
 (the token lock is a context manager).
@@ -17,6 +18,12 @@ if TYPE_CHECKING:
     from .tokens import TokenState
 
 T = TypeVar("T")
+
+
+class StoreUnavailable(OSError):
+    """The shared store cannot be used right now (a server unreachable, its driver missing): like
+    a full disk, not a bug. Events wait in the journal; the message names the store, never a
+    password."""
 
 
 class Row(NamedTuple):
@@ -64,6 +71,12 @@ class Outbox(JournalSink, Protocol):
     def next_due_at(self) -> float | None: ...
     def checkpoint(self) -> None: ...
     def close(self) -> None: ...
+    # where it lives, for messages ("outbox /path/outbox.sqlite3", "PostgreSQL postgresql://…")
+    @property
+    def location(self) -> str: ...
+    @property
+    def lease_seconds(self) -> float: ...  # how long a lease lasts before another process may take the row
+    def has_state(self) -> bool: ...  # False: nothing stored yet (no file), so nothing can be pending
     # the CLI
     def summary(self) -> Summary: ...
     def for_client(self, client_id: str) -> list[dict]: ...

@@ -33,7 +33,7 @@ T = TypeVar("T")
 CONNECT_TIMEOUT = 3  # seconds: the worker, never the hook, waits for it
 RECONNECT_PAUSE = 1.0  # seconds after a failed connection before the next try (callers loop)
 ERROR_EVERY = 60.0  # seconds between "cannot reach" ERRORs
-APPLICATION_NAME = "remixcrm-ctct"  # in pg_stat_activity: what an admin (or a test) sees
+APPLICATION_NAME = "remixcrm-ctct"  # and the schema, in pg_stat_activity: what an admin (or a test) sees
 INSTALL = 'pip install "remixcrm-plugin-ctct[postgres]"'
 
 
@@ -90,7 +90,7 @@ class Database:
                 autocommit=True,
                 connect_timeout=CONNECT_TIMEOUT,
                 prepare_threshold=None,  # no prepared statements: PgBouncer's transaction pooling
-                application_name=APPLICATION_NAME,
+                application_name=f"{APPLICATION_NAME} {self.schema}"[:63],
             )
         except psycopg.Error as e:
             raise self._unreachable(e) from None

@@ -20,7 +20,7 @@ import time
 from .. import forksafe
 from ..store.fold_pacing import FOLD_QUIET, FoldPacer
 from ..store.journal import Journal
-from ..store.interfaces import Outbox
+from ..store.interfaces import Outbox, StoreUnavailable
 from .housekeeping import Housekeeper
 from .inflight import InFlight
 from .leases import LeaseKeeper
@@ -140,6 +140,8 @@ class Worker:
             due = self.outbox.due_count(until)
             if not due and not self._exiting and self.pacer is not None and self.pacer.backlog(self.outbox):
                 due = 1  # written by a hook, not yet folded into the outbox
+        except StoreUnavailable:
+            return None  # a server out of reach (for now): what it holds is still there, wait on
         except Exception as e:
             if self.outbox.has_state():
                 if not self._unreadable_said:

@@ -28,7 +28,7 @@ from .admin import AdminQueries
 from .connect import Database
 
 LEASE_SECONDS = 10.0
-LIVE_HOLDER_GRACE = 60.0  # a live holder on this machine keeps a lapsed lease this much longer
+LIVE_HOLDER_GRACE = 60.0  # an expired lease still keeps its email's newer row waiting this long (unless reclaimed)
 LEASE_CHECK_EVERY = 2.0  # seconds between looks for expired leases
 HOST_SEEN_EVERY = 60.0  # seconds between notes that this host is active (for `check`)
 
@@ -121,7 +121,11 @@ class PgOutbox(AdminQueries):
         def claim(conn: Any) -> list:
             found = []
             if check:
-                args["dead"], args["alive"] = leases.classify(conn.execute(self._sql["HOLDERS"]).fetchall())
+                # a live holder on this machine gets no grace here: its keeper renews every few
+                # seconds, and a claim whose answer was lost with its connection leaves rows
+                # leased to a live process that does not know it holds them
+                args["dead"] = leases.classify(conn.execute(self._sql["HOLDERS"]).fetchall())[0]
+                args["alive"] = []
                 conn.execute(self._sql["FORGET_OWNERS"])
                 statement = self._sql["CLAIM"].format(where=sql.RECLAIMABLE, order="e.lease_until")
                 found = conn.execute(statement, args).fetchall()
@@ -233,12 +237,13 @@ class PgOutbox(AdminQueries):
         return len(rows)
 
     def next_due_at(self) -> float | None:
-        return self._q(sql.NEXT_DUE, (time.time(),))[0][0]
+        return self._q(sql.NEXT_DUE)[0][0]
 
     def due_count(self, now: float | None = None) -> int:
+        """Rows workable now: due ones, and leased ones whose lease ran out (a host died, or a
+        claim's answer was lost with its connection)."""
         now = time.time() if now is None else now
-        (count,) = self._q("SELECT count(*) FROM {s}.events WHERE state = 'pending' AND next_attempt_at <= %s", (now,))
-        return count[0]
+        return self._q(sql.DUE_COUNT, (now, now))[0][0]
 
     def pending_count(self) -> int:
         return self._q("SELECT count(*) FROM {s}.events WHERE state IN ('pending', 'sending')")[0][0]

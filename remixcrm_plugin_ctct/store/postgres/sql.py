@@ -18,8 +18,8 @@ RETURNING events.id, events.client_id, events.event, events.contact, events.atte
           (SELECT l.stamps FROM {s}.latest l WHERE l.email_key = events.email_key)
 """
 # a leased row is taken back when its holder (on this machine) is provably gone, or its lease
-# expired and the holder is not a live process on this machine, or even a live one let it lapse
-# long ago. Holders on other machines: the lease's expiry is all we can see.
+# expired (the outbox passes no live holders: a lease is renewed every few seconds while its
+# send runs, and holders on other machines cannot be asked whether they live)
 RECLAIMABLE = """
 e.state = 'sending' AND (e.lease_owner = ANY(%(dead)s::text[])
                          OR (e.lease_until < %(now)s AND NOT e.lease_owner = ANY(%(alive)s::text[]))
@@ -40,9 +40,14 @@ FORGET_OWNERS = """
 DELETE FROM {s}.owners o WHERE NOT EXISTS
   (SELECT 1 FROM {s}.events e WHERE e.state = 'sending' AND e.lease_owner = o.owner)
 """
+# an expired lease is due now: with no pids to ask across machines, its expiry is the only signal
 NEXT_DUE = """
 SELECT least((SELECT min(next_attempt_at) FROM {s}.events WHERE state = 'pending'),
-             (SELECT min(lease_until) FROM {s}.events WHERE state = 'sending' AND lease_until >= %s))
+             (SELECT min(lease_until) FROM {s}.events WHERE state = 'sending'))
+"""
+DUE_COUNT = """
+SELECT count(*) FROM {s}.events
+WHERE (state = 'pending' AND next_attempt_at <= %s) OR (state = 'sending' AND lease_until < %s)
 """
 UPSERT_LATEST = """
 INSERT INTO {s}.latest (email_key, contact, stamps, client_id, event, at, seq, updated_at)

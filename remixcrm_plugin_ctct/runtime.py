@@ -17,8 +17,8 @@ from .delivery.governors import Governors
 from .delivery.housekeeping import Housekeeper
 from .delivery.send import Delivery
 from .delivery.worker import Worker
-from .store.journal import Journal
 from .store import backends
+from .store.journal import Journal
 from .store.outbox import FILE_NAME as OUTBOX_FILE
 
 log = logging.getLogger("remixcrm_plugin_ctct")

@@ -8,7 +8,6 @@ import os
 import subprocess
 import sys
 import threading
-import time
 
 import pytest
 from conftest import add_event, pg_sql, terminate_plugin_sessions
@@ -154,7 +153,9 @@ def test_the_token_lock_is_transaction_scoped_and_serialises_hosts(store, monkey
     with tokens_a.lock():
         assert pg_sql(url, held)[0][0] >= 1
         # held by a transaction, not a session: the holder's session is inside one
-        states = pg_sql(url, "SELECT state FROM pg_stat_activity WHERE application_name = %s", (f"remixcrm-ctct {name}",))
+        states = pg_sql(
+            url, "SELECT state FROM pg_stat_activity WHERE application_name = %s", (f"remixcrm-ctct {name}",)
+        )
         assert ("idle in transaction",) in states
         with pytest.raises(StoreUnavailable, match="could not take the lock"), tokens_b.lock():
             pass

@@ -26,7 +26,9 @@ def test_state_url_is_checked_masked_and_overridden_by_the_environment(tmp_path)
     path.write_text(render_config(state_url="mysql://u:pw-secret@db/x", state_schema="Bad-Name"))
     loaded = config.load(path)
     assert loaded.status == config.INVALID
-    assert "state_url 'mysql://u:***@db/x' must be a URL such as" in loaded.message and "pw-secret" not in loaded.message
+    assert (
+        "state_url 'mysql://u:***@db/x' must be a URL such as" in loaded.message and "pw-secret" not in loaded.message
+    )
     assert "state_schema must be a lower-case name" in loaded.message
     path.write_text(render_config(state_url="postgresql://u:pw@db/x", state_schema="crm_state"))
     assert config.load(path).settings.state_url == "postgresql://u:pw@db/x"
@@ -70,9 +72,7 @@ def test_without_the_driver_one_error_names_the_install_command(shared_state, mo
     assert sum(1 for _ in (config.data_dir() / "journal").glob("*.jsonl")) == 1
 
 
-def test_hooks_stay_fast_while_postgresql_is_unreachable_and_everything_goes_out_once_it_is_back(
-    shared_state, logs
-):
+def test_hooks_stay_fast_while_postgresql_is_unreachable_and_everything_goes_out_once_it_is_back(shared_state, logs):
     url, name, write = shared_state
     with Sandbox() as sandbox:
         write(api_base_url=sandbox.api_base_url, access_token=sandbox.static_token)

@@ -13,6 +13,7 @@ from .messages import SECTION, SETTINGS_PATH, show
 PROVIDERS = ("constant_contact", "mailchimp", "none")
 DEFAULT_API_BASE_URL = "https://api.cc.email/v3"
 DEFAULT_TOKEN_URL = "https://authz.constantcontact.com/oauth2/default/v1/token"
+DEFAULT_STATE_SCHEMA = "remixcrm_ctct"
 ACTIVE, INACTIVE, INVALID = "active", "inactive", "invalid"
 _UUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
 
@@ -38,7 +39,7 @@ class Settings:
     dry_run: bool = False
     # shared state for several hosts (see config/state.py); None: the SQLite files in the data dir
     state_url: str | None = field(default=None, repr=False)  # may hold a password
-    state_schema: str = "remixcrm_ctct"
+    state_schema: str = DEFAULT_STATE_SCHEMA
 
 
 @dataclass(frozen=True)
@@ -102,7 +103,7 @@ def parse_section(table: dict[str, Any], problems: list[str], require_list: bool
     numbers = {key: values.number(table, key, default, problems) for key, default in NUMBERS.items()}
     switches = {key: values.switch(table, key, default, problems) for key, default in SWITCHES.items()}
     url = values.state_url(table, problems)
-    schema = values.state_schema(table, Settings.__dataclass_fields__["state_schema"].default, problems)
+    schema = values.state_schema(table, DEFAULT_STATE_SCHEMA, problems)
     if problems or list_id is None:
         return None
     return Settings(

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from . import reading
-from .settings import Settings
+from .settings import DEFAULT_STATE_SCHEMA
 from .values import mask_url, state_schema, state_url
 
 ENV_URL = "REMIXCRM_CTCT_STATE_URL"
@@ -29,7 +29,7 @@ def location(path: Path, environ: dict[str, str] | None = None) -> StateLocation
     """The state store for this process: the environment's URL, else the config's keys read on
     their own (a config broken elsewhere must not send a host back to its local files). Never raises."""
     env = os.environ if environ is None else environ
-    default = Settings.__dataclass_fields__["state_schema"].default
+    default = DEFAULT_STATE_SCHEMA
     table: dict[str, Any] = {}
     try:
         marketing = reading.read_doc(path).get("email_marketing")

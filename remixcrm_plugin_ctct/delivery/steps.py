@@ -87,5 +87,7 @@ class Steps:
         if now - self._trouble_logged_at >= TROUBLE_LOG_EVERY:
             self._trouble_logged_at = now
             log.warning(
-                "cannot use the outbox %s (%s); events kept in memory still go out, the rest waits", self.outbox.location, e
+                "cannot use the outbox %s (%s); events kept in memory still go out, the rest waits",
+                self.outbox.location,
+                e,
             )

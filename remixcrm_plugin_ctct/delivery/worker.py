@@ -19,8 +19,8 @@ import time
 
 from .. import forksafe
 from ..store.fold_pacing import FOLD_QUIET, FoldPacer
-from ..store.journal import Journal
 from ..store.interfaces import Outbox, StoreUnavailable
+from ..store.journal import Journal
 from .housekeeping import Housekeeper
 from .inflight import InFlight
 from .leases import LeaseKeeper
@@ -146,7 +146,9 @@ class Worker:
             if self.outbox.has_state():
                 if not self._unreadable_said:
                     self._unreadable_said = True
-                    log.error("flush: cannot read the outbox %s (%s); what it holds is unknown", self.outbox.location, e)
+                    log.error(
+                        "flush: cannot read the outbox %s (%s); what it holds is unknown", self.outbox.location, e
+                    )
                 return False
             due = 0  # no outbox at all (the data dir cannot be made): only memory holds events
         return True if due == 0 and self.inflight.unchanged(ticks) else None

@@ -40,7 +40,14 @@ class PgBudget:
                 conn.execute(
                     f"UPDATE {self.s}.budget SET next_slot = %s, day = %s, day_count = %s, sent = %s, widen = %s, "
                     "widened_at = %s WHERE id = 1",
-                    (after.next_slot, after.day, after.day_count, json.dumps(after.sent), after.widen, after.widened_at),
+                    (
+                        after.next_slot,
+                        after.day,
+                        after.day_count,
+                        json.dumps(after.sent),
+                        after.widen,
+                        after.widened_at,
+                    ),
                 )
             return result
 

@@ -15,7 +15,6 @@ anew after a fork and after PostgreSQL dropped it.
 """
 
 import logging
-import os
 import threading
 import time
 from collections.abc import Callable, Iterator

@@ -61,9 +61,9 @@ def _outbox(local: Outbox, box: PgOutbox, dry_run: bool, counts: dict[str, int])
         COPIED_STATES,
     )
     states = local._query("SELECT email_key, contact, stamps, client_id, event, at, seq, updated_at FROM latest")
-    meta = local._query("SELECT key, value FROM meta WHERE key LIKE 'journal:%' OR key LIKE 'count:%' OR key = ?", (
-        PAUSE_KEY,
-    ))
+    meta = local._query(
+        "SELECT key, value FROM meta WHERE key LIKE 'journal:%' OR key LIKE 'count:%' OR key = ?", (PAUSE_KEY,)
+    )
     s = box.s
 
     def copy(conn: Any) -> None:
@@ -79,7 +79,8 @@ def _outbox(local: Outbox, box: PgOutbox, dry_run: bool, counts: dict[str, int])
                 _copy_row(conn, s, row)
         for state in states:
             newer = conn.execute(
-                f"SELECT 1 FROM {s}.latest WHERE email_key = %s AND (at, seq) >= (%s, %s)", (state[0], state[5], state[6])
+                f"SELECT 1 FROM {s}.latest WHERE email_key = %s AND (at, seq) >= (%s, %s)",
+                (state[0], state[5], state[6]),
             ).fetchone()
             if newer is None:
                 counts["newest states"] += 1
@@ -138,7 +139,9 @@ def _later_budget(shared: Any, local: Any) -> Any:
         return None
     if local.day == shared.day and local.day_count <= shared.day_count:
         return None
-    return shared._replace(day=local.day, day_count=max(local.day_count, shared.day_count if local.day == shared.day else 0))
+    return shared._replace(
+        day=local.day, day_count=max(local.day_count, shared.day_count if local.day == shared.day else 0)
+    )
 
 
 def _number(value: str) -> float:

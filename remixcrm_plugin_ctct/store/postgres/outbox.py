@@ -284,6 +284,5 @@ class PgOutbox(AdminQueries):
         self.db.close()
 
 
-_SQL = ("CLAIM", "HOLDERS", "FORGET_OWNERS", "UPSERT_LATEST", "INSERT_PENDING", "UPDATE_PENDING", "SET_META")
-_SQL += ("BUMP", "SEEN")
-
+_SQL: tuple[str, ...] = ("CLAIM", "HOLDERS", "FORGET_OWNERS", "UPSERT_LATEST", "INSERT_PENDING", "UPDATE_PENDING")
+_SQL += ("SET_META", "BUMP", "SEEN")

@@ -88,8 +88,10 @@ class PgTokenStore:
         condition = "" if replace else " AND state IS NULL"
         return bool(
             self.db.run(
-                lambda c: c.execute(
-                    f"UPDATE {self.s}.tokens SET state = %s, version = version + 1 WHERE id = 1{condition}", (raw,)
-                ).rowcount
+                lambda c: (
+                    c.execute(
+                        f"UPDATE {self.s}.tokens SET state = %s, version = version + 1 WHERE id = 1{condition}", (raw,)
+                    ).rowcount
+                )
             )
         )

@@ -71,8 +71,16 @@ def resume_pending() -> None:
         shared = bool(os.environ.get(config.ENV_URL, "").strip())
         if not (shared or _exists(base / OUTBOX_FILE) or _exists(base / "journal")):
             return
-        runtime().worker.wake()
+        # built in a thread of its own: choosing the store reads the config, never in the host's thread
+        threading.Thread(target=_resume, name="remixcrm-ctct-resume", daemon=True).start()
     except Exception:  # loading the plugin must never fail because of this
+        log.exception("could not start sending what an earlier run left; it goes out with the next event")
+
+
+def _resume() -> None:
+    try:
+        runtime().worker.wake()
+    except Exception:
         log.exception("could not start sending what an earlier run left; it goes out with the next event")
 
 

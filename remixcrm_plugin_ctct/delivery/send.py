@@ -14,7 +14,7 @@ from collections.abc import Callable
 from .. import config, payload
 from ..ctct import client as api_client
 from ..ctct.token_manager import NeedsReauth, TokenManager, TokenUnavailable
-from ..store.interfaces import Outbox, Row
+from ..store.interfaces import Outbox, Row, StoreUnavailable
 from . import retry_policy
 from .governors import Governors
 from .memory_lane import MemoryEvent
@@ -66,7 +66,7 @@ class Delivery:
             result = self.sign_up.send(contact, settings)
         except NeedsReauth:
             return self._pause_until_changed("Constant Contact needs re-authorisation")
-        except TokenUnavailable as e:
+        except (TokenUnavailable, StoreUnavailable) as e:  # (the shared store holds the tokens)
             self._retry(row, who, str(e), None)
             return None
         except QuotaUsedUp:

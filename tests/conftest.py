@@ -55,6 +55,9 @@ def render_config(provider: str | None = "constant_contact", **values: config.to
         "requests_per_second": 1000,
         # the guard's lookup is a request of its own: tests about it (test_consent.py) switch it on
         "consent_guard": False,
+        # tests of one push per client (sign_up_form) send unknown consent that way; tests of the
+        # import lane, the default, pass unknown_consent=None (the key left out) or "implicit"
+        "unknown_consent": "explicit",
     }
     return config.config_toml(provider, **{**section, **values})
 

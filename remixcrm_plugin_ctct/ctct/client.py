@@ -9,6 +9,7 @@ import logging
 import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
 
 from .. import __version__, forksafe
 from . import redact
@@ -145,6 +146,17 @@ class CtctClient:
         data = _json_or_empty(response)
         return SignUpResult(response.status_code, data.get("contact_id"))
 
+    def import_contacts(self, body: bytes) -> dict:
+        """``POST /activities/contacts_json_import`` with a body already serialised (the caller
+        measured it against the 4 MB limit): the 201's ``ActivityImport`` (``activity_id``, ``state``)."""
+        return _json_or_empty(
+            self._request("POST", "/activities/contacts_json_import", data=body, content_type="application/json")
+        )
+
+    def get_activity(self, activity_id: str) -> dict:
+        """``GET /activities/{id}``: an import's ``state``, ``status`` counts and ``activity_errors``."""
+        return _json_or_empty(self._request("GET", f"/activities/{quote(activity_id, safe='')}"))
+
     def find_contact(self, email: str) -> dict | None:
         """``GET /contacts?email=…&status=all``: the contact with this email, deleted ones included.
         The query is lower-cased: Constant Contact stores addresses in lower case and a mixed-case
@@ -166,11 +178,13 @@ class CtctClient:
             self._request("GET", f"/contact_lists/{list_id}", params={"include_membership_count": "all"})
         )
 
-    def _request(self, method: str, path: str, **kwargs: Any) -> "requests.Response":
+    def _request(self, method: str, path: str, content_type: str | None = None, **kwargs: Any) -> "requests.Response":
         requests = forksafe.load_module("requests")  # lazy (cheap plugin import), never torn by a fork
 
         redact.guard_urllib3()  # before our first request: urllib3 logs query strings (emails) at DEBUG
         headers = {"Authorization": f"Bearer {self._access_token}"}
+        if content_type:
+            headers["Content-Type"] = content_type
         try:
             response = session().request(
                 method, self.api_base_url + path, headers=headers, timeout=(CONNECT_TIMEOUT, READ_TIMEOUT), **kwargs

@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 from .. import forksafe
-from . import db, leases, outbox_fold
+from . import db, lanes, leases, outbox_fold
 from .interfaces import Row, Summary
 from .newest import consent_in_force
 from .outbox_admin import AdminQueries
@@ -73,7 +73,7 @@ class Outbox(AdminQueries):
         with self._write:
             return self._conn().execute(sql, args)
 
-    def _query(self, sql: str, args: tuple = ()) -> list:
+    def _query(self, sql: str, args: tuple | dict = ()) -> list:
         return self._conn().execute(sql, args).fetchall()
 
     # --- the fold (journal -> outbox) ---
@@ -100,21 +100,33 @@ class Outbox(AdminQueries):
         rows = self.claim_many(owner, 1, now, lease)
         return rows[0] if rows else None
 
-    def claim_many(self, owner: str, limit: int, now: float | None = None, lease: float = LEASE_SECONDS) -> list[Row]:
+    def claim_many(
+        self,
+        owner: str,
+        limit: int,
+        now: float | None = None,
+        lease: float = LEASE_SECONDS,
+        lane: str | None = None,
+        unknown_consent: str = "implicit",
+    ) -> list[Row]:
         """Lease up to ``limit`` due rows (or rows whose holder is gone), oldest first, in one
-        transaction. One email at a time: a row waits while another row for its email is in
-        flight (two simultaneous writes to one contact are Constant Contact's 409). The row's
-        contact is the newest known state of that email, as of now."""
+        transaction; of one lane only (``lanes.SIGN_UP`` or ``lanes.IMPORT`` as ``unknown_consent``
+        makes them), or of any. One email at a time: a row waits while another row for its email
+        is in flight (two simultaneous writes to one contact are Constant Contact's 409). The
+        row's contact is the newest known state of that email, as of now."""
         now = time.time() if now is None else now
         args: dict = {"owner": owner, "until": now + lease, "now": now, "limit": limit, "grace": LIVE_HOLDER_GRACE}
+        args |= lanes.sql_args(unknown_consent)
+        only = "" if lane is None else f" AND {'' if lane == lanes.IMPORT else 'NOT '}{lanes.IMPORT_SQL}"
         with self._write, db.transaction(self._conn()) as conn:
             found = []
             if now - self._leases_checked_at >= LEASE_CHECK_EVERY:  # rare (a process died): not on every claim
                 self._leases_checked_at = now
                 args["dead"], args["alive"] = leases.holders(conn)
-                found = conn.execute(CLAIM.format(where=RECLAIMABLE, order="e.lease_until"), args).fetchall()
+                found = conn.execute(CLAIM.format(where=RECLAIMABLE, lane="", order="e.lease_until"), args).fetchall()
             if not found:
-                found = conn.execute(CLAIM.format(where=DUE, order="e.next_attempt_at, e.id"), args).fetchall()
+                claim = CLAIM.format(where=DUE, lane=only, order="e.next_attempt_at, e.id")
+                found = conn.execute(claim, args).fetchall()
             if found:
                 leases.note_holder(conn, owner)
         rows = [Row(f[0], f[1], f[2], consent_in_force(json.loads(f[3]), f[6], f[5]), f[4], f[5]) for f in found]
@@ -231,6 +243,14 @@ class Outbox(AdminQueries):
             (now,),
         )[0]
         return due
+
+    def first_due_import(self, unknown_consent: str, now: float | None = None) -> float | None:
+        """Since when the longest-waiting due row of the import lane has been due (None: none is)."""
+        now = time.time() if now is None else now
+        args = {"now": now} | lanes.sql_args(unknown_consent)
+        return self._query(f"SELECT min(e.next_attempt_at) FROM events e WHERE {DUE} AND {lanes.IMPORT_SQL}", args)[0][
+            0
+        ]
 
     def due_count(self, now: float | None = None) -> int:
         now = time.time() if now is None else now

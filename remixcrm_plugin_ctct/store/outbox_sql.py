@@ -48,7 +48,7 @@ UPDATE events SET state = 'sending', lease_owner = :owner, lease_until = :until,
                   attempts = attempts + 1, updated_at = :now,
                   contact = coalesce((SELECT l.contact FROM latest l WHERE l.email_key = events.email_key), contact)
 WHERE id IN (SELECT e.id FROM events e
-             WHERE {where}
+             WHERE {where}{lane}
                AND NOT EXISTS (SELECT 1 FROM events s WHERE s.state = 'sending' AND s.email_key = e.email_key
                                AND s.lease_until >= :now - :grace AND s.id != e.id)
              ORDER BY {order} LIMIT :limit)

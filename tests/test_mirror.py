@@ -312,3 +312,14 @@ def test_a_forked_child_gets_its_own_lock_and_connection(tmp_path):
     # in a subprocess: the pytest process itself never forks while it has threads
     done = subprocess.run([sys.executable, "-c", FORK_PROBE, str(tmp_path)], capture_output=True, timeout=60)
     assert done.returncode == 0, done.stderr.decode()
+
+
+def test_a_next_link_that_loops_ends_the_pass_without_moving_the_watermark(store, mocked):
+    client = CtctClient("https://api.cc.email/v3", TOKEN)
+    looping = {"contacts": [], "_links": {"next": {"href": "/v3/contacts?cursor=again"}}}
+    mocked.get("https://api.cc.email/v3/contacts", json=looping)  # the first page, then the loop
+    mocked.get("https://api.cc.email/v3/contacts?cursor=again", json=looping)
+    with pytest.raises(ApiError, match="repeated"):
+        Mirror(store).refresh(lambda request: request(client), now=T0)
+    assert Mirror(store).watermark() is None
+    assert len(mocked.calls) == 2

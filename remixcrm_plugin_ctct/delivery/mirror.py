@@ -36,7 +36,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from .. import forksafe
-from ..ctct.client import ContactsPage, CtctClient
+from ..ctct.client import ApiError, ContactsPage, CtctClient
 from ..store.interfaces import Suppression, Suppressions
 
 log = logging.getLogger("remixcrm_plugin_ctct")
@@ -119,9 +119,8 @@ class Mirror:
             if path is None:
                 return first_time
             page = self._get(call, functools.partial(_follow, path=path))
-            if page.next in seen:  # a link that loops would page for ever
-                log.warning("Constant Contact's next-page link repeated itself; this mirror pass stops there")
-                return first_time
+            if page.next in seen:  # a link that loops would page for ever; an incomplete pass keeps the watermark
+                raise ApiError(None, "bad_link", "Constant Contact's next-page link repeated itself")
             seen.add(page.next)
 
     def _get(self, call: Call, request: Callable[[CtctClient], ContactsPage]) -> ContactsPage:

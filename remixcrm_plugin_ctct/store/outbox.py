@@ -63,6 +63,12 @@ class Outbox(AdminQueries):
         other threads from writing. For tests of fork safety."""
         return self._write
 
+    @property
+    def connections(self) -> db.Connections:
+        """This file's per-thread connections, for the tables kept beside the outbox (the
+        suppression mirror): one connection per thread, one schema setup, one writer lock."""
+        return self._db
+
     def __repr__(self) -> str:
         return f"Outbox({str(self.path)!r})"
 

@@ -41,6 +41,17 @@ CREATE TABLE IF NOT EXISTS owners (      -- which process holds a lease, to tell
   pid INTEGER NOT NULL,
   started TEXT
 );
+CREATE TABLE IF NOT EXISTS suppressed (  -- the suppression mirror (see suppressions.py, delivery/mirror.py)
+  email_key TEXT PRIMARY KEY,            -- lower-cased email
+  reason TEXT NOT NULL,                  -- 'unsubscribed' | 'deleted'
+  at REAL NOT NULL,                      -- when it happened, by Constant Contact's clock where known
+  source TEXT,                           -- email_address.opt_out_source: 'Contact' | 'Account'
+  contact_id TEXT,
+  opted_out_at REAL,                     -- the opt-out time, kept when a deletion followed it
+  client_id TEXT,                        -- the RemixCRM client pushed with this email, once known
+  recorded_at REAL NOT NULL              -- when (reason, at) was last changed here: "new since" for readers
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS suppressed_by_recorded ON suppressed(recorded_at);
 """
 
 CLAIM = """

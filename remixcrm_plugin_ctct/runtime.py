@@ -15,11 +15,13 @@ from . import config, forksafe
 from .ctct.token_manager import TokenManager
 from .delivery.governors import Governors
 from .delivery.housekeeping import Housekeeper
+from .delivery.mirror import Mirror
 from .delivery.send import Delivery
 from .delivery.worker import Worker
 from .store.journal import Journal
 from .store.outbox import FILE_NAME as OUTBOX_FILE
 from .store.outbox import Outbox
+from .store.suppressions import SqliteSuppressions
 from .store.tokens import TokenStore
 
 log = logging.getLogger("remixcrm_plugin_ctct")
@@ -38,7 +40,8 @@ class Runtime:
         self.journal = Journal(data_dir)
         self.tokens = TokenManager(TokenStore(data_dir))
         self.governors = Governors(data_dir)
-        self.delivery = Delivery(self.outbox, self.tokens, self.governors, _watcher)
+        self.mirror = Mirror(SqliteSuppressions(self.outbox))
+        self.delivery = Delivery(self.outbox, self.tokens, self.governors, _watcher, mirror=self.mirror)
         self.worker = Worker(
             self.outbox, self.delivery, journal=self.journal, housekeeper=Housekeeper(self.outbox, _watcher)
         )

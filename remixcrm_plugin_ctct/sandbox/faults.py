@@ -36,6 +36,7 @@ class Faults:
         self.script: deque = deque()  # the next calls' fates: ("status", code, body) | ("drop",) | ("hang",)
         self.fail_imports = 0  # the next N contacts_json_import activities end "failed"
         self.throttled = 0
+        self.requests = 0  # API calls that reached the fault gate (every /v3 request): for request counts
         self.quota_refused = 0
         self._arrivals: deque = deque()
         self._day_count = 0
@@ -84,6 +85,7 @@ class Faults:
     def decide(self) -> tuple:
         """The fate of one API call: ("ok",), ("status", code, body), ("drop",) or ("hang",)."""
         with self._lock:
+            self.requests += 1
             now = self._clock()
             if self.script:
                 return self.script.popleft()

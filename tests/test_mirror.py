@@ -8,6 +8,7 @@ import threading
 
 import pytest
 import requests
+import responses
 
 from remixcrm_plugin_ctct import runtime
 from remixcrm_plugin_ctct.admin import cli
@@ -21,6 +22,13 @@ from remixcrm_plugin_ctct.store.suppressions import SqliteSuppressions
 
 TOKEN = "mirror-test-token"
 T0 = dt.datetime(2026, 11, 2, 9, 0, tzinfo=dt.UTC).timestamp()
+
+
+@pytest.fixture
+def mocked():
+    """Plain ``responses`` (conftest's stubs the mirror's reads; these tests script them)."""
+    with responses.RequestsMock(assert_all_requests_are_fired=True) as rsps:
+        yield rsps
 
 
 @pytest.fixture

@@ -73,7 +73,7 @@ class Delivery:
             return None
         who = f"client {payload.shown(row.client_id)} ({payload.mask_email(contact.email)})"
         try:
-            result = self.sign_up.send(contact, settings)
+            result = self.sign_up.send(contact, settings, consent_at=row.created_at)
         except NeedsReauth:
             return self._pause_until_changed("Constant Contact needs re-authorisation")
         except TokenUnavailable as e:
@@ -266,7 +266,7 @@ class Delivery:
             if lane == lanes.IMPORT:  # an import of one: its activity is polled right here
                 result = self.importing.send([contact], settings, _sleep)[0]
             else:
-                result = self.sign_up.send(contact, settings)
+                result = self.sign_up.send(contact, settings, consent_at=_number(record.get("at")))
         except NeedsReauth:
             return self._pause_until_changed("Constant Contact needs re-authorisation")
         except (TokenUnavailable, OSError) as e:  # OSError: the token store's disk
@@ -325,6 +325,10 @@ def _contact(row: Row) -> payload.Contact:
     return payload.Contact(
         row.client_id, row.contact["email"], row.contact.get("fields", {}), row.contact.get("email_opt_in")
     )
+
+
+def _number(value: object) -> float | None:
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
 
 
 def _sleep(seconds: float) -> bool:

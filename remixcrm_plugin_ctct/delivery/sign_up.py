@@ -28,10 +28,11 @@ class SignUp:
     def __init__(self, calls: ApiCalls, suppression: SuppressionCheck):
         self.calls, self.suppression = calls, suppression
 
-    def send(self, contact: payload.Contact, settings: config.Settings) -> Result:
+    def send(self, contact: payload.Contact, settings: config.Settings, consent_at: float | None = None) -> Result:
         """The consent guard's lookup if needed, then one POST — or nothing, when the guard says
-        no or this is a dry run. Raises NeedsReauth, TokenUnavailable or QuotaUsedUp; API
-        failures (of the lookup or the push) come back in the Result."""
+        no or this is a dry run. ``consent_at``: when the event with ``email_opt_in = True``
+        happened. Raises NeedsReauth, TokenUnavailable or QuotaUsedUp; API failures (of the
+        lookup or the push) come back in the Result."""
         if contact.email_opt_in is None and settings.unknown_consent == "skip":
             return Result("skipped", outcome=UNKNOWN_SKIPPED)
         body = payload.sign_up_body(contact, settings.list_id)
@@ -40,8 +41,10 @@ class SignUp:
         try:
             if contact.email_opt_in is not False:
                 # unsubscribed or deleted in Constant Contact, as the mirror knows: no lane sends
-                # them (sign_up_form would re-subscribe or restore), and knowing costs no lookup
-                why = self.suppression.why_not([contact.email], settings, call).get(contact.email.lower())
+                # them (sign_up_form would re-subscribe or restore), and knowing costs no lookup;
+                # except someone who opted in again in RemixCRM *after* unsubscribing
+                given = consent_at if contact.email_opt_in is True else None
+                why = self.suppression.why_not([contact.email], settings, call, given).get(contact.email.lower())
                 if why is not None:
                     return Result("skipped", outcome=why)
             verdict = None

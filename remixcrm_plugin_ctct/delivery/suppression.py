@@ -29,8 +29,12 @@ class SuppressionCheck:
     def __init__(self, mirror: Mirror | None = None):
         self.mirror = mirror
 
-    def why_not(self, emails: Iterable[str], settings: config.Settings, call: Callable) -> dict[str, str]:
+    def why_not(
+        self, emails: Iterable[str], settings: config.Settings, call: Callable, consent_at: float | None = None
+    ) -> dict[str, str]:
         """{lower-cased email: why it is not sent} for those of ``emails`` that are suppressed.
+        ``consent_at``: when the person gave the consent this push carries (``email_opt_in =
+        True``); an opt-out *older* than that consent was overruled by the person themselves.
         Raises the mirror sync's ApiError (the send fails as its own request would have)."""
         if self.mirror is None:
             return {}
@@ -45,6 +49,6 @@ class SuppressionCheck:
             if suppression.reason == "deleted":
                 if not settings.restore_deleted:
                     found[key] = SUPPRESSED_DELETED
-            else:
+            elif consent_at is None or suppression.at >= consent_at:
                 found[key] = SUPPRESSED_UNSUBSCRIBED
         return found

@@ -13,7 +13,7 @@ import pytest
 from conftest import ACCESS_TOKEN, RAW
 
 from remixcrm_plugin_ctct import runtime
-from remixcrm_plugin_ctct.admin import backfill, backfill_command, backfill_file, cli
+from remixcrm_plugin_ctct.admin import backfill, backfill_command, backfill_file, cli, safe_read
 from remixcrm_plugin_ctct.admin.backfill_file import BackfillFile, Refused
 from remixcrm_plugin_ctct.delivery.send import QUOTA_KEY
 from remixcrm_plugin_ctct.sandbox import Sandbox
@@ -143,7 +143,7 @@ def test_bytes_that_are_not_utf8_nul_and_lone_surrogates_spoil_only_their_row(tm
 
 
 def test_overlong_lines_and_fields_are_row_problems_and_memory_stays_bounded(tmp_path, monkeypatch):
-    monkeypatch.setattr(backfill_file, "MAX_LINE", 200)
+    monkeypatch.setattr(safe_read, "MAX_LINE", 200)
     monkeypatch.setattr(backfill_file, "MAX_FIELD", 100)
     data = HEADER + f"1,a@example.com,{'x' * 5000}\n" + f'2,b@example.com,"{"y" * 150}"\n' + "3,c@example.com\n"
     jsonl = "".join(
@@ -398,6 +398,6 @@ def test_the_check_never_blocks_on_a_fifo_that_appears_after_the_stat(tmp_path, 
             os.mkfifo(path)
         return found
 
-    monkeypatch.setattr(backfill_file.os, "stat", swap)
+    monkeypatch.setattr(safe_read.os, "stat", swap)
     with pytest.raises(Refused, match="is a FIFO"):
         BackfillFile(path)

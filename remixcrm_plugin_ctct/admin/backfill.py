@@ -73,6 +73,41 @@ class Tally:
             self.noted.append(text)
 
 
+class _Catch(logging.Filter):
+    """While :meth:`checking`, the plugin's log lines from this thread are kept for the report
+    instead of printed in the middle of it; other threads (the sender) and other moments log as
+    always."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lines: list[str] = []
+        self._thread: int | None = None
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.thread != self._thread:
+            return True
+        self.lines.append(record.getMessage())
+        return False
+
+    @contextmanager
+    def checking(self) -> Iterator[list[str]]:
+        self.lines, self._thread = [], threading.get_ident()
+        try:
+            yield self.lines
+        finally:
+            self._thread = None
+
+
+@contextmanager
+def _caught() -> Iterator[_Catch]:
+    catch = _Catch()
+    log.addFilter(catch)
+    try:
+        yield catch
+    finally:
+        log.removeFilter(catch)
+
+
 def read(
     file: BackfillFile,
     unknown_consent: str = "implicit",
@@ -112,14 +147,14 @@ def read(
     return tally
 
 
-def _one(tally: Tally, line, unknown_consent: str, caught: list[str]) -> tuple[int, str, dict] | None:
+def _one(tally: Tally, line, unknown_consent: str, caught: _Catch) -> tuple[int, str, dict] | None:
     """One row: (its fate, its lower-case email, its journal record), or None when unusable."""
     if line.client is None:
         tally.problem(line.problem or f"line {line.line} cannot be read")
         return None
-    del caught[:]
-    contact = payload.contact_from_client(line.client)
-    for text in caught:  # what the hook would have logged: a truncated name, an odd email_opt_in
+    with caught.checking() as said:
+        contact = payload.contact_from_client(line.client)
+    for text in said:  # what the hook would have logged: a truncated name, an odd email_opt_in
         tally.note(f"line {line.line}: {text}")
     if isinstance(contact, payload.Skipped):
         if contact.reason == payload.declined(contact.client_id):  # declined, and no usable email either
@@ -143,26 +178,6 @@ def _mirror(tally: Tally, suppressed: SuppressedLookup | None, emails: list[str]
             if digest in tally.emails:
                 tally.emails[digest] |= SUPPRESSED
     emails.clear()
-
-
-@contextmanager
-def _caught() -> Iterator[list[str]]:
-    """The plugin's log lines from this thread while the rows are checked, kept for the report
-    instead of printed in the middle of it; other threads (the sender) log as always."""
-    caught: list[str] = []
-    me = threading.get_ident()
-
-    def keep(record: logging.LogRecord) -> bool:
-        if record.thread != me:
-            return True
-        caught.append(record.getMessage())
-        return False
-
-    log.addFilter(keep)
-    try:
-        yield caught
-    finally:
-        log.removeFilter(keep)
 
 
 class Watched(NamedTuple):

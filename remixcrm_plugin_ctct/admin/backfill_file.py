@@ -3,7 +3,7 @@
 The format is the file name's (``.csv``; ``.jsonl``/``.ndjson``), else the content's (a first
 character ``{`` is JSON Lines, anything else CSV). CSV needs a header row naming ``id`` and
 ``email`` (any case, any order; comma, semicolon, tab or ``|`` between them); other columns are
-ignored. Memory stays bounded whatever the file holds: lines are read at most ``MAX_LINE``
+ignored. Memory stays bounded whatever the file holds: lines are read at most ``safe_read.MAX_LINE``
 characters at a time, a CSV field may hold ``MAX_FIELD``. What makes one row unusable (bytes
 that are not UTF-8, a NUL, an overlong line, no id, not a JSON object) is that row's
 ``problem``; what makes the whole file unusable is :class:`Refused`, with the fix.
@@ -14,35 +14,22 @@ import hashlib
 import io
 import json
 import os
-import re
-import stat
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import BinaryIO, NamedTuple
+from typing import NamedTuple
 
 from .. import payload
+from . import safe_read
+from .safe_read import Refused
 
 KEYS = ("id", "email", "first_name", "last_name", "phone", "company", "job_title", "email_opt_in")
 REQUIRED = ("id", "email")
 CSV, JSONL = "CSV", "JSON Lines"
-MAX_LINE = 1 << 20  # characters of one line; a client is a few hundred
 MAX_FIELD = 64 * 1024  # characters of one CSV field (csv's own default is 128 Ki, kept per call here)
 _DELIMITERS = ",;\t|"
-_RAW_BYTE = re.compile("[\udc80-\udcff]")  # what surrogateescape makes of a byte that is not UTF-8
-_OPEN_FLAGS = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0) | getattr(os, "O_CLOEXEC", 0)
-_KINDS = (
-    (stat.S_ISDIR, "a directory"),
-    (stat.S_ISFIFO, "a FIFO (named pipe)"),
-    (stat.S_ISCHR, "a character device"),
-    (stat.S_ISBLK, "a block device"),
-    (stat.S_ISSOCK, "a socket"),
-)
+__all__ = ["BackfillFile", "Line", "Refused", "KEYS", "CSV", "JSONL", "MAX_FIELD"]
 _EXPORT = "export it again as CSV with a header row (id,email,first_name,...) or as JSON Lines, UTF-8"
-
-
-class Refused(Exception):
-    """The file as a whole cannot be a backfill; the message says why and what to do."""
 
 
 class Line(NamedTuple):
@@ -57,7 +44,7 @@ class BackfillFile:
 
     def __init__(self, path: Path | str):
         self.path = Path(path)
-        self._fh = _open_regular(self.path)
+        self._fh = safe_read.open_regular(self.path)
         try:
             self._setup()
         except BaseException:
@@ -73,7 +60,7 @@ class BackfillFile:
         self.delimiter = ","
         if self.format == CSV:  # a header that cannot work refuses the file now, before any row is read
             with self._text() as text:
-                self._header(_lines(text))
+                self._header(safe_read.lines(text))
 
     @contextmanager
     def _text(self) -> Iterator[io.TextIOWrapper]:
@@ -113,11 +100,11 @@ class BackfillFile:
     # --- JSON Lines ---
     def _jsonl(self, text: io.TextIOWrapper) -> Iterator[Line]:
         index, extra = 0, set[str]()
-        for number, raw in _lines(text):
+        for number, raw in safe_read.lines(text):
             if raw is not None and not raw.strip():
                 continue
             index += 1
-            problem = _line_problem(number, raw)
+            problem = safe_read.line_problem(number, raw)
             if problem or raw is None:
                 yield Line(index, number, None, problem)
                 continue
@@ -137,7 +124,7 @@ class BackfillFile:
 
     # --- CSV ---
     def _csv(self, text: io.TextIOWrapper) -> Iterator[Line]:
-        lines = _lines(text)
+        lines = safe_read.lines(text)
         header_at, columns = self._header(lines)
         overlong: set[int] = set()
 
@@ -166,12 +153,14 @@ class BackfillFile:
             too_long = sorted(n for n in overlong if n <= last)
             overlong.difference_update(too_long)
             if too_long:
-                problem = f"line {too_long[0]} is longer than {MAX_LINE} characters; a client row is a few hundred"
+                problem = (
+                    f"line {too_long[0]} is longer than {safe_read.MAX_LINE} characters; a client row is a few hundred"
+                )
             elif row is not None and not any(cell.strip() for cell in row):
                 continue  # a blank line
             index += 1
             if problem is None and row is not None:
-                problem = _line_problem(first, self.delimiter.join(row))
+                problem = safe_read.line_problem(first, self.delimiter.join(row))
             if problem is not None or row is None:
                 problem = problem or "unreadable"
                 yield Line(index, first, None, problem if problem.startswith("line ") else f"line {first}: {problem}")
@@ -184,13 +173,13 @@ class BackfillFile:
         for number, raw in lines:
             if raw is None:
                 raise Refused(
-                    f"{self.path}: line {number}, the header, is longer than {MAX_LINE} characters; {_EXPORT}"
+                    f"{self.path}: line {number}, the header, is longer than {safe_read.MAX_LINE} characters; {_EXPORT}"
                 )
             if raw.strip():
                 break
         else:
             raise Refused(f"{self.path} is empty; {_EXPORT}")
-        if _RAW_BYTE.search(raw) or "\x00" in raw:
+        if safe_read.RAW_BYTE.search(raw) or "\x00" in raw:
             raise Refused(f"{self.path}: the header row is not UTF-8 text; {_EXPORT}")
         names = _names(raw, ",")
         for delimiter in _DELIMITERS:  # whichever separator makes an "email" column (Excel may use ";")
@@ -218,31 +207,6 @@ def _names(header: str, delimiter: str) -> list[str]:
     return [name.strip().lower() for name in next(csv.reader([header], delimiter=delimiter), [])]
 
 
-def _open_regular(path: Path) -> BinaryIO:
-    """Refuse what is not a regular file before reading a byte: a FIFO would block until a writer
-    comes, ``/dev/zero`` would never end."""
-    try:
-        _check_regular(path, os.stat(path))
-        fd = os.open(path, _OPEN_FLAGS)  # O_NONBLOCK: should the path become a FIFO meanwhile, this returns
-    except FileNotFoundError:
-        raise Refused(f"{path}: no such file") from None
-    except OSError as e:
-        raise Refused(f"{path} cannot be read ({e.strerror or e}); check the path and its permissions") from None
-    try:
-        _check_regular(path, os.fstat(fd))  # what was opened, not what was stat-ed
-        os.set_blocking(fd, True)
-        return os.fdopen(fd, "rb")
-    except BaseException:
-        os.close(fd)
-        raise
-
-
-def _check_regular(path: Path, st: os.stat_result) -> None:
-    if not stat.S_ISREG(st.st_mode):
-        kind = next((name for test, name in _KINDS if test(st.st_mode)), "not a regular file")
-        raise Refused(f"{path} is {kind}, not a regular file; save the export to a file and pass its path")
-
-
 def _detect(path: Path, head: bytes) -> str:
     if head.startswith((b"\xff\xfe", b"\xfe\xff")) or head[:200].count(b"\x00") > 20:
         raise Refused(f"{path} is UTF-16 text (or binary); {_EXPORT}")
@@ -255,32 +219,6 @@ def _detect(path: Path, head: bytes) -> str:
     if first == b"[":
         raise Refused(f"{path} holds a JSON array; write one JSON object per line (JSON Lines) instead")
     return JSONL if first == b"{" else CSV
-
-
-def _lines(text: io.TextIOWrapper) -> Iterator[tuple[int, str | None]]:
-    """(line number, the line) with the line None when it is longer than MAX_LINE (its rest is read
-    and dropped in MAX_LINE pieces: memory stays bounded)."""
-    number = 0
-    while line := text.readline(MAX_LINE):
-        number += 1
-        if len(line) < MAX_LINE or line.endswith(("\n", "\r")):
-            yield number, line
-            continue
-        while (rest := text.readline(MAX_LINE)) and len(rest) == MAX_LINE and not rest.endswith(("\n", "\r")):
-            pass
-        yield number, None
-
-
-def _line_problem(number: int, raw: str | None) -> str | None:
-    if raw is None:
-        return f"line {number} is longer than {MAX_LINE} characters; a client row is a few hundred"
-    found = _RAW_BYTE.search(raw)
-    if found:
-        byte = ord(found.group()) - 0xDC00
-        return f"line {number} holds a byte that is not UTF-8 (0x{byte:02x}); save the export as UTF-8"
-    if "\x00" in raw:
-        return f"line {number} holds a NUL character; the export is damaged"
-    return None
 
 
 def _checked(index: int, number: int, client: dict) -> Line:

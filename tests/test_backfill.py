@@ -6,7 +6,10 @@ import io
 import json
 import os
 import re
+import signal
 import sqlite3
+import subprocess
+import sys
 import time
 
 import pytest
@@ -65,6 +68,15 @@ def test_csv_with_bom_semicolons_any_case_extra_and_missing_columns_blank_lines_
     assert found[0].client == {"id": "1", "email": "a@example.com", "first_name": "Ann"}
     assert found[1].client["first_name"] == "Bo\nBo"
     assert found[2].client == {"id": "3", "email": "c@example.com"}
+
+
+def test_windows_line_ends_and_a_missing_last_newline(tmp_path):
+    data = "id,email,first_name\r\n1,a@example.com,Ann\r\n\r\n2,b@example.com,Bo"
+    found = lines_of(write(tmp_path, "c.csv", data))
+    assert [(r.line, r.client) for r in found] == [
+        (2, {"id": "1", "email": "a@example.com", "first_name": "Ann"}),
+        (4, {"id": "2", "email": "b@example.com", "first_name": "Bo"}),
+    ]
 
 
 def test_json_lines_by_extension_or_by_content(tmp_path):
@@ -264,6 +276,37 @@ def test_killed_after_k_chunks_a_rerun_records_every_row_exactly_once(tmp_path, 
     code, out = run(capsys, path, "--chunk", "10")  # a third run records nothing more
     assert "recorded 0 client(s) now; rows 1-95 were recorded by an earlier run" in out
     assert len(outbox.rows()) == 95
+
+
+KILL_AFTER_TWO_CHUNKS = """
+import os, signal, sys
+from remixcrm_plugin_ctct.admin import cli
+from remixcrm_plugin_ctct.store.outbox import Outbox
+real, chunks = Outbox.add_records, []
+def add_records(self, records, journal=None, offset=0):
+    real(self, records, journal, offset)
+    if journal and journal.startswith("backfill-"):
+        chunks.append(offset)
+        if len(chunks) == 2:
+            os.kill(os.getpid(), signal.SIGKILL)  # no finally, no atexit: the real thing
+Outbox.add_records = add_records
+sys.exit(cli.main(["backfill", sys.argv[1], "--chunk", "10"]))
+"""
+
+
+def test_kill_9_mid_way_then_a_rerun_records_the_rest_once(tmp_path, write_config, capsys, monkeypatch):
+    paused_config(write_config)
+    path = write(tmp_path, "c.csv", many(45))
+    killed = subprocess.run([sys.executable, "-c", KILL_AFTER_TWO_CHUNKS, str(path)], capture_output=True, timeout=60)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    key = "backfill-" + BackfillFile(path).fingerprint()
+    outbox = runtime.runtime().outbox
+    assert outbox.journal_offset(key) == 20 and len(outbox.rows()) == 20
+    rest = spy_on_chunks(monkeypatch)
+    code, out = run(capsys, path, "--chunk", "10")
+    assert code == 3 and "continuing: an earlier run recorded rows 1-20" in out
+    assert sorted(r["email"] for r in rest if r is not None) == sorted(f"c{i}@example.com" for i in range(20, 45))
+    assert len(outbox.rows()) == 45
 
 
 def test_an_edited_file_is_a_new_backfill(tmp_path, write_config, capsys, monkeypatch):

@@ -38,6 +38,7 @@ class Faults:
         self.throttled = 0
         self.requests = 0  # API calls that reached the fault gate (every /v3 request): for request counts
         self.quota_refused = 0
+        self.requests = 0  # every API call that arrived, answered or refused: what a bench counts
         self._arrivals: deque = deque()
         self._day_count = 0
         self._day: int | None = None  # the UTC day (days since the epoch) _day_count belongs to

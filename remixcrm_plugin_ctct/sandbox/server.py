@@ -211,6 +211,7 @@ def _handler(sandbox: Sandbox) -> type[BaseHTTPRequestHandler]:
                 return self._reply(
                     200,
                     {
+                        "api_requests": f.requests,
                         "throttled": f.throttled,
                         "quota_refused": f.quota_refused,
                         "members": len(sandbox.members()),

@@ -415,7 +415,6 @@ def test_a_run_off_a_terminal_prints_plain_progress_and_the_outcome(tmp_path, wr
     assert code == 4 and "recorded 0 client(s) now" in out
 
 
-@pytest.mark.xfail(reason="needs the bulk lane", strict=False)
 def test_backfilled_unknown_consent_clients_arrive_implicit_through_an_import(tmp_path, write_config, capsys):
     with Sandbox(access_token=ACCESS_TOKEN) as sandbox:
         sandbox.api.seed_contact("left@example.com", permission_to_send="unsubscribed")

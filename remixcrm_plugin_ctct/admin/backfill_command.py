@@ -20,6 +20,7 @@ from filelock import FileLock, Timeout
 
 from .. import config
 from ..runtime import runtime
+from ..store.outbox import FILE_NAME as OUTBOX_FILE
 from . import backfill
 from .backfill_file import BackfillFile, Refused
 
@@ -28,8 +29,15 @@ STATUS_HINT = "see `remixcrm-ctct status` (and `remixcrm-ctct status --client ID
 
 
 def mirror_lookup() -> backfill.SuppressedLookup | None:
-    """The suppression mirror's lookup, once the plugin keeps one; None: not checked."""
-    return None
+    """The suppression mirror as of its last sync, read only (a dry run writes nothing, so it is
+    not brought up to date here: the worker does that before every send); None when there is
+    none yet: then "not checked"."""
+    if not (config.data_dir() / OUTBOX_FILE).exists():
+        return None
+    rt = runtime()
+    if rt.mirror.synced_at() is None:
+        return None
+    return rt.mirror.filter
 
 
 class Progress:
@@ -187,7 +195,7 @@ def _report(say: Callable[[str], None], tally: backfill.Tally, unknown: str, ign
     if tally.mirror_checked:
         say(f"  suppressed            {counts['suppressed']:>9,} (unsubscribed or deleted in Constant Contact)")
     else:
-        say("  suppressed                    - (not checked: the plugin keeps no suppression mirror here yet)")
+        say("  suppressed                    - (not checked: the suppression mirror has not synced yet)")
     say(f"  duplicates coalesced  {counts['duplicates']:>9,} row(s) (an email on an earlier row too: the later wins)")
     say(f"  invalid               {tally.invalid:>9,} row(s)" + (":" if tally.invalid else ""))
     _listed(say, tally.problems, tally.invalid)

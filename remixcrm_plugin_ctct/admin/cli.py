@@ -179,7 +179,7 @@ def _main(argv: list[str] | None) -> int:
     if args.command == "backfill":
         from . import backfill_command
 
-        mirror = backfill_command.mirror_lookup()
+        mirror = backfill_command.mirror_lookup() if args.dry_run else None  # a real run: the worker filters
         return backfill_command.run(args.file, args.dry_run, args.chunk, args.timeout, suppressed=mirror)
     if args.command in ("status", "retry", "flush", "purge"):
         from . import commands

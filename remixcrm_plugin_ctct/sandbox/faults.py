@@ -36,7 +36,6 @@ class Faults:
         self.script: deque = deque()  # the next calls' fates: ("status", code, body) | ("drop",) | ("hang",)
         self.fail_imports = 0  # the next N contacts_json_import activities end "failed"
         self.throttled = 0
-        self.requests = 0  # API calls that reached the fault gate (every /v3 request): for request counts
         self.quota_refused = 0
         self.requests = 0  # every API call that arrived, answered or refused: what a bench counts
         self._arrivals: deque = deque()

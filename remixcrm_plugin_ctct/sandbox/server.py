@@ -221,7 +221,6 @@ def _handler(sandbox: Sandbox) -> type[BaseHTTPRequestHandler]:
                         "invalid_grants": sandbox.authz.invalid_grants,
                         "token_throttled": sandbox.authz.token_throttled,
                         "imports": len(sandbox.imports.activities),
-                        "api_requests": f.requests,
                     },
                 )
             if url.path == f"{OAUTH_PREFIX}/device":

@@ -27,17 +27,19 @@ def lane_of(email_opt_in: bool | None, event: str, unknown_consent: str) -> str:
 
 # The consent in force of row ``e`` as SQL (1, 0 or NULL), mirroring newest.consent_in_force: the
 # newest state's answer, except a "yes" given before the row's first event, which is used up.
-_OPT_IN = """(CASE
-  WHEN l.email_key IS NULL THEN json_extract(e.contact, '$.email_opt_in')
-  WHEN json_extract(l.contact, '$.email_opt_in') IS 1
-       AND coalesce(json_extract(l.stamps, '$.email_opt_in[0]'), -1e308) < e.created_at THEN NULL
-  ELSE json_extract(l.contact, '$.email_opt_in') END)"""
-# true when row ``e`` is the import's; :implicit and :skip say what unknown_consent is
+_OPT_IN = """(CASE WHEN EXISTS (SELECT 1 FROM latest l WHERE l.email_key = e.email_key) THEN
+  (SELECT CASE WHEN json_extract(l.contact, '$.email_opt_in') IS 1
+                    AND coalesce(json_extract(l.stamps, '$.email_opt_in[0]'), -1e308) < e.created_at THEN NULL
+               ELSE json_extract(l.contact, '$.email_opt_in') END
+   FROM latest l WHERE l.email_key = e.email_key)
+  ELSE json_extract(e.contact, '$.email_opt_in') END)"""
+# true when row ``e`` is the import's; :implicit and :skip say what unknown_consent is. Every
+# lookup of ``latest`` goes by its primary key: this is evaluated for each pending row of a claim.
 IMPORT_SQL = f"""(SELECT CASE
   WHEN o IS 0 THEN 0
   WHEN e.event = '{BACKFILL}' THEN (o IS 1 OR NOT :skip)
   ELSE (o IS NULL AND :implicit) END
- FROM (SELECT {_OPT_IN} AS o FROM (SELECT 1) LEFT JOIN latest l ON l.email_key = e.email_key))"""
+ FROM (SELECT {_OPT_IN} AS o))"""
 
 
 def sql_args(unknown_consent: str) -> dict:

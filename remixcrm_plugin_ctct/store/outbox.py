@@ -26,7 +26,7 @@ from . import db, lanes, leases, outbox_fold
 from .interfaces import Row, Summary
 from .newest import consent_in_force
 from .outbox_admin import AdminQueries
-from .outbox_sql import CLAIM, DUE, RECLAIMABLE, SCHEMA, SET_META
+from .outbox_sql import CLAIM, DUE, RECLAIMABLE, SCHEMA, SET_META, STAMPS
 
 __all__ = ["Outbox", "Row", "Summary", "FILE_NAME", "LEASE_SECONDS", "THROTTLED"]
 
@@ -133,9 +133,13 @@ class Outbox(AdminQueries):
             if not found:
                 claim = CLAIM.format(where=DUE, lane=only, order="e.next_attempt_at, e.id")
                 found = conn.execute(claim, args).fetchall()
+            stamps = {}
             if found:
                 leases.note_holder(conn, owner)
-        rows = [Row(f[0], f[1], f[2], consent_in_force(json.loads(f[3]), f[6], f[5]), f[4], f[5]) for f in found]
+                stamps = dict(conn.execute(STAMPS, (json.dumps([f[6] for f in found]),)).fetchall())
+        rows = [
+            Row(f[0], f[1], f[2], consent_in_force(json.loads(f[3]), stamps.get(f[6]), f[5]), f[4], f[5]) for f in found
+        ]
         return sorted(rows, key=lambda r: r.id)
 
     def renew(self, owner: str, row_ids, lease: float = LEASE_SECONDS, now: float | None = None) -> set[int]:
@@ -163,23 +167,23 @@ class Outbox(AdminQueries):
         else the lease extended and ``row`` with the newest known state of its email as of now (a
         decline folded from another process's journal after the claim must still win)."""
         now = time.time() if now is None else now
-        with self._write:  # RETURNING: the statement (and its write) ends only once its rows are read
-            found = (
-                self._conn()
-                .execute(
-                    "UPDATE events SET lease_until = ?, contact = coalesce((SELECT l.contact FROM latest l "
-                    "WHERE l.email_key = events.email_key), contact) "
-                    "WHERE id = ? AND state = 'sending' AND lease_owner = ? RETURNING contact, "
-                    "(SELECT l.stamps FROM latest l WHERE l.email_key = events.email_key)",
-                    (now + lease, row.id, owner),
-                )
-                .fetchall()
+        with self._write, db.transaction(self._conn()) as conn:
+            found = conn.execute(
+                "UPDATE events SET lease_until = ?, contact = coalesce((SELECT l.contact FROM latest l "
+                "WHERE l.email_key = events.email_key), contact) "
+                "WHERE id = ? AND state = 'sending' AND lease_owner = ? RETURNING contact, email_key",
+                (now + lease, row.id, owner),
+            ).fetchall()
+            stamps = (
+                conn.execute("SELECT stamps FROM latest WHERE email_key = ?", found[0][1:]).fetchall() if found else []
             )
         if not found:
             return None
         if not found[0][0]:
             return row
-        return row._replace(contact=consent_in_force(json.loads(found[0][0]), found[0][1], row.created_at))
+        return row._replace(
+            contact=consent_in_force(json.loads(found[0][0]), stamps[0][0] if stamps else None, row.created_at)
+        )
 
     def delivered(self, row_id: int, contact_id: str | None, outcome: str, now: float | None = None) -> None:
         self._exec(

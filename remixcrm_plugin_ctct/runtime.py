@@ -15,6 +15,7 @@ from . import config, forksafe
 from .ctct.token_manager import TokenManager
 from .delivery.governors import Governors
 from .delivery.housekeeping import Housekeeper
+from .delivery.mirror import Mirror
 from .delivery.send import Delivery
 from .delivery.worker import Worker
 from .store import backends
@@ -42,7 +43,8 @@ class Runtime:
         self.journal = Journal(data_dir)
         self.tokens = TokenManager(self.store.tokens)
         self.governors = Governors(data_dir, None if self.store.kind == "sqlite" else self.store.budget)
-        self.delivery = Delivery(self.outbox, self.tokens, self.governors, _watcher)
+        self.mirror = Mirror(self.store.suppressions)
+        self.delivery = Delivery(self.outbox, self.tokens, self.governors, _watcher, mirror=self.mirror)
         housekeeper = Housekeeper(self.outbox, _watcher, state_url=self.store.url)
         self.worker = Worker(self.outbox, self.delivery, journal=self.journal, housekeeper=housekeeper)
 

@@ -228,3 +228,69 @@ def test_a_forked_child_opens_its_own_connection_and_leaves_the_parents_alone(st
     child_pid = json.loads(os.read(read, 100))
     assert status == 0 and child_pid != parent_pid
     assert a.db.run(lambda c: c.execute("SELECT pg_backend_pid()").fetchone()[0]) == parent_pid
+
+
+def test_the_postgresql_lane_rule_agrees_with_the_python_one_on_every_case(store):
+    import itertools
+
+    from remixcrm_plugin_ctct.store import lanes, newest
+    from remixcrm_plugin_ctct.store.postgres import sql
+
+    box, _, _ = store("host-a")
+    s = box.s
+    cases = itertools.product(
+        [True, False, None], [5.0, 15.0, None], ["client_created", lanes.BACKFILL], ["implicit", "skip"], [True, False]
+    )
+    seen = set()
+    for opt_in, given, event, unknown, has_latest in cases:
+        known: dict = {"email": "a@b.co", "fields": {}}
+        stamps: dict = {"email": [1, 0], "fields": {}}
+        if opt_in is not None:
+            known["email_opt_in"] = opt_in
+        if given is not None:
+            stamps["email_opt_in"] = [given, 0]
+
+        def check(conn, known=known, stamps=stamps, event=event, unknown=unknown, has_latest=has_latest):
+            conn.execute(f"DELETE FROM {s}.events")
+            conn.execute(f"DELETE FROM {s}.latest")
+            conn.execute(box._sql["INSERT_PENDING"], ("a@b.co", "1", "", event, json.dumps(known), 10.0, 10.0, 10.0))
+            if has_latest:
+                conn.execute(
+                    box._sql["UPSERT_LATEST"],
+                    ("a@b.co", json.dumps(known), json.dumps(stamps), "1", event, 1.0, 0, 1.0),
+                )
+            statement = f"SELECT {sql.IMPORT_SQL.format(s=s)} FROM {s}.events e"
+            return conn.execute(statement, lanes.sql_args(unknown)).fetchone()[0]
+
+        by_sql = box.db.run(check)
+        in_force = newest.consent_in_force(known, json.dumps(stamps) if has_latest else None, 10.0)
+        by_python = lanes.lane_of(in_force.get("email_opt_in"), event, unknown)
+        assert (lanes.IMPORT if by_sql else lanes.SIGN_UP) == by_python, (opt_in, given, event, unknown, has_latest)
+        seen.add(by_python)
+    assert seen == {lanes.IMPORT, lanes.SIGN_UP}
+    box.db.run(lambda c: c.execute(f"DELETE FROM {s}.events; DELETE FROM {s}.latest"))
+    add_event(box, contact("imp@example.com", "8"), "client_created")  # consent unknown: the import's
+    add_event(box, contact("yes@example.com", "9", opt_in=True), "client_created")
+    assert box.first_due_import("implicit") is not None
+    assert [r.client_id for r in box.claim_many("o", 10, lane=lanes.SIGN_UP)] == ["9"]
+    assert [r.client_id for r in box.claim_many("o", 10, lane=lanes.IMPORT)] == ["8"]
+    assert box.event_counts("client_created", 0.0) == {"sending": 2}
+
+
+def test_the_suppression_mirror_is_shared_and_the_newer_fact_wins(store):
+    from remixcrm_plugin_ctct.store.interfaces import Suppression
+    from remixcrm_plugin_ctct.store.postgres import PgSuppressions
+
+    a, _, _ = store("host-a")
+    b, _, _ = store("host-b")
+    mirror_a, mirror_b = PgSuppressions(a.db, a), PgSuppressions(b.db, b)
+    mirror_a.record([Suppression("Gone@X.com", "unsubscribed", 100.0, "Contact", "c1")])
+    mirror_b.record([Suppression("gone@x.com", "deleted", 50.0, None, None)])  # older: ignored
+    found = mirror_b.suppressed(["GONE@x.com", "other@x.com"])
+    assert list(found) == ["gone@x.com"] and found["gone@x.com"].reason == "unsubscribed"
+    mirror_b.clear_stale({"gone@x.com": 90.0})  # active as of before the opt-out: kept
+    assert mirror_a.counts() == {"unsubscribed": 1}
+    mirror_b.clear_stale({"gone@x.com": 150.0})
+    assert mirror_a.counts() == {}
+    mirror_a.set_meta("optout_after", "2026-01-01")
+    assert mirror_b.get_meta("optout_after") == "2026-01-01"

@@ -17,7 +17,7 @@ from remixcrm_plugin_ctct.hookspecs import make_plugin_manager
 from remixcrm_plugin_ctct.sandbox import Sandbox
 from remixcrm_plugin_ctct.store.budget import SqliteBudget
 from remixcrm_plugin_ctct.store.outbox import Outbox
-from remixcrm_plugin_ctct.store.postgres import PgOutbox, open_store
+from remixcrm_plugin_ctct.store.postgres import PgOutbox, open_store, schema
 from remixcrm_plugin_ctct.store.tokens import TokenState, TokenStore
 
 
@@ -170,7 +170,7 @@ def test_check_and_the_admin_commands_work_against_the_shared_store_from_any_hos
         assert cli.main(["check", "--json"]) == 0
         checks = {c["name"]: c for c in json.loads(capsys.readouterr().out)["checks"]}
         store = checks["state store"]
-        assert store["status"] == "ok" and "schema version 1" in store["detail"]
+        assert store["status"] == "ok" and f"schema version {schema.LATEST}" in store["detail"]
         assert "2 host(s) active in the last hour" in store["detail"]  # a claimed, b flushed
 
 

@@ -40,6 +40,10 @@ class Settings:
     # shared state for several hosts (see config/state.py); None: the SQLite files in the data dir
     state_url: str | None = field(default=None, repr=False)  # may hold a password
     state_schema: str = DEFAULT_STATE_SCHEMA
+    # clients whose consent RemixCRM never recorded: "implicit" (bulk import: permission implicit,
+    # never re-subscribes), "skip" (not sent) or "explicit" (sign_up_form after a lookup)
+    unknown_consent: str = "implicit"
+    import_window_seconds: float = 3.0  # how long the first due import row waits for company
 
 
 @dataclass(frozen=True)
@@ -57,7 +61,10 @@ def _defaults(*keys: str) -> dict[str, Any]:
 
 
 # the optional numeric and true/false keys; their defaults are the dataclass's, stated once
-NUMBERS: dict[str, float] = _defaults("max_age_hours", "retention_days", "requests_per_second", "daily_quota")
+NUMBERS: dict[str, float] = _defaults(
+    "max_age_hours", "retention_days", "requests_per_second", "daily_quota", "import_window_seconds"
+)
+UNKNOWN_CONSENT = ("implicit", "skip", "explicit")
 SWITCHES: dict[str, bool] = _defaults("consent_guard", "restore_deleted", "dry_run")
 
 
@@ -104,6 +111,7 @@ def parse_section(table: dict[str, Any], problems: list[str], require_list: bool
     switches = {key: values.switch(table, key, default, problems) for key, default in SWITCHES.items()}
     url = values.state_url(table, problems)
     schema = values.state_schema(table, DEFAULT_STATE_SCHEMA, problems)
+    unknown_consent = values.choice(table, "unknown_consent", UNKNOWN_CONSENT, problems)
     if problems or list_id is None:
         return None
     return Settings(
@@ -122,4 +130,6 @@ def parse_section(table: dict[str, Any], problems: list[str], require_list: bool
         **switches,
         state_url=url,
         state_schema=schema,
+        unknown_consent=unknown_consent,
+        import_window_seconds=numbers["import_window_seconds"],
     )

@@ -9,8 +9,9 @@ from typing import NamedTuple
 
 from ..config import StateLocation
 from .budget import SqliteBudget
-from .interfaces import Budget, Outbox, TokenStore
+from .interfaces import Budget, Outbox, Suppressions, TokenStore
 from .outbox import Outbox as SqliteOutbox
+from .suppressions import SqliteSuppressions
 from .tokens import TokenStore as FileTokenStore
 
 
@@ -18,6 +19,7 @@ class Store(NamedTuple):
     outbox: Outbox
     tokens: TokenStore
     budget: Budget
+    suppressions: Suppressions
     kind: str  # "sqlite" or "postgresql"
     url: str | None  # the state_url in force (None: SQLite)
 
@@ -25,8 +27,10 @@ class Store(NamedTuple):
 def open_store(data_dir: Path, where: StateLocation) -> Store:
     """The parts for ``where`` (nothing is opened or connected here)."""
     if where.url is None:
-        return Store(SqliteOutbox(data_dir), FileTokenStore(data_dir), SqliteBudget(data_dir), "sqlite", None)
+        outbox = SqliteOutbox(data_dir)
+        suppressions = SqliteSuppressions(outbox)
+        return Store(outbox, FileTokenStore(data_dir), SqliteBudget(data_dir), suppressions, "sqlite", None)
     from . import postgres  # (psycopg itself only on the first connection)
 
-    outbox, tokens, budget = postgres.open_store(where.url, where.schema, data_dir)
-    return Store(outbox, tokens, budget, "postgresql", where.url)
+    pg, tokens, budget = postgres.open_store(where.url, where.schema, data_dir)
+    return Store(pg, tokens, budget, postgres.PgSuppressions(pg.db, pg), "postgresql", where.url)

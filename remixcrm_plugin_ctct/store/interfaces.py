@@ -2,15 +2,15 @@
 
 Today's implementations are embedded and zero-config (SQLite files and a JSON file in the data
 dir): :class:`.outbox.Outbox`, :class:`.budget.SqliteBudget`, :class:`.pause.SqlitePause`,
-:class:`.tokens.TokenStore`. The second backend, PostgreSQL (``store/postgres/``, for several
-hosts), implements the same Protocols; :mod:`.backends` chooses where the parts are built
-(``runtime``), and nothing that uses them changes. Hence the
-rules the methods keep: each call is one atomic step (its own transaction), times are epoch
-seconds passed in, and nothing returns a cursor, a connection or a lock of the backend's own
-(the token lock is a context manager).
+:class:`.tokens.TokenStore`, :class:`.suppressions.SqliteSuppressions`. The second backend,
+PostgreSQL (``store/postgres/``, for several hosts), implements the same Protocols;
+:mod:`.backends` chooses where the parts are built (``runtime``), and nothing that uses them
+changes. Hence the rules the methods keep: each call is one atomic step (its own transaction),
+times are epoch seconds passed in, and nothing returns a cursor, a connection or a lock of the
+backend's own (the token lock is a context manager).
 """
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, TypeVar
 
@@ -57,7 +57,16 @@ class Outbox(JournalSink, Protocol):
     at a time (at-least-once), one email in flight at a time."""
 
     # the worker and delivery
-    def claim_many(self, owner: str, limit: int, now: float | None = None, lease: float = ...) -> list[Row]: ...
+    def claim_many(
+        self,
+        owner: str,
+        limit: int,
+        now: float | None = None,
+        lease: float = ...,
+        lane: str | None = None,  # lanes.SIGN_UP or lanes.IMPORT (as unknown_consent makes them); None: any
+        unknown_consent: str = ...,
+    ) -> list[Row]: ...
+    def first_due_import(self, unknown_consent: str, now: float | None = None) -> float | None: ...
     def renew(self, owner: str, row_ids: Iterable[int], lease: float = ..., now: float | None = None) -> set[int]: ...
     def take(self, owner: str, row: Row, lease: float = ..., now: float | None = None) -> Row | None: ...
     def delivered(self, row_id: int, contact_id: str | None, outcome: str, now: float | None = None) -> None: ...
@@ -80,6 +89,7 @@ class Outbox(JournalSink, Protocol):
     # the CLI
     def summary(self) -> Summary: ...
     def for_client(self, client_id: str) -> list[dict]: ...
+    def event_counts(self, event: str, since: float) -> dict[str, int]: ...
     def retry(self, dead: bool = False, now: float | None = None) -> int: ...
     def purge(self, before: float) -> int: ...
     # shared switches and counters, for all processes together
@@ -123,3 +133,31 @@ class TokenStore(Protocol):
     def write(self, state: "TokenState") -> None: ...
     def lock(self) -> AbstractContextManager[Any]: ...  # cross-process, for read–refresh–write
     def signature(self) -> tuple: ...  # changes whenever the tokens are rewritten
+
+
+class Suppression(NamedTuple):
+    """An email Constant Contact will not mail (or no longer has): never to be imported again."""
+
+    email_key: str  # lower-cased email
+    reason: str  # "unsubscribed" | "deleted" (deleted wins: see delivery/mirror.py)
+    at: float  # epoch: opt-out time (email_address.opt_out_date) or deletion; the time we saw it if unknown
+    source: str | None  # email_address.opt_out_source ("Contact"/"Account"), None if unknown
+    contact_id: str | None
+    opted_out_at: float | None = None  # the opt-out time, kept also when a deletion followed it
+
+
+class Suppressions(Protocol):
+    """The local mirror of Constant Contact's unsubscribed and deleted emails, shared by all
+    processes, with the watermarks that keep it current (see delivery/mirror.py). A large
+    ``record``/``clear`` may commit in chunks: each change is idempotent, so a reader that sees
+    part of one loses nothing."""
+
+    def suppressed(self, emails: Iterable[str]) -> dict[str, Suppression]: ...  # keyed by lower-cased email
+    def record(self, entries: Iterable[Suppression]) -> None: ...  # upsert; the newer `at` wins
+    def clear(self, emails: Iterable[str]) -> None: ...  # active again in Constant Contact
+    # clear each email unless what we hold is newer than the given time (when Constant Contact last
+    # updated the contact it now shows as active): a page read before an opt-out cannot undo it
+    def clear_stale(self, active_since: Mapping[str, float]) -> None: ...
+    def counts(self) -> dict[str, int]: ...  # reason -> emails
+    def get_meta(self, key: str) -> str | None: ...  # the mirror's watermarks
+    def set_meta(self, key: str, value: str | None) -> None: ...

@@ -24,6 +24,7 @@ from ..tokens import TokenStore
 from . import sql
 from .budget import PgBudget
 from .outbox import PgOutbox
+from .suppressions import UPSERT as UPSERT_SUPPRESSED
 from .tokens import PgTokenStore
 
 COPIED_STATES = ("pending", "sending", "dead")
@@ -32,7 +33,8 @@ _COLUMNS = "id, email_key, client_id, other_clients, event, contact, state, atte
 
 def migrate(data_dir: Path, box: PgOutbox, tokens: PgTokenStore, budget: PgBudget, dry_run: bool) -> dict[str, int]:
     """Copy, or with ``dry_run`` only count, what this host's SQLite store holds. Returns counts."""
-    counts = {"rows": 0, "already copied": 0, "newest states": 0, "token pair": 0, "requests today": 0, "meta": 0}
+    counts = {"rows": 0, "already copied": 0, "newest states": 0, "suppressed": 0, "token pair": 0}
+    counts |= {"requests today": 0, "meta": 0}
     data_dir = Path(data_dir)
     if (data_dir / OUTBOX_FILE).exists():
         local = Outbox(data_dir)
@@ -62,7 +64,12 @@ def _outbox(local: Outbox, box: PgOutbox, dry_run: bool, counts: dict[str, int])
     )
     states = local._query("SELECT email_key, contact, stamps, client_id, event, at, seq, updated_at FROM latest")
     meta = local._query(
-        "SELECT key, value FROM meta WHERE key LIKE 'journal:%' OR key LIKE 'count:%' OR key = ?", (PAUSE_KEY,)
+        "SELECT key, value FROM meta WHERE key LIKE 'journal:%' OR key LIKE 'count:%' OR key LIKE 'mirror:%' "
+        "OR key = ?",
+        (PAUSE_KEY,),
+    )
+    suppressed = local._query(
+        "SELECT email_key, reason, at, source, contact_id, opted_out_at, recorded_at FROM suppressed"
     )
     s = box.s
 
@@ -86,6 +93,12 @@ def _outbox(local: Outbox, box: PgOutbox, dry_run: bool, counts: dict[str, int])
                 counts["newest states"] += 1
                 if not dry_run:
                     conn.execute(box._sql["UPSERT_LATEST"], state)
+        for entry in suppressed:  # the mirror: the newer fact wins, as in a sync
+            newer = conn.execute(f"SELECT 1 FROM {s}.suppressed WHERE email_key = %s AND at >= %s", entry[:3:2])
+            if newer.fetchone() is None:
+                counts["suppressed"] += 1
+                if not dry_run:
+                    conn.execute(UPSERT_SUPPRESSED.format(s=s), entry)
         for key, value in meta:
             target = box._journal_prefix + key.removeprefix("journal:") if key.startswith("journal:") else key
             found = conn.execute(f"SELECT value FROM {s}.meta WHERE key = %s", (target,)).fetchone()

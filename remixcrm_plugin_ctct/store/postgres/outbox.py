@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .. import leases, newest, outbox_fold
+from .. import lanes, leases, newest, outbox_fold
 from ..interfaces import Row
 from ..newest import consent_in_force
 from ..outbox import counter_key
@@ -37,7 +37,10 @@ class PgOutbox(AdminQueries):
     def __init__(self, db: Database, data_dir: Path):
         self.db, self.data_dir = db, Path(data_dir)
         s = db.schema
-        self._sql = {name: getattr(sql, name).format(s=f'"{s}"', where="{where}", order="{order}") for name in _SQL}
+        self._sql = {
+            name: getattr(sql, name).format(s=f'"{s}"', where="{where}", lane="{lane}", order="{order}")
+            for name in _SQL
+        }
         self.s = f'"{s}"'
         # this host as `check` counts it, and the prefix of its journals' offsets
         self.host = f"{leases.owners.machine()}|{self.data_dir}"
@@ -111,9 +114,20 @@ class PgOutbox(AdminQueries):
         self.set_meta(self._journal_prefix + journal, None)
 
     # --- the sender's path ---
-    def claim_many(self, owner: str, limit: int, now: float | None = None, lease: float = LEASE_SECONDS) -> list[Row]:
+    def claim_many(
+        self,
+        owner: str,
+        limit: int,
+        now: float | None = None,
+        lease: float = LEASE_SECONDS,
+        lane: str | None = None,
+        unknown_consent: str = "implicit",
+    ) -> list[Row]:
+        """Up to ``limit`` rows (of one lane, or of any), as :meth:`..outbox.Outbox.claim_many`."""
         now = time.time() if now is None else now
         args: dict = {"owner": owner, "until": now + lease, "now": now, "limit": limit, "grace": LIVE_HOLDER_GRACE}
+        args |= lanes.sql_args(unknown_consent)
+        only = "" if lane is None else f" AND {'' if lane == lanes.IMPORT else 'NOT '}{self._sql['IMPORT_SQL']}"
         check = now - self._leases_checked_at >= LEASE_CHECK_EVERY  # rare (a host died): not on every claim
         if check:
             self._leases_checked_at = now
@@ -127,10 +141,10 @@ class PgOutbox(AdminQueries):
                 args["dead"] = leases.classify(conn.execute(self._sql["HOLDERS"]).fetchall())[0]
                 args["alive"] = []
                 conn.execute(self._sql["FORGET_OWNERS"])
-                statement = self._sql["CLAIM"].format(where=sql.RECLAIMABLE, order="e.lease_until")
+                statement = self._sql["CLAIM"].format(where=sql.RECLAIMABLE, lane="", order="e.lease_until")
                 found = conn.execute(statement, args).fetchall()
             if not found:
-                statement = self._sql["CLAIM"].format(where=sql.DUE, order="e.next_attempt_at, e.id")
+                statement = self._sql["CLAIM"].format(where=sql.DUE, lane=only, order="e.next_attempt_at, e.id")
                 found = conn.execute(statement, args).fetchall()
             if found:
                 conn.execute(
@@ -251,6 +265,22 @@ class PgOutbox(AdminQueries):
     def in_flight_count(self) -> int:
         return self._q("SELECT count(*) FROM {s}.events WHERE state = 'sending'")[0][0]
 
+    def first_due_import(self, unknown_consent: str, now: float | None = None) -> float | None:
+        """Since when the longest-waiting due row of the import lane has been due (None: none is)."""
+        args = {"now": time.time() if now is None else now} | lanes.sql_args(unknown_consent)
+        statement = f"SELECT min(e.next_attempt_at) FROM {{s}}.events e WHERE {sql.DUE} AND {self._sql['IMPORT_SQL']}"
+        return self._q(statement, args)[0][0]
+
+    def event_counts(self, event: str, since: float) -> dict[str, int]:
+        """Rows carrying ``event`` by state: every unfinished one, and the finished ones touched since ``since``."""
+        return dict(
+            self._q(
+                "SELECT state, count(*) FROM {s}.events WHERE event = %s "
+                "AND (state IN ('pending', 'sending') OR updated_at >= %s) GROUP BY state",
+                (event, since),
+            )
+        )
+
     def checkpoint(self) -> None:
         """Nothing to do: PostgreSQL checkpoints by itself."""
 
@@ -285,4 +315,4 @@ class PgOutbox(AdminQueries):
 
 
 _SQL: tuple[str, ...] = ("CLAIM", "HOLDERS", "FORGET_OWNERS", "UPSERT_LATEST", "INSERT_PENDING", "UPDATE_PENDING")
-_SQL += ("SET_META", "BUMP", "SEEN")
+_SQL += ("SET_META", "BUMP", "SEEN", "IMPORT_SQL")

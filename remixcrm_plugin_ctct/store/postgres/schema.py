@@ -54,6 +54,13 @@ CREATE TABLE {s}.budget (
 INSERT INTO {s}.budget VALUES (1, NULL, '', 0, '[]', 1.0, 0.0);
 CREATE TABLE {s}.imported (source text PRIMARY KEY, at double precision NOT NULL);  -- migrate-state
 """,
+    2: """
+CREATE TABLE {s}.suppressed (             -- the suppression mirror (see store/suppressions.py)
+  email_key text PRIMARY KEY, reason text NOT NULL, at double precision NOT NULL, source text,
+  contact_id text, opted_out_at double precision, client_id text, recorded_at double precision NOT NULL
+);
+CREATE INDEX suppressed_by_recorded ON {s}.suppressed (recorded_at);
+""",
 }
 LATEST = max(MIGRATIONS)
 

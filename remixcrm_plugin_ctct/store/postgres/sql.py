@@ -1,11 +1,13 @@
 """The PostgreSQL outbox's longer statements (``{s}``: the schema; see :mod:`.outbox`)."""
 
+from ..lanes import BACKFILL
+
 # rows are picked with FOR UPDATE SKIP LOCKED: hosts claiming at once each take other rows, and
 # a row the fold is merging into (locked) is left for the next look
 CLAIM = """
 WITH picked AS (
   SELECT e.id FROM {s}.events e
-  WHERE {where}
+  WHERE {where}{lane}
     AND NOT EXISTS (SELECT 1 FROM {s}.events x WHERE x.state = 'sending' AND x.email_key = e.email_key
                     AND x.lease_until >= %(now)s - %(grace)s AND x.id <> e.id)
   ORDER BY {order} LIMIT %(limit)s
@@ -74,6 +76,21 @@ SEEN = """
 INSERT INTO {s}.hosts (host, last_seen) VALUES (%s, %s)
 ON CONFLICT (host) DO UPDATE SET last_seen = greatest(hosts.last_seen, excluded.last_seen)
 """
+
+
+# the lanes (see store/lanes.py, whose SQLite twin and Python rule this mirrors): the consent in
+# force of row ``e`` (true, false or NULL), then whether the row is the bulk import's
+_OPT_IN = """(CASE WHEN EXISTS (SELECT 1 FROM {s}.latest l WHERE l.email_key = e.email_key) THEN
+  (SELECT CASE WHEN (l.contact::jsonb -> 'email_opt_in') = 'true'::jsonb
+                    AND coalesce((l.stamps::jsonb -> 'email_opt_in' ->> 0)::float8, -1e308) < e.created_at THEN NULL
+               ELSE (l.contact::jsonb ->> 'email_opt_in')::boolean END
+   FROM {s}.latest l WHERE l.email_key = e.email_key)
+  ELSE (e.contact::jsonb ->> 'email_opt_in')::boolean END)"""
+IMPORT_SQL = f"""(SELECT CASE
+  WHEN o IS FALSE THEN false
+  WHEN e.event = '{BACKFILL}' THEN (o IS TRUE OR NOT %(skip)s)
+  ELSE (o IS NULL AND %(implicit)s) END
+ FROM (SELECT {_OPT_IN} AS o) AS consent)"""
 
 
 def fold_lock(schema: str) -> str:

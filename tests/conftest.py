@@ -156,6 +156,7 @@ def pg_schema():
 
     name = "t_" + secrets.token_hex(6)
     yield PG_URL, name
+    dispatch.reset(timeout=5)  # first: a worker still running would create the schema again
     with psycopg.connect(PG_URL, autocommit=True) as conn:
         conn.execute(
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = %s",

@@ -45,6 +45,7 @@ class Database:
         self.version: int | None = None  # the schema version, once connected
         self._said_at = float("-inf")
         self._down = False
+        self._closed = False  # closed for good (the runtime was reset): a late thread must not reconnect
         self._reset()
         forksafe.after_fork_in_child(self._after_fork)
 
@@ -98,6 +99,8 @@ class Database:
     def _connection(self, psycopg: Any) -> Any:
         if self._conn is not None and not self._conn.closed:
             return self._conn
+        if self._closed:
+            raise StoreUnavailable(f"{self.where}: closed (this process's machinery was reset)")
         if time.monotonic() < self._retry_at:
             raise StoreUnavailable(f"{self.where} is unreachable; trying again shortly")
         self._retry_at = time.monotonic() + RECONNECT_PAUSE
@@ -137,7 +140,9 @@ class Database:
         return StoreUnavailable(f"{self.where} is unreachable ({reason})")
 
     def close(self) -> None:
+        """Close the connection for good: a thread still running afterwards gets StoreUnavailable."""
         with self._lock:
+            self._closed = True
             self._drop()
 
 

@@ -75,18 +75,23 @@ class Importing:
             if len(keys) == 1:
                 results[keys[0]] = Result("failed", error=e)
                 return None
-            half = len(keys) // 2
-            for part in (keys[:half], keys[half:]):
-                items = [(n, import_batches.import_contact(contacts[n]._asdict())) for n in part]
-                for sub_keys, sub_body in import_batches.batches(items, list_id):
-                    failure = self._import(sub_keys, sub_body, list_id, contacts, results, call, wait)
-                    if failure is not None:
-                        return failure
-            return None
+            return self._halves(keys, list_id, contacts, results, call, wait)
+        unnamed = [n for i, n in enumerate(keys) if i not in done.errors]
         for i, n in enumerate(keys):
             if i in done.errors:
                 # Constant Contact's words about this contact: resending the same data cannot help
                 results[n] = Result("failed", error=ApiError(400, "import.row_rejected", done.errors[i]))
+        not_imported = _not_imported(done.counts) - len(done.errors)
+        if not_imported > 0 and unnamed and len(keys) > 1:
+            # counted but not named (the service need not list them): which ones is unknown, so
+            # halves are imported again (the same data again changes nothing) until the counts tell;
+            # only an import of one contact says for sure (a count may be of errors, not contacts)
+            log.info("import activity %s: %d not imported, not named: narrowing down", done.activity_id, not_imported)
+            return self._halves(unnamed, list_id, contacts, results, call, wait)
+        for n in unnamed:
+            if not_imported > 0:
+                why = f"activity {done.activity_id} counted it as not imported (invalid email address or data)"
+                results[n] = Result("failed", error=ApiError(400, "import.row_rejected", why))
             else:
                 results[n] = Result(IMPORTED, outcome=f"{IMPORTED} (activity {done.activity_id})")
         for text in done.unplaced:
@@ -99,6 +104,27 @@ class Importing:
             len(done.errors),
         )
         return None
+
+    def _halves(self, keys: list[int], list_id: str, contacts, results: list, call, wait) -> Result | None:
+        """``keys`` imported again in two requests (one, for a single contact): :meth:`_import` each."""
+        half = max(1, len(keys) // 2)
+        for part in (keys[:half], keys[half:]):
+            items = [(n, import_batches.import_contact(contacts[n]._asdict())) for n in part]
+            for sub_keys, sub_body in import_batches.batches(items, list_id):
+                failure = self._import(sub_keys, sub_body, list_id, contacts, results, call, wait)
+                if failure is not None:
+                    return failure
+        return None
+
+
+def _not_imported(counts: dict) -> int:
+    """Contacts of an activity that were not imported, by its ``status`` counts (the spec's
+    non-correctable ``error_count`` and ``correctable_count``: bad email, date, no email)."""
+    found = 0
+    for name in ("error_count", "correctable_count"):
+        value = counts.get(name)
+        found += value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
+    return found
 
 
 def _unknown() -> ApiError:

@@ -214,3 +214,18 @@ def test_a_poll_refused_is_a_failed_activity_not_a_dead_row_nor_a_split(pm, writ
     assert len(imports_sent) == 1  # not split: the request was accepted, only the poll was refused
     rows = runtime.runtime().outbox.rows()
     assert [r["state"] for r in rows] == ["pending", "pending"]  # tried again later, never given up
+
+
+def test_a_refusal_of_every_part_costs_a_bounded_number_of_requests(pm, write_config, mocked):
+    """A 400 that holds for every contact (not one bad row) must not be narrowed down to two
+    requests per contact: past the budget the rest ends dead with Constant Contact's words."""
+    write_config(unknown_consent=None)
+    refused = json.dumps([{"error_key": "json.field.invalid", "error_message": "cf:Plan is not a field"}])
+    mocked.add_callback("POST", IMPORT_URL, callback=lambda request: (400, {}, refused))
+    for n in range(200):
+        pm.hook.on_client_created(client={"id": n, "email": f"p{n}@example.com"})
+    assert flush(30)
+    posts = [c for c in mocked.calls if c.request.url == IMPORT_URL]
+    assert len(posts) <= 1 + 2 * 8 + 8  # the import, then at most 2 per halving level + slack (200 rows)
+    states = {r["state"] for r in runtime.runtime().outbox.rows()}
+    assert states == {"dead"}  # every row: `remixcrm-ctct retry --dead` sends them again after the fix

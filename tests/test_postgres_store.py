@@ -239,16 +239,23 @@ def test_the_postgresql_lane_rule_agrees_with_the_python_one_on_every_case(store
     box, _, _ = store("host-a")
     s = box.s
     cases = itertools.product(
-        [True, False, None], [5.0, 15.0, None], ["client_created", lanes.BACKFILL], ["implicit", "skip"], [True, False]
+        [True, False, None],
+        [5.0, 15.0, None],
+        ["client_created", lanes.BACKFILL],
+        ["implicit", "skip"],
+        [True, False],
+        [False, True],  # the answer came from a backfill file
     )
     seen = set()
-    for opt_in, given, event, unknown, has_latest in cases:
+    for opt_in, given, event, unknown, has_latest, by_backfill in cases:
         known: dict = {"email": "a@b.co", "fields": {}}
         stamps: dict = {"email": [1, 0], "fields": {}}
         if opt_in is not None:
             known["email_opt_in"] = opt_in
         if given is not None:
             stamps["email_opt_in"] = [given, 0]
+        if by_backfill:
+            stamps[newest.OPT_IN_BY] = lanes.BACKFILL
 
         def check(conn, known=known, stamps=stamps, event=event, unknown=unknown, has_latest=has_latest):
             conn.execute(f"DELETE FROM {s}.events")
@@ -263,9 +270,16 @@ def test_the_postgresql_lane_rule_agrees_with_the_python_one_on_every_case(store
             return conn.execute(statement, lanes.sql_args(unknown)).fetchone()[0]
 
         by_sql = box.db.run(check)
-        in_force = newest.consent_in_force(known, json.dumps(stamps) if has_latest else None, 10.0)
+        in_force = newest.consent_in_force(known, json.dumps(stamps) if has_latest else None, 10.0, event)
         by_python = lanes.lane_of(in_force.get("email_opt_in"), event, unknown)
-        assert (lanes.IMPORT if by_sql else lanes.SIGN_UP) == by_python, (opt_in, given, event, unknown, has_latest)
+        assert (lanes.IMPORT if by_sql else lanes.SIGN_UP) == by_python, (
+            opt_in,
+            given,
+            event,
+            unknown,
+            has_latest,
+            by_backfill,
+        )
         seen.add(by_python)
     assert seen == {lanes.IMPORT, lanes.SIGN_UP}
     box.db.run(lambda c: c.execute(f"DELETE FROM {s}.events; DELETE FROM {s}.latest"))

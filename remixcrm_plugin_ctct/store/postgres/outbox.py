@@ -158,7 +158,7 @@ class PgOutbox(AdminQueries):
             return found
 
         found = self.db.run(claim)
-        rows = [Row(f[0], f[1], f[2], consent_in_force(json.loads(f[3]), f[6], f[5]), f[4], f[5]) for f in found]
+        rows = [Row(f[0], f[1], f[2], consent_in_force(json.loads(f[3]), f[6], f[5], f[2]), f[4], f[5]) for f in found]
         return sorted(rows, key=lambda r: r.id)
 
     def claim(self, owner: str, now: float | None = None, lease: float = LEASE_SECONDS) -> Row | None:
@@ -184,7 +184,8 @@ class PgOutbox(AdminQueries):
             return None
         if not found[0][0]:
             return row
-        return row._replace(contact=consent_in_force(json.loads(found[0][0]), found[0][1], row.created_at))
+        contact = consent_in_force(json.loads(found[0][0]), found[0][1], row.created_at, row.event)
+        return row._replace(contact=contact)
 
     def delivered(self, row_id: int, contact_id: str | None, outcome: str, now: float | None = None) -> None:
         self._x(

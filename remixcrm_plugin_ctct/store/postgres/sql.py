@@ -1,6 +1,7 @@
 """The PostgreSQL outbox's longer statements (``{s}``: the schema; see :mod:`.outbox`)."""
 
 from ..lanes import BACKFILL
+from ..newest import OPT_IN_BY
 
 # rows are picked with FOR UPDATE SKIP LOCKED: hosts claiming at once each take other rows, and
 # a row the fold is merging into (locked) is left for the next look
@@ -80,11 +81,13 @@ ON CONFLICT (host) DO UPDATE SET last_seen = greatest(hosts.last_seen, excluded.
 
 # the lanes (see store/lanes.py, whose SQLite twin and Python rule this mirrors): the consent in
 # force of row ``e`` (true, false or NULL), then whether the row is the bulk import's
-_OPT_IN = """(CASE WHEN EXISTS (SELECT 1 FROM {s}.latest l WHERE l.email_key = e.email_key) THEN
+_OPT_IN = f"""(CASE WHEN EXISTS (SELECT 1 FROM {{s}}.latest l WHERE l.email_key = e.email_key) THEN
   (SELECT CASE WHEN (l.contact::jsonb -> 'email_opt_in') = 'true'::jsonb
-                    AND coalesce((l.stamps::jsonb -> 'email_opt_in' ->> 0)::float8, -1e308) < e.created_at THEN NULL
+                    AND (coalesce((l.stamps::jsonb -> 'email_opt_in' ->> 0)::float8, -1e308) < e.created_at
+                         OR (l.stamps::jsonb ->> '{OPT_IN_BY}' IS NOT DISTINCT FROM '{BACKFILL}'
+                             AND e.event IS DISTINCT FROM '{BACKFILL}')) THEN NULL
                ELSE (l.contact::jsonb ->> 'email_opt_in')::boolean END
-   FROM {s}.latest l WHERE l.email_key = e.email_key)
+   FROM {{s}}.latest l WHERE l.email_key = e.email_key)
   ELSE (e.contact::jsonb ->> 'email_opt_in')::boolean END)"""
 IMPORT_SQL = f"""(SELECT CASE
   WHEN o IS FALSE THEN false

@@ -40,7 +40,7 @@ class Runtime:
             where = config.state_location(config.config_path())
         self.store = backends.open_store(data_dir, where)
         self.outbox = self.store.outbox
-        self.journal = Journal(data_dir)
+        self.journal = Journal(data_dir, self.store.journals)
         self.tokens = TokenManager(self.store.tokens)
         self.governors = Governors(data_dir, None if self.store.kind == "sqlite" else self.store.budget)
         self.mirror = Mirror(self.store.suppressions)

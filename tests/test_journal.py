@@ -12,7 +12,7 @@ from filelock import FileLock
 from remixcrm_plugin_ctct import runtime as dispatch
 from remixcrm_plugin_ctct.admin import cli
 from remixcrm_plugin_ctct.payload import Contact, contact_from_client, shown
-from remixcrm_plugin_ctct.store import journal
+from remixcrm_plugin_ctct.store import journal, journal_lines
 from remixcrm_plugin_ctct.store.journal import Journal, encode, record
 from remixcrm_plugin_ctct.store.outbox import Outbox
 
@@ -68,7 +68,7 @@ def test_no_line_the_hook_writes_comes_near_a_fold_chunk():
         **{key: "😀" * 10**5 for key in ("first_name", "last_name", "phone", "company", "job_title")},
     }
     data = encode(contact_from_client(worst), "lead_converted from lead " + shown("\x00" * 10**6), 1.0)
-    assert len(data) < 4096 < journal.FOLD_CHUNK
+    assert len(data) < 4096 < journal_lines.FOLD_CHUNK
 
 
 def _short_once(monkeypatch, jr):
@@ -163,7 +163,7 @@ def test_poison_lines_are_skipped_with_one_error_naming_the_client_and_hold_noth
 
 def test_an_overlong_line_in_an_older_journal_is_skipped_and_the_rest_is_folded(tmp_path, logs):
     huge = line(2, client_id="x" * 300_000)
-    assert len(huge) > journal.FOLD_CHUNK
+    assert len(huge) > journal_lines.FOLD_CHUNK
     path = orphan(tmp_path, line(1) + huge + line(3) + line(4))
     box = Outbox(tmp_path)
     Journal(tmp_path).fold_into(box)

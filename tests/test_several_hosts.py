@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections import Counter
 
 import pytest
 from conftest import RAW, pg_sql, terminate_plugin_sessions
@@ -30,6 +31,10 @@ for line in sys.stdin:
         print("accepted", flush=True)
     elif command == "flush":
         print("flushed" if flush(float(args[0])) else "timeout", flush=True)
+    elif command == "stop":  # this host's worker stops for good: what its hooks accept stays in its journal
+        from remixcrm_plugin_ctct import runtime
+        runtime.runtime().worker.close(5.0)
+        print("stopped", flush=True)
 """
 
 
@@ -37,26 +42,31 @@ class Hosts:
     """``count`` RemixCRM hosts: one process each, its own data dir, the shared config and store."""
 
     def __init__(self, isolated, config_path, url: str, count: int):
-        self.procs = []
-        for n in range(count):
-            env = {
-                **os.environ,
-                "REMIXCRM_CONFIG": str(config_path),
-                "REMIXCRM_DATA_DIR": str(isolated / f"host-{n}"),
-                "REMIXCRM_CTCT_STATE_URL": url,
-            }
-            self.procs.append(
-                subprocess.Popen(
-                    [sys.executable, "-c", HOST, f"h{n}"],
-                    stdin=subprocess.PIPE,
-                    stdout=subprocess.PIPE,
-                    stderr=subprocess.PIPE,
-                    text=True,
-                    env=env,
-                )
-            )
+        self.isolated, self.config_path, self.url = isolated, config_path, url
+        self.procs = [self._spawn(n) for n in range(count)]
         for p in self.procs:
             assert p.stdout.readline().strip() == "ready", p.stderr.read()
+
+    def _spawn(self, n: int) -> subprocess.Popen:
+        env = {
+            **os.environ,
+            "REMIXCRM_CONFIG": str(self.config_path),
+            "REMIXCRM_DATA_DIR": str(self.isolated / f"host-{n}"),
+            "REMIXCRM_CTCT_STATE_URL": self.url,
+        }
+        return subprocess.Popen(
+            [sys.executable, "-c", HOST, f"h{n}"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+
+    def restart(self, n: int) -> None:
+        """Host ``n`` again, on its data dir (after it was killed)."""
+        self.procs[n] = self._spawn(n)
+        assert self.procs[n].stdout.readline().strip() == "ready", self.procs[n].stderr.read()
 
     def send(self, n: int, line: str) -> None:
         self.procs[n].stdin.write(line + "\n")
@@ -156,6 +166,36 @@ def test_a_host_killed_holding_leases_has_its_rows_delivered_by_the_others(hosts
         while not want <= delivered(sandbox):
             assert time.monotonic() - killed_at < 30, want - delivered(sandbox)
             time.sleep(0.05)
+
+
+def test_a_host_killed_with_events_only_in_its_journal_has_them_delivered_by_the_others(hosts, shared_state, isolated):
+    url, schema, _ = shared_state
+    with Sandbox() as sandbox:
+        h = hosts(sandbox, access_token=sandbox.static_token)
+        assert h.ask_all("hooks 100 1") == ["accepted"] * 3
+        assert h.ask_all("flush 60") == ["flushed"] * 3  # each host has folded: it registered its journal
+        h.send(0, "stop")
+        assert h.answer(0) == "stopped"  # host 0 folds nothing from now on
+        assert h.ask_all("hooks 0 20") == ["accepted"] * 3  # the burst, on all three
+        of_host_0 = f"SELECT count(*) FROM \"{schema}\".events WHERE client_id LIKE 'h0-%%'"
+        assert pg_sql(url, of_host_0)[0][0] == 1  # host 0's 20 events are on its disk alone
+        os.kill(h.procs[0].pid, signal.SIGKILL)
+        killed_at = time.monotonic()
+        h.procs[0].wait()
+        want = emails("h0", 20) | emails("h1", 20) | emails("h2", 20)
+        while not want <= delivered(sandbox):
+            assert time.monotonic() - killed_at < 30, sorted(want - delivered(sandbox))
+            time.sleep(0.05)  # polling the sandbox for the deadline, not waiting for a result
+        assert not list((isolated / "host-0").rglob("*.jsonl"))  # adopted whole by the others
+        sent = Counter(c["email"] for c in sandbox.calls)
+        assert {e: sent[e] for e in emails("h0", 20)} == dict.fromkeys(emails("h0", 20), 1)
+        h.restart(0)  # on its data dir: it carries on after what the others folded for it
+        h.send(0, "hooks 200 1")
+        assert h.answer(0) == "accepted"
+        h.send(0, "flush 60")
+        assert h.answer(0) == "flushed"
+        assert Counter(c["email"] for c in sandbox.calls) == sent + Counter(["h0.200@example.com"])
+        assert pg_sql(url, of_host_0)[0][0] == 22  # each line folded once
 
 
 def test_killed_sessions_lose_nothing_and_never_send_one_email_twice_at_once(hosts, shared_state):

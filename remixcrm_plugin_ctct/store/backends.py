@@ -9,7 +9,7 @@ from typing import NamedTuple
 
 from ..config import StateLocation
 from .budget import SqliteBudget
-from .interfaces import Budget, Outbox, Suppressions, TokenStore
+from .interfaces import Budget, HostJournals, Outbox, Suppressions, TokenStore
 from .outbox import Outbox as SqliteOutbox
 from .suppressions import SqliteSuppressions
 from .tokens import TokenStore as FileTokenStore
@@ -22,6 +22,7 @@ class Store(NamedTuple):
     suppressions: Suppressions
     kind: str  # "sqlite" or "postgresql"
     url: str | None  # the state_url in force (None: SQLite)
+    journals: HostJournals | None = None  # where every host's journal lies (shared store only)
 
 
 def open_store(data_dir: Path, where: StateLocation) -> Store:
@@ -33,4 +34,5 @@ def open_store(data_dir: Path, where: StateLocation) -> Store:
     from . import postgres  # (psycopg itself only on the first connection)
 
     pg, tokens, budget = postgres.open_store(where.url, where.schema, data_dir)
-    return Store(pg, tokens, budget, postgres.PgSuppressions(pg.db, pg), "postgresql", where.url)
+    shared_mirror = postgres.PgSuppressions(pg.db, pg)
+    return Store(pg, tokens, budget, shared_mirror, "postgresql", where.url, postgres.PgJournals(pg))

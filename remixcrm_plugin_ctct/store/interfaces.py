@@ -52,6 +52,25 @@ class JournalSink(Protocol):
     def forget_journal(self, journal: str) -> None: ...
 
 
+class GoneHost(NamedTuple):
+    """A host of this machine whose registered process is gone, and where its journal lies."""
+
+    directory: str  # its journal directory (absolute)
+    offsets: JournalSink  # the shared outbox, keeping that host's journal offsets
+    pid: int
+    started: str | None
+
+
+class HostJournals(Protocol):
+    """Where each host sharing the store keeps its journal (PostgreSQL only: with SQLite the data
+    dir *is* the store), so that a live host folds what a host killed on the same machine left
+    (see :mod:`.neighbours`)."""
+
+    def register(self, directory: str) -> None: ...  # this process writes its journal there
+    def gone_hosts(self, own: str) -> list[GoneHost]: ...  # other hosts of this machine, process gone
+    def forget_host(self, host: GoneHost) -> None: ...  # its directory is gone: stop looking
+
+
 class Outbox(JournalSink, Protocol):
     """Every accepted event until it is delivered, skipped or given up; leased to one process
     at a time (at-least-once), one email in flight at a time."""

@@ -7,7 +7,8 @@ nothing (a power cut can lose the last moments, as with SQLite). The sender move
 into the SQLite outbox in batches; the offset it reached is stored *in the same transaction*,
 so every line is taken exactly once. Each process writes only its own file (no interleaving
 between processes) and holds a lock on it while alive; a file whose lock is free belongs to a
-process that died, and any other process takes it over and folds it into the outbox.
+process that died, and any other process takes it over and folds it into the outbox (with the
+shared store, also a live host of another data dir on the same machine: :mod:`.neighbours`).
 
 A line is one JSON object and its ``\n``; a JSON object is self-delimiting, so a line cut short
 (a write that failed halfway, disk full) never parses as a record. The hook cuts such a tail off
@@ -25,12 +26,13 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from filelock import FileLock, Timeout
+from filelock import FileLock
 
 from .. import forksafe, payload
 from ..record import Event
-from .interfaces import JournalSink
-from .journal_lines import CUT_SHORT, FOLD_CHUNK, KEPT, damaged, fold_block, skip_long_line
+from . import journal_files
+from .interfaces import HostJournals, JournalSink
+from .neighbours import Neighbours
 
 log = logging.getLogger("remixcrm_plugin_ctct")
 
@@ -49,8 +51,11 @@ def encode(contact: payload.Contact, event: str, now: float) -> bytes:
 
 
 class Journal:
-    def __init__(self, directory: Path):
+    def __init__(self, directory: Path, hosts: HostJournals | None = None):
+        """``hosts``: where the hosts sharing a store keep their journals (PostgreSQL), so that
+        this one also folds what a host killed on this machine left (:mod:`.neighbours`)."""
         self.directory = Path(directory) / "journal"
+        self.neighbours = Neighbours(hosts, self.directory) if hosts is not None else None
         self._append_lock = threading.Lock()  # threads of this process take turns writing
         self._fold_lock = threading.Lock()  # one folder at a time
         self._fd: int | None = None
@@ -120,7 +125,7 @@ class Journal:
         self.directory.mkdir(mode=0o700, exist_ok=True)
         name = f"{os.getpid()}-{secrets.token_hex(4)}.jsonl"
         self._path = self.directory / name
-        owner = FileLock(str(self._path) + ".lock", timeout=0, mode=0o600, thread_local=False)
+        owner = journal_files.owner_lock(self._path)
         owner.acquire()  # held for this process's life: tells other processes we are alive
         self._fd = os.open(self._path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         self._owner_lock, self._pid, self._size, self._folded, self._torn = owner, os.getpid(), 0, 0, False
@@ -137,9 +142,11 @@ class Journal:
             return 0  # another worker of ours is at it
         try:
             count = 0
+            if self.neighbours is not None:
+                self.neighbours.register()  # first: a host killed before its first fold is still found
             if self._path is not None and self._pid == os.getpid() and self._size > self._folded:
                 size = self._size  # only this process appends to its file
-                count += self._fold_file(outbox, self._path)
+                count += journal_files.fold_file(outbox, self._path)
                 self._folded = size
                 if self._size >= ROTATE_AT:
                     count += self._rotate(outbox)
@@ -147,39 +154,11 @@ class Journal:
             if now - self._adopted_at >= ADOPT_EVERY:  # a directory scan: not on every fold
                 self._adopted_at = now
                 count += self._adopt_orphans(outbox)
+            if self.neighbours is not None:
+                count += self.neighbours.adopt()
             return count
         finally:
             self._fold_lock.release()
-
-    def _fold_file(self, outbox: JournalSink, path: Path, final: bool = False) -> int:
-        """Fold ``path`` from where the outbox says we stopped, a chunk per transaction (memory
-        stays small however long the file grew while sending was paused). ``final``: nobody
-        writes the file any more (rotated, or its process died): a last line without its
-        newline was cut short and is reported, not waited for."""
-        count = 0
-        while True:
-            start = outbox.journal_offset(path.name)
-            try:
-                with open(path, "rb") as f:
-                    f.seek(start)
-                    chunk = f.read(FOLD_CHUNK)
-            except FileNotFoundError:
-                return count
-            end = chunk.rfind(b"\n") + 1  # a line still being written waits for the next fold
-            if end == 0:
-                if len(chunk) == FOLD_CHUNK:  # one line longer than a chunk: never written by our hook
-                    after = skip_long_line(path, start, chunk, final)
-                    if after is not None:
-                        outbox.add_records([], path.name, after)
-                        continue
-                elif final and chunk:
-                    damaged(path, start, chunk, CUT_SHORT, KEPT)
-                return count
-            count += fold_block(outbox, path, start, chunk[:end])
-            if len(chunk) < FOLD_CHUNK:
-                if final and end < len(chunk):
-                    damaged(path, start + end, chunk[end:], CUT_SHORT, KEPT)
-                return count
 
     def _rotate(self, outbox: JournalSink) -> int:
         with self._append_lock:  # no hook writes to the old file after this
@@ -187,27 +166,9 @@ class Journal:
             self._open()
         assert old_fd is not None and old_path is not None  # rotation follows appends to this file
         os.close(old_fd)
-        count = self._fold_file(outbox, old_path, final=True)
-        self._forget(outbox, old_path, old_owner)
+        count = journal_files.fold_file(outbox, old_path, final=True)
+        journal_files.forget(outbox, old_path, old_owner)
         return count
 
     def _adopt_orphans(self, outbox: JournalSink) -> int:
-        count = 0
-        for path in self.directory.glob("*.jsonl") if self.directory.exists() else ():
-            if path == self._path:
-                continue
-            lock = FileLock(str(path) + ".lock", timeout=0, mode=0o600, thread_local=False)
-            try:
-                lock.acquire()
-            except Timeout:
-                continue  # its process is alive and folds it itself
-            count += self._fold_file(outbox, path, final=True)
-            self._forget(outbox, path, lock)
-        return count
-
-    def _forget(self, outbox: JournalSink, path: Path, lock) -> None:
-        path.unlink(missing_ok=True)
-        outbox.forget_journal(path.name)
-        if lock is not None:
-            lock.release()
-            Path(str(path) + ".lock").unlink(missing_ok=True)
+        return journal_files.adopt_dead(self.directory, outbox, skip=self._path)

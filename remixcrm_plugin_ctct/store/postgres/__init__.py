@@ -6,11 +6,12 @@ from pathlib import Path
 
 from .budget import PgBudget
 from .connect import Database
+from .journals import PgJournals
 from .outbox import PgOutbox
 from .suppressions import PgSuppressions
 from .tokens import PgTokenStore
 
-__all__ = ["Database", "PgBudget", "PgOutbox", "PgSuppressions", "PgTokenStore", "open_store"]
+__all__ = ["Database", "PgBudget", "PgJournals", "PgOutbox", "PgSuppressions", "PgTokenStore", "open_store"]
 
 
 def open_store(url: str, schema: str, data_dir: Path) -> tuple[PgOutbox, PgTokenStore, PgBudget]:

@@ -100,7 +100,7 @@ def _outbox(local: Outbox, box: PgOutbox, dry_run: bool, counts: dict[str, int])
                 if not dry_run:
                     conn.execute(UPSERT_SUPPRESSED.format(s=s), entry)
         for key, value in meta:
-            target = box._journal_prefix + key.removeprefix("journal:") if key.startswith("journal:") else key
+            target = box.journal_prefix + key.removeprefix("journal:") if key.startswith("journal:") else key
             found = conn.execute(f"SELECT value FROM {s}.meta WHERE key = %s", (target,)).fetchone()
             if found is None or _number(found[0]) < _number(value):
                 counts["meta"] += 1

@@ -10,7 +10,8 @@ outbox's semantics (see :mod:`..outbox`), made safe for many writers on many mac
 - Writers of pending rows and newest states take one transaction-scoped advisory lock
   (``sql.fold_lock``): the fold's read–merge–write never interleaves across hosts.
 - The journal's offsets are keyed by this host's data dir (two hosts' journal files may share
-  a name).
+  a name); a host folding the journal of one that died on its machine uses the dead host's key
+  (:mod:`.journals`).
 """
 
 import hashlib
@@ -44,7 +45,7 @@ class PgOutbox(AdminQueries):
         self.s = f'"{s}"'
         # this host as `check` counts it, and the prefix of its journals' offsets
         self.host = f"{leases.owners.machine()}|{self.data_dir}"
-        self._journal_prefix = "journal:" + hashlib.sha256(self.host.encode()).hexdigest()[:16] + ":"
+        self.journal_prefix = "journal:" + hashlib.sha256(self.host.encode()).hexdigest()[:16] + ":"
         self._leases_checked_at = float("-inf")
         self._seen_at = float("-inf")
 
@@ -70,14 +71,18 @@ class PgOutbox(AdminQueries):
 
     # --- the fold (journal -> outbox) ---
     def add_records(self, records: list[dict], journal: str | None = None, offset: int = 0) -> None:
+        self.fold_records(records, None if journal is None else self.journal_prefix + journal, offset)
+
+    def fold_records(self, records: list[dict], offset_key: str | None, offset: int) -> None:
+        """``records`` into the outbox and, in the same transaction, ``offset`` under ``offset_key``."""
         now = time.time()
 
         def fold(conn: Any) -> None:
             conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (sql.fold_lock(self.db.schema),))
             if records:
                 self._fold(conn, records, now)
-            if journal is not None:
-                conn.execute(self._sql["SET_META"], (self._journal_prefix + journal, str(offset)))
+            if offset_key is not None:
+                conn.execute(self._sql["SET_META"], (offset_key, str(offset)))
 
         self.db.run(fold)
 
@@ -107,11 +112,11 @@ class PgOutbox(AdminQueries):
             cur.executemany(self._sql["UPDATE_PENDING"], updates)
 
     def journal_offset(self, journal: str) -> int:
-        found = self.get_meta(self._journal_prefix + journal)
+        found = self.get_meta(self.journal_prefix + journal)
         return int(found) if found else 0
 
     def forget_journal(self, journal: str) -> None:
-        self.set_meta(self._journal_prefix + journal, None)
+        self.set_meta(self.journal_prefix + journal, None)
 
     # --- the sender's path ---
     def claim_many(

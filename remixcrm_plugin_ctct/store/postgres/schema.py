@@ -61,6 +61,14 @@ CREATE TABLE {s}.suppressed (             -- the suppression mirror (see store/s
 );
 CREATE INDEX suppressed_by_recorded ON {s}.suppressed (recorded_at);
 """,
+    3: """
+CREATE TABLE {s}.journal_dirs (           -- where each host's journal lies (see store/neighbours.py)
+  machine text NOT NULL, directory text NOT NULL,
+  offsets text NOT NULL,                  -- the prefix of its journal offsets in meta
+  pid integer NOT NULL, started text,     -- the process that registered it last
+  seen_at double precision NOT NULL, PRIMARY KEY (machine, directory)
+);
+""",
 }
 LATEST = max(MIGRATIONS)
 

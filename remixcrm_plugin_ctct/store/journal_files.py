@@ -1,0 +1,82 @@
+"""One journal file at a time: fold it into a sink from the offset the sink holds, and adopt the
+files of writers that are gone.
+
+Each process holds a lock on its own file (``<file>.lock``) for its whole life, taken before the
+file exists; a file whose lock can be taken belongs to a process that died. Whoever takes that
+lock — another process of the same data dir, the dead host restarted, or a live host on the same
+machine (:mod:`.neighbours`) — is the only one folding the file: the offset it reached is stored
+with each chunk in one transaction, under the dead host's key, so each line is folded exactly
+once whoever folds it, and a folder that dies halfway leaves the rest to the next. The file is
+deleted before its lock is let go: a process that takes the lock afterwards finds nothing.
+"""
+
+from pathlib import Path
+from typing import Any
+
+from filelock import FileLock, Timeout
+
+from .interfaces import JournalSink
+from .journal_lines import CUT_SHORT, FOLD_CHUNK, KEPT, damaged, fold_block, skip_long_line
+
+
+def owner_lock(path: Path) -> FileLock:
+    """The lock a journal file's writer holds while it lives."""
+    return FileLock(str(path) + ".lock", timeout=0, mode=0o600, thread_local=False)
+
+
+def fold_file(outbox: JournalSink, path: Path, final: bool = False) -> int:
+    """Fold ``path`` from where ``outbox`` says its writer stopped, a chunk per transaction (memory
+    stays small however long the file grew while sending was paused). ``final``: nobody writes
+    the file any more (rotated, or its process died): a last line without its newline was cut
+    short and is reported, not waited for."""
+    count = 0
+    while True:
+        start = outbox.journal_offset(path.name)
+        try:
+            with open(path, "rb") as f:
+                f.seek(start)
+                chunk = f.read(FOLD_CHUNK)
+        except FileNotFoundError:
+            return count
+        end = chunk.rfind(b"\n") + 1  # a line still being written waits for the next fold
+        if end == 0:
+            if len(chunk) == FOLD_CHUNK:  # one line longer than a chunk: never written by our hook
+                after = skip_long_line(path, start, chunk, final)
+                if after is not None:
+                    outbox.add_records([], path.name, after)
+                    continue
+            elif final and chunk:
+                damaged(path, start, chunk, CUT_SHORT, KEPT)
+            return count
+        count += fold_block(outbox, path, start, chunk[:end])
+        if len(chunk) < FOLD_CHUNK:
+            if final and end < len(chunk):
+                damaged(path, start + end, chunk[end:], CUT_SHORT, KEPT)
+            return count
+
+
+def forget(outbox: JournalSink, path: Path, lock: Any) -> None:
+    """``path`` is folded to its end: delete it (before letting its lock go) and its offset."""
+    path.unlink(missing_ok=True)
+    outbox.forget_journal(path.name)
+    if lock is not None:
+        lock.release()
+        Path(str(path) + ".lock").unlink(missing_ok=True)
+
+
+def adopt_dead(directory: Path, outbox: JournalSink, skip: Path | None = None) -> int:
+    """Fold and delete every journal file in ``directory`` whose writer is gone (its lock is
+    free), with ``outbox``'s offsets: those of the host that wrote them. Files whose writer
+    lives are not read. Returns how many events were folded."""
+    count = 0
+    for path in directory.glob("*.jsonl") if directory.is_dir() else ():
+        if path == skip:
+            continue
+        lock = owner_lock(path)
+        try:
+            lock.acquire()
+        except Timeout:
+            continue  # its process is alive and folds it itself
+        count += fold_file(outbox, path, final=True)
+        forget(outbox, path, lock)
+    return count

@@ -16,6 +16,7 @@ from .ctct.token_manager import TokenManager
 from .delivery.governors import Governors
 from .delivery.housekeeping import Housekeeper
 from .delivery.mirror import Mirror
+from .delivery.optouts import OptOutPoller
 from .delivery.send import Delivery
 from .delivery.worker import Worker
 from .store.journal import Journal
@@ -42,8 +43,14 @@ class Runtime:
         self.governors = Governors(data_dir)
         self.mirror = Mirror(SqliteSuppressions(self.outbox))
         self.delivery = Delivery(self.outbox, self.tokens, self.governors, _watcher, mirror=self.mirror)
+        self.optouts = OptOutPoller(
+            self.mirror, self.delivery.calls, _watcher, paused=lambda: self.delivery.shared_pause() is not None
+        )
         self.worker = Worker(
-            self.outbox, self.delivery, journal=self.journal, housekeeper=Housekeeper(self.outbox, _watcher)
+            self.outbox,
+            self.delivery,
+            journal=self.journal,
+            housekeeper=Housekeeper(self.outbox, _watcher, optouts=self.optouts),
         )
 
 

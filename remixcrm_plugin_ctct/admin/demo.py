@@ -20,6 +20,7 @@ from ..sandbox import SANDBOX_CLIENT_ID, SEEDED_LIST_ID, Sandbox
 from ..store import outbox_admin
 
 UNSUBSCRIBED = "lee@example.com"  # the sandbox knows this contact: it unsubscribed long ago
+OPTS_OUT = (101, "ada@example.com")  # after delivery, this client unsubscribes by the link in a mail
 
 # (what it shows, hook, hook kwargs, expected: "explicit via sign_up_form", "implicit via import",
 # "not sent" or "stays unsubscribed")
@@ -143,6 +144,8 @@ def _run(say, dry_run: bool) -> int:
             name = f"{c.get('first_name', ''):<8} {c.get('last_name', ''):<10}"
             say(f"  {c['email_address']:<24} {name} {c['permission_to_send']:<9} {c['contact_id']}")
         ok = drained & (_dry_run_report(say, sandbox) if dry_run else _summary(say, sandbox, members))
+        if not dry_run:
+            ok &= _opt_out_flows_back(say, sandbox, pm)
         # a dry run may need no request after the expiry (the import lane's dry run sends none)
         refreshed = sandbox.authz.token_calls in ((0, 1) if dry_run else (1,)) and sandbox.authz.invalid_grants == 0
         ok &= refreshed
@@ -173,6 +176,36 @@ def _summary(say, sandbox: Sandbox, members: dict) -> bool:
             f"expected {expected:<26} got {actual}"
         )
     return ok
+
+
+def _opt_out_flows_back(say, sandbox: Sandbox, pm) -> bool:
+    """One opt-out, from the person's click in Constant Contact to the host's hook call."""
+    client_id, email = OPTS_OUT
+
+    def ask(since):
+        return [e for answer in pm.hook.email_marketing_opt_outs(since=since) for e in answer]
+
+    known = ask(None)
+    say(f"\nopt-outs back to RemixCRM (email_marketing_opt_outs): {len(known)} known so far")
+    for e in known:
+        say(f"  {_shown(e)}")
+    watermark = known[-1]["recorded_at"] if known else None
+    sandbox.api.unsubscribe(email)  # by the person (opt_out_source "Contact")
+    say(f'  -- {email} clicks "unsubscribe" in a Constant Contact mail; the worker\'s next opt-out poll --')
+    dispatch.runtime().optouts.run(time.time(), force=True)  # every optout_poll_minutes; now, for the demo
+    found = ask(watermark)
+    for e in found:
+        say(f"  since={watermark.isoformat() if watermark else None}: {_shown(e)}")
+    ok = [(e["client_id"], e["email"], e["source"]) for e in found] == [(str(client_id), email, "Contact")]
+    say(f"  {'✓' if ok else '✗'} client {client_id}'s opt-out reached RemixCRM with its client id, by the person")
+    return ok
+
+
+def _shown(entry: dict) -> str:
+    return (
+        f"client {entry['client_id']}  {entry['email']}  opted out {entry['opted_out_at']:%Y-%m-%d %H:%M:%S} UTC"
+        f"  by {entry['source']}  (recorded_at {entry['recorded_at'].isoformat()})"
+    )
 
 
 def _dry_run_report(say, sandbox: Sandbox) -> bool:

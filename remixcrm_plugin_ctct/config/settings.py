@@ -40,6 +40,7 @@ class Settings:
     # never re-subscribes), "skip" (not sent) or "explicit" (sign_up_form after a lookup)
     unknown_consent: str = "implicit"
     import_window_seconds: float = 3.0  # how long the first due import row waits for company
+    optout_poll_minutes: float = 15.0  # how often the worker brings the suppression mirror up to date; 0: never
 
 
 @dataclass(frozen=True)
@@ -58,7 +59,12 @@ def _defaults(*keys: str) -> dict[str, Any]:
 
 # the optional numeric and true/false keys; their defaults are the dataclass's, stated once
 NUMBERS: dict[str, float] = _defaults(
-    "max_age_hours", "retention_days", "requests_per_second", "daily_quota", "import_window_seconds"
+    "max_age_hours",
+    "retention_days",
+    "requests_per_second",
+    "daily_quota",
+    "import_window_seconds",
+    "optout_poll_minutes",
 )
 UNKNOWN_CONSENT = ("implicit", "skip", "explicit")
 SWITCHES: dict[str, bool] = _defaults("consent_guard", "restore_deleted", "dry_run")
@@ -124,4 +130,5 @@ def parse_section(table: dict[str, Any], problems: list[str], require_list: bool
         **switches,
         unknown_consent=unknown_consent,
         import_window_seconds=numbers["import_window_seconds"],
+        optout_poll_minutes=numbers["optout_poll_minutes"],
     )

@@ -15,6 +15,11 @@ from typing import NamedTuple
 
 Stamp = tuple[float, int]
 _NEVER: Stamp = (float("-inf"), -1)
+BACKFILL = "backfill"  # lanes.BACKFILL: the event of `remixcrm-ctct backfill`'s records
+# stamps["email_opt_in_by"] = BACKFILL: the consent in force came from a backfill file. It is
+# history (perhaps older than an unsubscribe): kept so the backfill's own row may be imported,
+# never consent for a row of a hook event that met it (coalesced, handed back, folded late)
+OPT_IN_BY = "email_opt_in_by"
 
 
 def stamp(record: dict) -> Stamp:
@@ -56,6 +61,8 @@ def merge(state: State | None, record: dict) -> State:
     if "email_opt_in" in state.contact:
         contact["email_opt_in"] = state.contact["email_opt_in"]
         stamps["email_opt_in"] = _tuple(state.stamps.get("email_opt_in"))
+        if OPT_IN_BY in state.stamps:
+            stamps[OPT_IN_BY] = state.stamps[OPT_IN_BY]
     if new >= stamps["email"]:  # equal stamps: the later fold wins, as before stamps existed
         contact["email"], stamps["email"] = record["email"], new
     for name, value in (record.get("fields") or {}).items():
@@ -67,6 +74,9 @@ def merge(state: State | None, record: dict) -> State:
         # a tie between two processes' events: "no" wins, never a consent nobody can place in time
         if new > old or (new == old and opt_in is False):
             contact["email_opt_in"], stamps["email_opt_in"] = opt_in, new
+            stamps.pop(OPT_IN_BY, None)
+            if opt_in is True and record.get("event") == BACKFILL:
+                stamps[OPT_IN_BY] = BACKFILL
     newest = (state.at, state.seq)
     if new >= newest:
         return State(contact, stamps, str(record["client_id"]), record["event"], *new)
@@ -77,17 +87,20 @@ def _tuple(found) -> Stamp:
     return _NEVER if found is None else (float(found[0]), int(found[1]))
 
 
-def consent_in_force(contact: dict, stamps: str | None, created_at: float) -> dict:
-    """``contact`` as a row may push it: a "yes" older than every event of the row was given for an
-    earlier row, already pushed, and is used up. The person may have unsubscribed since (a link in
-    a mail, which RemixCRM never hears of): an event without consent of its own is then looked up,
-    never pushed on an old "yes" (sign_up_form re-subscribes)."""
+def consent_in_force(contact: dict, stamps: str | None, created_at: float, event: str) -> dict:
+    """``contact`` as a row of ``event`` may push it: a "yes" older than every event of the row was
+    given for an earlier row, already pushed, and is used up. The person may have unsubscribed
+    since (a link in a mail, which RemixCRM never hears of): an event without consent of its own
+    is then looked up, never pushed on an old "yes" (sign_up_form re-subscribes). A backfill's
+    "yes" is in force for a backfill row only (see OPT_IN_BY)."""
     if contact.get("email_opt_in") is not True or not stamps:
         return contact
     try:
-        given = float(json.loads(stamps)["email_opt_in"][0])
-    except (ValueError, TypeError, KeyError, IndexError):
-        given = float("-inf")  # when the "yes" was given is unknown: never a reason to push
-    if given >= created_at:
+        found = json.loads(stamps)
+        given = float(found["email_opt_in"][0])
+        by_backfill = found.get(OPT_IN_BY) == BACKFILL
+    except (ValueError, TypeError, KeyError, IndexError, AttributeError):
+        given, by_backfill = float("-inf"), False  # when the "yes" was given is unknown: never a reason to push
+    if given >= created_at and (event == BACKFILL or not by_backfill):
         return contact
     return {k: v for k, v in contact.items() if k != "email_opt_in"}

@@ -138,7 +138,8 @@ class Outbox(AdminQueries):
                 leases.note_holder(conn, owner)
                 stamps = dict(conn.execute(STAMPS, (json.dumps([f[6] for f in found]),)).fetchall())
         rows = [
-            Row(f[0], f[1], f[2], consent_in_force(json.loads(f[3]), stamps.get(f[6]), f[5]), f[4], f[5]) for f in found
+            Row(f[0], f[1], f[2], consent_in_force(json.loads(f[3]), stamps.get(f[6]), f[5], f[2]), f[4], f[5])
+            for f in found
         ]
         return sorted(rows, key=lambda r: r.id)
 
@@ -182,7 +183,9 @@ class Outbox(AdminQueries):
         if not found[0][0]:
             return row
         return row._replace(
-            contact=consent_in_force(json.loads(found[0][0]), stamps[0][0] if stamps else None, row.created_at)
+            contact=consent_in_force(
+                json.loads(found[0][0]), stamps[0][0] if stamps else None, row.created_at, row.event
+            )
         )
 
     def delivered(self, row_id: int, contact_id: str | None, outcome: str, now: float | None = None) -> None:

@@ -20,7 +20,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="run the whole path on a built-in Constant Contact sandbox (no account, no config needed)",
         description="Start a local Constant Contact sandbox, load the plugin through its entry point, "
         "fire the hooks for sample clients (one bad email, one who declined, one who unsubscribed "
-        "earlier) and show what arrived, a token expiry and refresh, and a summary. Never touches your "
+        "earlier) and show what arrived, a token expiry and refresh, a summary, and one opt-out flowing back "
+        "to RemixCRM. Never touches your "
         "real config.",
     )
     demo.add_argument("--dry-run", action="store_true", help="dry_run = true: show what would be sent, write nothing")
@@ -30,7 +31,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Serve a local Constant Contact (API under /v3, authorization server under "
         "/oauth2/default/v1) on 127.0.0.1 until Ctrl-C: sign_up_form with the vendor schema's limits, contact "
         "lookups, lists, token refresh (rotating by default), device and PKCE logins, 4 requests/s and a "
-        "daily quota, fault injection (POST /sandbox/faults) and a read-only view (/sandbox/view). Prints a "
+        "daily quota, fault injection (POST /sandbox/faults), a person unsubscribing (POST /sandbox/unsubscribe) and a "
+        "read-only view (/sandbox/view). Prints a "
         "config.toml that points the plugin at it, with a fresh token pair. The sandbox's tokens are not secrets.",
     )
     sandbox.add_argument("--port", type=int, default=8910, help="loopback port (default 8910; 0 picks a free one)")

@@ -18,7 +18,7 @@ from typing import Any
 from . import config
 from .config.messages import show
 from .runtime import runtime, watcher
-from .store.interfaces import OptOut
+from .store.interfaces import OptOut, StoreUnavailable
 
 log = logging.getLogger("remixcrm_plugin_ctct")
 
@@ -107,7 +107,11 @@ def handle_hook(since: Any) -> list[dict]:
         log.warning("email_marketing_opt_outs: %s; answering []", e)
         return []
     rt = runtime()
-    found = [entry(o) for o in rt.mirror.store.opt_outs(epoch)]
+    try:
+        found = [entry(o) for o in rt.mirror.store.opt_outs(epoch)]
+    except StoreUnavailable as e:  # the shared store (state_url) is out of reach: like a full disk, not a bug
+        log.warning("email_marketing_opt_outs: %s; answering [] (nothing is lost: ask again later)", e)
+        return []
     if rt.optouts.due(time.time()):
         rt.worker.wake()
     return found

@@ -28,7 +28,7 @@ from . import db
 from .interfaces import OptOut, Suppression
 from .outbox import Outbox
 
-__all__ = ["SqliteSuppressions", "Suppression", "OptOut", "CHUNK", "META_PREFIX"]
+__all__ = ["SqliteSuppressions", "Suppression", "OptOut", "CHUNK", "META_PREFIX", "OPT_OUT_WHERE", "TICK"]
 
 CHUNK = 5000  # emails per statement or transaction
 META_PREFIX = "mirror:"  # the mirror's keys in the outbox's meta table
@@ -50,13 +50,19 @@ WHERE excluded.at >= suppressed.at
 # the person opted out; a deletion alone is the account's housekeeping, not the person's choice.
 # A client id not known when the fact was recorded (we never pushed the email) is the newest
 # client RemixCRM told us of with that email, if any.
-_OPT_OUTS = """
+OPT_OUT_WHERE = (
+    "(s.reason = 'unsubscribed' OR (s.reason = 'deleted' AND s.source = 'Contact' AND s.opted_out_at IS NOT NULL))"
+)
+_OPT_OUTS = (
+    """
 SELECT s.email_key, coalesce(s.client_id, l.client_id), coalesce(s.opted_out_at, s.at), s.source, s.recorded_at
 FROM suppressed s LEFT JOIN latest l ON l.email_key = s.email_key
-WHERE {since}(s.reason = 'unsubscribed'
-               OR (s.reason = 'deleted' AND s.source = 'Contact' AND s.opted_out_at IS NOT NULL))
+WHERE {since}"""
+    + OPT_OUT_WHERE
+    + """
 ORDER BY s.recorded_at, s.email_key
 """
+)
 TICK = 1e-6  # recorded_at's resolution: one microsecond, what a datetime holds
 
 

@@ -14,6 +14,7 @@ import math
 from typing import NamedTuple
 
 Stamp = tuple[float, int]
+EVENT_MARKER = "event:"  # fieldmap.EVENT (the store does not import the hook's side)
 _NEVER: Stamp = (float("-inf"), -1)
 
 
@@ -81,7 +82,16 @@ def consent_in_force(contact: dict, stamps: str | None, created_at: float) -> di
     """``contact`` as a row may push it: a "yes" older than every event of the row was given for an
     earlier row, already pushed, and is used up. The person may have unsubscribed since (a link in
     a mail, which RemixCRM never hears of): an event without consent of its own is then looked up,
-    never pushed on an old "yes" (sign_up_form re-subscribes)."""
+    never pushed on an old "yes" (sign_up_form re-subscribes).
+
+    So are the event markers (``event:<kind>`` in the fields, whose value is the event's time: see
+    fieldmap.py): the lists a row joins and leaves are those of its own events, not of every event
+    the email ever had (a list deleted since, or a conversion long done, must not follow every
+    later push)."""
+    fields = contact.get("fields")
+    if fields and any(k.startswith(EVENT_MARKER) and not _in_row(v, created_at) for k, v in fields.items()):
+        kept = {k: v for k, v in fields.items() if not k.startswith(EVENT_MARKER) or _in_row(v, created_at)}
+        contact = {**contact, "fields": kept}
     if contact.get("email_opt_in") is not True or not stamps:
         return contact
     try:
@@ -91,3 +101,11 @@ def consent_in_force(contact: dict, stamps: str | None, created_at: float) -> di
     if given >= created_at:
         return contact
     return {k: v for k, v in contact.items() if k != "email_opt_in"}
+
+
+def _in_row(at: object, created_at: float) -> bool:
+    """Whether the event of time ``at`` is one of the row's (a row is created at its oldest event's
+    time; a marker without a usable time counts as the row's own, as before markers had one)."""
+    if not isinstance(at, int | float) or isinstance(at, bool) or not math.isfinite(at) or at <= 1:
+        return True
+    return at >= created_at

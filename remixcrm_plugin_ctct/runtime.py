@@ -18,11 +18,9 @@ from .delivery.housekeeping import Housekeeper
 from .delivery.mirror import Mirror
 from .delivery.send import Delivery
 from .delivery.worker import Worker
+from .store import backends
 from .store.journal import Journal
 from .store.outbox import FILE_NAME as OUTBOX_FILE
-from .store.outbox import Outbox
-from .store.suppressions import SqliteSuppressions
-from .store.tokens import TokenStore
 
 log = logging.getLogger("remixcrm_plugin_ctct")
 
@@ -32,19 +30,23 @@ _runtime: "Runtime | None" = None
 
 
 class Runtime:
-    """This process's outbox, journal, token manager, governors, delivery and worker, for one data dir."""
+    """This process's outbox, journal, token manager, governors, delivery and worker, for one data
+    dir, over the store ``where`` names (default: the one the environment and the config name, read
+    now; the SQLite files in the data dir when neither names one)."""
 
-    def __init__(self, data_dir: Path):
+    def __init__(self, data_dir: Path, where: config.StateLocation | None = None):
         self.data_dir = data_dir
-        self.outbox = Outbox(data_dir)
+        if where is None:
+            where = config.state_location(config.config_path())
+        self.store = backends.open_store(data_dir, where)
+        self.outbox = self.store.outbox
         self.journal = Journal(data_dir)
-        self.tokens = TokenManager(TokenStore(data_dir))
-        self.governors = Governors(data_dir)
-        self.mirror = Mirror(SqliteSuppressions(self.outbox))
+        self.tokens = TokenManager(self.store.tokens)
+        self.governors = Governors(data_dir, None if self.store.kind == "sqlite" else self.store.budget)
+        self.mirror = Mirror(self.store.suppressions)
         self.delivery = Delivery(self.outbox, self.tokens, self.governors, _watcher, mirror=self.mirror)
-        self.worker = Worker(
-            self.outbox, self.delivery, journal=self.journal, housekeeper=Housekeeper(self.outbox, _watcher)
-        )
+        housekeeper = Housekeeper(self.outbox, _watcher, state_url=self.store.url)
+        self.worker = Worker(self.outbox, self.delivery, journal=self.journal, housekeeper=housekeeper)
 
 
 def runtime() -> Runtime:
@@ -63,13 +65,24 @@ def resume_pending() -> None:
     the data dir, start the worker so pending work flows without waiting for a hook (a
     restart, or a worker recycled after each request). Only two ``stat`` calls here: no file
     is opened or created, and an empty data dir starts nothing; the worker reads the config in
-    its own thread and stops its threads again when nothing is pending."""
+    its own thread and stops its threads again when nothing is pending. With the shared store
+    named in the environment (``REMIXCRM_CTCT_STATE_URL``), other hosts' work may be waiting:
+    the worker starts (it connects from its own thread)."""
     try:
         base = config.data_dir()
-        if not (_exists(base / OUTBOX_FILE) or _exists(base / "journal")):
+        shared = bool(os.environ.get(config.ENV_URL, "").strip())
+        if not (shared or _exists(base / OUTBOX_FILE) or _exists(base / "journal")):
             return
-        runtime().worker.wake()
+        # built in a thread of its own: choosing the store reads the config, never in the host's thread
+        threading.Thread(target=_resume, name="remixcrm-ctct-resume", daemon=True).start()
     except Exception:  # loading the plugin must never fail because of this
+        log.exception("could not start sending what an earlier run left; it goes out with the next event")
+
+
+def _resume() -> None:
+    try:
+        runtime().worker.wake()
+    except Exception:
         log.exception("could not start sending what an earlier run left; it goes out with the next event")
 
 

@@ -96,16 +96,28 @@ def record(event: str, at: float, client_id: str = "1") -> dict:
     }
 
 
-def test_a_creation_and_a_conversion_coalesced_join_both_lists_and_leave_the_leads(tmp_path):
-    box = Outbox(tmp_path)
+@pytest.fixture(params=["sqlite", "postgres"])
+def box(request, tmp_path):
+    """An outbox of either backend (PostgreSQL: skipped without REMIXCRM_TEST_POSTGRES)."""
+    if request.param == "sqlite":
+        found = Outbox(tmp_path)
+    else:
+        from remixcrm_plugin_ctct.store.postgres import open_store
+
+        url, name = request.getfixturevalue("pg_schema")
+        found = open_store(url, name, tmp_path)[0]
+    yield found
+    found.close()
+
+
+def test_a_creation_and_a_conversion_coalesced_join_both_lists_and_leave_the_leads(box):
     now = time.time()
     box.add_records([record("client_created", now - 2), record("lead_converted from lead 9", now - 1)])
     (row,) = box.claim_many("me", 10, now=now)
     assert list_changes.targets(row.contact["fields"], SETTINGS) == ([ONBOARDING, CLIENTS], [LEADS])
 
 
-def test_an_older_event_folded_late_still_counts_for_the_row(tmp_path):
-    box = Outbox(tmp_path)
+def test_an_older_event_folded_late_still_counts_for_the_row(box):
     now = time.time()
     box.add_records([record("client_created", now - 1)])
     box.add_records([record("lead_converted from lead 9", now - 50)])  # another process's journal, folded late
@@ -113,8 +125,7 @@ def test_an_older_event_folded_late_still_counts_for_the_row(tmp_path):
     assert list_changes.targets(row.contact["fields"], SETTINGS) == ([ONBOARDING, CLIENTS], [LEADS])
 
 
-def test_a_conversion_long_done_does_not_follow_later_pushes(tmp_path):
-    box = Outbox(tmp_path)
+def test_a_conversion_long_done_does_not_follow_later_pushes(box):
     now = time.time()
     box.add_records([record("lead_converted from lead 9", now - 100)])
     (row,) = box.claim_many("me", 10, now=now - 99)
@@ -124,8 +135,7 @@ def test_a_conversion_long_done_does_not_follow_later_pushes(tmp_path):
     assert list_changes.targets(later.contact["fields"], SETTINGS) == ([ONBOARDING], [])
 
 
-def test_retry_dead_keeps_the_lists_of_the_revived_row(tmp_path):
-    box = Outbox(tmp_path)
+def test_retry_dead_keeps_the_lists_of_the_revived_row(box):
     now = time.time()
     box.add_records([record("lead_converted from lead 9", now - 100)])
     (row,) = box.claim_many("me", 10, now=now - 99)

@@ -143,7 +143,7 @@ def _record_and_send(say, progress: Progress, file: BackfillFile, key: str, unkn
         return FAILED
     except (sqlite3.Error, OSError) as e:
         where = f"rows 1-{recorded_to:,} are recorded; " if recorded_to else ""
-        say(f"✗ cannot write the outbox {outbox.path} ({e}): {where}fix the disk, then run the same command again")
+        say(f"✗ cannot write the outbox {outbox.location} ({e}): {where}fix the disk, then run the same command again")
         return FAILED
     except KeyboardInterrupt:
         say(f"interrupted: rows 1-{recorded_to:,} are recorded and will be sent; run the same command to continue")

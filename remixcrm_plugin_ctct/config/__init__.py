@@ -8,6 +8,7 @@ RemixCRM owns ``config.toml``; we only read it. The rooms:
 - :mod:`.fields`: the ``fields`` sub-table (client keys to Constant Contact fields);
 - :mod:`.loading`: one reading judged (:func:`load`, :func:`load_for_tokens`); never raises;
 - :mod:`.watcher`: re-reads when the file changes, announcing each change once;
+- :mod:`.state`: where the shared state lives (``state_url``: PostgreSQL for several hosts);
 - :mod:`.toml`: :func:`config_toml`, the file's text for the demo, the sandbox, benches and tests.
 """
 
@@ -28,6 +29,8 @@ from .settings import (
     LoadedConfig,
     Settings,
 )
+from .state import ENV_URL, StateLocation, mask_url
+from .state import location as state_location
 from .toml import Raw, config_toml
 from .watcher import ConfigWatcher
 
@@ -36,6 +39,7 @@ __all__ = [
     "APP_NAME",
     "DEFAULT_API_BASE_URL",
     "DEFAULT_TOKEN_URL",
+    "ENV_URL",
     "INACTIVE",
     "INVALID",
     "MAX_CONFIG_BYTES",
@@ -49,6 +53,7 @@ __all__ = [
     "LoadedConfig",
     "Raw",
     "Settings",
+    "StateLocation",
     "config_file",
     "config_path",
     "config_toml",
@@ -56,4 +61,6 @@ __all__ = [
     "forget_default_location",
     "load",
     "load_for_tokens",
+    "mask_url",
+    "state_location",
 ]

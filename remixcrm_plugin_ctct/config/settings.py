@@ -14,6 +14,7 @@ from .messages import SECTION, SETTINGS_PATH, show
 PROVIDERS = ("constant_contact", "mailchimp", "none")
 DEFAULT_API_BASE_URL = "https://api.cc.email/v3"
 DEFAULT_TOKEN_URL = "https://authz.constantcontact.com/oauth2/default/v1/token"
+DEFAULT_STATE_SCHEMA = "remixcrm_ctct"
 ACTIVE, INACTIVE, INVALID = "active", "inactive", "invalid"
 _UUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
 
@@ -37,6 +38,9 @@ class Settings:
     consent_guard: bool = True
     restore_deleted: bool = False
     dry_run: bool = False
+    # shared state for several hosts (see config/state.py); None: the SQLite files in the data dir
+    state_url: str | None = field(default=None, repr=False)  # may hold a password
+    state_schema: str = DEFAULT_STATE_SCHEMA
     # clients whose consent RemixCRM never recorded: "implicit" (bulk import: permission implicit,
     # never re-subscribes), "skip" (not sent) or "explicit" (sign_up_form after a lookup)
     unknown_consent: str = "implicit"
@@ -114,6 +118,8 @@ def parse_section(table: dict[str, Any], problems: list[str], require_list: bool
     client_secret = values.text(table, "client_secret", problems, secret=True, token=True)
     numbers = {key: values.number(table, key, default, problems) for key, default in NUMBERS.items()}
     switches = {key: values.switch(table, key, default, problems) for key, default in SWITCHES.items()}
+    url = values.state_url(table, problems)
+    schema = values.state_schema(table, DEFAULT_STATE_SCHEMA, problems)
     unknown_consent = values.choice(table, "unknown_consent", UNKNOWN_CONSENT, problems)
     event_lists = {key: _list_key(table, key, problems) for key in EVENT_LISTS}
     removals = _removals(table, problems, [found or list_id for found in event_lists.values()])
@@ -133,6 +139,8 @@ def parse_section(table: dict[str, Any], problems: list[str], require_list: bool
         numbers["requests_per_second"],
         int(numbers["daily_quota"]),
         **switches,
+        state_url=url,
+        state_schema=schema,
         unknown_consent=unknown_consent,
         import_window_seconds=numbers["import_window_seconds"],
         client_created_list_id=event_lists["client_created_list_id"],

@@ -10,6 +10,7 @@ costs the other 39,999 their delivery.
 
 import json
 import logging
+import math
 from collections.abc import Callable, Sequence
 
 from .. import config, fieldmap, payload
@@ -25,6 +26,7 @@ log = logging.getLogger("remixcrm_plugin_ctct")
 
 IMPORTED = "imported"
 _SPLIT = (400, 413)  # about the request's content: some contact in it, or its size
+NARROWING_SLACK = 8  # narrowing requests beyond two per halving level (two bad contacts found in full)
 
 
 class Importing:
@@ -72,11 +74,12 @@ class Importing:
         for n in todo:
             groups.setdefault(tuple(targets[n][0]), []).append(n)
         failure: Result | None = None
+        left = [2 * math.ceil(math.log2(len(todo) + 1)) + NARROWING_SLACK]  # see _halves
         for lists, members in groups.items():
             items = [(n, import_batches.import_contact(contacts[n]._asdict(), names)) for n in members]
             for keys, body in import_batches.batches(items, lists):
                 if failure is None:
-                    failure = self._import(keys, body, lists, contacts, results, call, wait, names)
+                    failure = self._import(keys, body, lists, contacts, results, call, wait, left, names)
                 if failure is not None:  # the API is down or refuses us: the rest need not try
                     for n in keys:
                         results[n] = results[n] or failure  # (a half that got through keeps its result)
@@ -129,7 +132,16 @@ class Importing:
                 results[n] = results[n]._replace(outcome=f"{results[n].outcome}; {said}")
 
     def _import(
-        self, keys: list[int], body: bytes, list_ids: tuple[str, ...], contacts, results: list, call, wait, names: dict
+        self,
+        keys: list[int],
+        body: bytes,
+        list_ids: tuple[str, ...],
+        contacts,
+        results: list,
+        call,
+        wait,
+        left: list[int],
+        names: dict,
     ) -> Result | None:
         """Fill in ``results`` for ``keys``; a failure of the request as a whole is also returned."""
         emails = [contacts[n].email for n in keys]
@@ -143,21 +155,26 @@ class Importing:
             if len(keys) == 1:
                 results[keys[0]] = Result("failed", error=e)
                 return None
-            half = len(keys) // 2
-            for part in (keys[:half], keys[half:]):
-                items = [(n, import_batches.import_contact(contacts[n]._asdict(), names)) for n in part]
-                for sub_keys, sub_body in import_batches.batches(items, list_ids):
-                    failure = self._import(sub_keys, sub_body, list_ids, contacts, results, call, wait, names)
-                    if failure is not None:
-                        return failure
-            return None
-        joined = tuple(list_ids)
+            return self._halves(keys, list_ids, contacts, results, call, wait, left, e, names)
+        unnamed = [n for i, n in enumerate(keys) if i not in done.errors]
         for i, n in enumerate(keys):
             if i in done.errors:
                 # Constant Contact's words about this contact: resending the same data cannot help
                 results[n] = Result("failed", error=ApiError(400, "import.row_rejected", done.errors[i]))
+        not_imported = _not_imported(done.counts) - len(done.errors)
+        if not_imported > 0 and unnamed and len(keys) > 1:
+            # counted but not named (the service need not list them): which ones is unknown, so
+            # halves are imported again (the same data again changes nothing) until the counts tell;
+            # only an import of one contact says for sure (a count may be of errors, not contacts)
+            log.info("import activity %s: %d not imported, not named: narrowing down", done.activity_id, not_imported)
+            counted = ApiError(400, "import.row_rejected", f"activity {done.activity_id} counted it as not imported")
+            return self._halves(unnamed, list_ids, contacts, results, call, wait, left, counted, names)
+        for n in unnamed:
+            if not_imported > 0:
+                why = f"activity {done.activity_id} counted it as not imported (invalid email address or data)"
+                results[n] = Result("failed", error=ApiError(400, "import.row_rejected", why))
             else:
-                results[n] = Result(IMPORTED, outcome=f"{IMPORTED} (activity {done.activity_id})", lists=joined)
+                results[n] = Result(IMPORTED, outcome=f"{IMPORTED} (activity {done.activity_id})", lists=list_ids)
         for text in done.unplaced:
             log.warning("import activity %s reported an error naming no contact we sent: %s", done.activity_id, text)
         log.info(
@@ -168,6 +185,48 @@ class Importing:
             len(done.errors),
         )
         return None
+
+    def _halves(
+        self,
+        keys: list[int],
+        list_ids: tuple[str, ...],
+        contacts,
+        results: list,
+        call,
+        wait,
+        left: list[int],
+        why: ApiError,
+        names: dict,
+    ) -> Result | None:
+        """``keys`` imported again in two requests (one, for a single contact): :meth:`_import` each.
+        ``left[0]``: narrowing requests this send may still spend. A refusal that holds for every
+        part (a field the account lacks, say) would otherwise cost two requests per contact — 80,000
+        for one import, eight days of quota: once spent, what is not narrowed down ends dead with
+        Constant Contact's words (`remixcrm-ctct retry --dead` after the fix)."""
+        half = max(1, len(keys) // 2)
+        for part in (keys[:half], keys[half:]):
+            items = [(n, import_batches.import_contact(contacts[n]._asdict(), names)) for n in part]
+            for sub_keys, sub_body in import_batches.batches(items, list_ids):
+                if left[0] <= 0:
+                    gave_up = ApiError(why.status, why.error_key, f"{why.error_message} (not narrowed down further)")
+                    for n in sub_keys:
+                        results[n] = results[n] or Result("failed", error=gave_up)
+                    continue
+                left[0] -= 1
+                failure = self._import(sub_keys, sub_body, list_ids, contacts, results, call, wait, left, names)
+                if failure is not None:
+                    return failure
+        return None
+
+
+def _not_imported(counts: dict) -> int:
+    """Contacts of an activity that were not imported, by its ``status`` counts (the spec's
+    non-correctable ``error_count`` and ``correctable_count``: bad email, date, no email)."""
+    found = 0
+    for name in ("error_count", "correctable_count"):
+        value = counts.get(name)
+        found += value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
+    return found
 
 
 def _unknown() -> ApiError:

@@ -47,7 +47,7 @@ class Importer:
 
     def run(self, body: bytes, emails: Sequence[str], call: Callable[[Callable[[Any], dict]], dict]) -> Imported:
         """Import ``body`` (whose ``import_data[n]`` has the email ``emails[n]``). Raises ApiError
-        (of the import, or of a poll that no retry fixes), ImportFailed or Stopped; plus what
+        (of the import, or a poll's 401/403), ImportFailed or Stopped; plus what
         ``call`` raises (no token, quota used up)."""
         activity = self.follow(call(lambda c: c.import_contacts(body)), call)
         activity_id = activity["activity_id"]
@@ -77,8 +77,12 @@ class Importer:
             try:
                 activity = call(lambda c: c.get_activity(activity_id))
             except ApiError as e:
-                if e.status is not None and e.status < 500 and e.status not in (408, 429):
+                if e.status in (401, 403):  # about our token or privileges: the caller pauses
                     raise
+                if e.status is not None and e.status < 500 and e.status not in (408, 429):
+                    # the import was accepted; only its poll is refused (an activity not found yet,
+                    # say): never the contacts' fault, so neither a dead row nor a split and resend
+                    raise ImportFailed(f"import activity {activity_id} cannot be followed: {e}") from None
                 # a poll that failed in passing: the activity goes on without us; ask again
         return {**activity, "activity_id": activity_id}
 

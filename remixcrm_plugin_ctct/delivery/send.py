@@ -15,7 +15,7 @@ from .. import config, payload
 from ..ctct import client as api_client
 from ..ctct.token_manager import NeedsReauth, TokenManager, TokenUnavailable
 from ..store import lanes
-from ..store.outbox import Outbox, Row
+from ..store.interfaces import Outbox, Row, StoreUnavailable
 from . import imports, retry_policy
 from .api_calls import ApiCalls
 from .custom_fields import CustomFields
@@ -78,7 +78,7 @@ class Delivery:
             result = self.sign_up.send(contact, settings, consent_at=row.created_at)
         except NeedsReauth:
             return self._pause_until_changed("Constant Contact needs re-authorisation")
-        except TokenUnavailable as e:
+        except (TokenUnavailable, StoreUnavailable) as e:  # (the shared store holds the tokens)
             self._retry([row], who, str(e), None)
             return None
         except QuotaUsedUp:

@@ -3,14 +3,12 @@
 :class:`AdminQueries` holds the SQL, as a base class of :class:`.outbox.Outbox`; the functions
 below are the old module API over the public methods (new code calls the methods)."""
 
-import json
 import sqlite3
 import threading
 import time
 
-from . import db
+from . import db, newest
 from .interfaces import Outbox, Summary
-from .newest import EVENT_MARKER
 
 __all__ = ["AdminQueries", "Summary", "summary", "for_client", "retry", "purge"]
 ROW_KEYS = (
@@ -107,21 +105,12 @@ class AdminQueries:
         return count
 
     def _renew_markers(self, email_key: str | None, created_at: float, now: float) -> None:
-        """The event markers of a revived row's own events move to ``now``, its new start: the lists
-        its events join and leave still count for it (see newest.consent_in_force)."""
+        """The event markers of a revived row's own events move to ``now`` (see newest.renewed_markers)."""
         with self._write, db.transaction(self._conn()) as conn:
             found = conn.execute("SELECT contact FROM latest WHERE email_key = ?", (email_key,)).fetchall()
-            if not found:
-                return
-            contact = json.loads(found[0][0])
-            fields = contact.get("fields") or {}
-            renewed = {
-                k: now if k.startswith(EVENT_MARKER) and isinstance(v, int | float) and v >= created_at else v
-                for k, v in fields.items()
-            }
-            if renewed != fields:
-                contact["fields"] = renewed
-                conn.execute("UPDATE latest SET contact = ? WHERE email_key = ?", (json.dumps(contact), email_key))
+            renewed = newest.renewed_markers(found[0][0], created_at, now) if found else None
+            if renewed is not None:
+                conn.execute("UPDATE latest SET contact = ? WHERE email_key = ?", (renewed, email_key))
 
     def purge(self, before: float) -> int:
         """Forget emails and names of rows finished before ``before``, and the newest known

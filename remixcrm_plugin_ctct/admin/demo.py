@@ -18,9 +18,9 @@ from ..config import config_toml
 from ..hookspecs import make_plugin_manager
 from ..sandbox import SANDBOX_CLIENT_ID, SEEDED_LIST_ID, Sandbox
 from ..store import outbox_admin
+from . import demo_opt_outs
 
 UNSUBSCRIBED = "lee@example.com"  # the sandbox knows this contact: it unsubscribed long ago
-OPTS_OUT = (101, "ada@example.com")  # after delivery, this client unsubscribes by the link in a mail
 
 # (what it shows, hook, hook kwargs, expected: "explicit via sign_up_form", "implicit via import",
 # "not sent" or "stays unsubscribed")
@@ -36,6 +36,7 @@ SAMPLES: list[tuple[str, str, dict, str]] = [
                 "last_name": "Lovelace",
                 "phone": "+44 20 7946 0001",
                 "company": "Analytical Engines",
+                "plan": "Gold",  # mapped to the custom field "Plan" ([….fields] plan = "custom:Plan")
                 "email_opt_in": True,
             }
         },
@@ -86,6 +87,7 @@ SAMPLES: list[tuple[str, str, dict, str]] = [
 
 
 EXPIRE_AFTER = 2  # the sandbox expires the access token before this sample
+CUSTOM_FIELD = "Plan"  # created in the sandbox, as an admin does in Contacts → Settings → Custom Fields
 
 
 def run(out=sys.stdout, dry_run: bool = False) -> int:
@@ -112,6 +114,7 @@ def run(out=sys.stdout, dry_run: bool = False) -> int:
 def _run(say, dry_run: bool) -> int:
     with Sandbox(access_token=None) as sandbox:  # only tokens its authorization server issued
         sandbox.api.seed_contact(UNSUBSCRIBED, permission_to_send="unsubscribed")
+        plan = sandbox.api.seed_custom_field(CUSTOM_FIELD)
         _write_config(Path(os.environ["REMIXCRM_CONFIG"]), sandbox, dry_run)
         say(f"sandbox Constant Contact at {sandbox.base_url}, list {SEEDED_LIST_ID}")
         say(
@@ -119,6 +122,7 @@ def _run(say, dry_run: bool) -> int:
             + (" (dry_run = true: no write call)" if dry_run else "")
         )
         say(f"the sandbox already knows {UNSUBSCRIBED}: unsubscribed long ago")
+        say(f"custom field {CUSTOM_FIELD!r} ({plan['custom_field_id']}) is mapped from the client key 'plan'")
         pm = make_plugin_manager()
         if pm.get_plugin("constant_contact") is None:
             say("✗ the plugin's entry point was not found: is remixcrm-plugin-ctct installed in this Python?")
@@ -145,7 +149,8 @@ def _run(say, dry_run: bool) -> int:
             say(f"  {c['email_address']:<24} {name} {c['permission_to_send']:<9} {c['contact_id']}")
         ok = drained & (_dry_run_report(say, sandbox) if dry_run else _summary(say, sandbox, members))
         if not dry_run:
-            ok &= _opt_out_flows_back(say, sandbox, pm)
+            ok &= _custom_field_report(say, sandbox, plan)
+            ok &= demo_opt_outs.flows_back(say, sandbox, pm)
         # a dry run may need no request after the expiry (the import lane's dry run sends none)
         refreshed = sandbox.authz.token_calls in ((0, 1) if dry_run else (1,)) and sandbox.authz.invalid_grants == 0
         ok &= refreshed
@@ -178,34 +183,17 @@ def _summary(say, sandbox: Sandbox, members: dict) -> bool:
     return ok
 
 
-def _opt_out_flows_back(say, sandbox: Sandbox, pm) -> bool:
-    """One opt-out, from the person's click in Constant Contact to the host's hook call."""
-    client_id, email = OPTS_OUT
-
-    def ask(since):
-        return [e for answer in pm.hook.email_marketing_opt_outs(since=since) for e in answer]
-
-    known = ask(None)
-    say(f"\nopt-outs back to RemixCRM (email_marketing_opt_outs): {len(known)} known so far")
-    for e in known:
-        say(f"  {_shown(e)}")
-    watermark = known[-1]["recorded_at"] if known else None
-    sandbox.api.unsubscribe(email)  # by the person (opt_out_source "Contact")
-    say(f'  -- {email} clicks "unsubscribe" in a Constant Contact mail; the worker\'s next opt-out poll --')
-    dispatch.runtime().optouts.run(time.time(), force=True)  # every optout_poll_minutes; now, for the demo
-    found = ask(watermark)
-    for e in found:
-        say(f"  since={watermark.isoformat() if watermark else None}: {_shown(e)}")
-    ok = [(e["client_id"], e["email"], e["source"]) for e in found] == [(str(client_id), email, "Contact")]
-    say(f"  {'✓' if ok else '✗'} client {client_id}'s opt-out reached RemixCRM with its client id, by the person")
-    return ok
-
-
-def _shown(entry: dict) -> str:
-    return (
-        f"client {entry['client_id']}  {entry['email']}  opted out {entry['opted_out_at']:%Y-%m-%d %H:%M:%S} UTC"
-        f"  by {entry['source']}  (recorded_at {entry['recorded_at'].isoformat()})"
+def _custom_field_report(say, sandbox: Sandbox, plan: dict) -> bool:
+    """The mapped client key arrived in the custom field, by its id."""
+    email = SAMPLES[0][2]["client"]["email"]
+    sent = [f for body in sandbox.api.sign_ups if body["email_address"] == email for f in body.get("custom_fields", [])]
+    arrived = sandbox.api.custom_values(email).get(CUSTOM_FIELD)
+    ok = arrived == "Gold" and sent == [{"custom_field_id": plan["custom_field_id"], "value": "Gold"}]
+    say(
+        f"  {'✓' if ok else '✗'} custom field {CUSTOM_FIELD!r} of {email}: {arrived!r} "
+        f"(sent as custom_field_id {plan['custom_field_id']})"
     )
+    return ok
 
 
 def _dry_run_report(say, sandbox: Sandbox) -> bool:
@@ -239,6 +227,7 @@ def _write_config(path: Path, sandbox: Sandbox, dry_run: bool = False) -> None:
         api_base_url=sandbox.api_base_url,
         token_url=sandbox.token_url,
         dry_run=dry_run,
+        fields={"plan": f"custom:{CUSTOM_FIELD}"},
     )
     path.write_text(text, encoding="utf-8")
     path.chmod(0o600)

@@ -283,3 +283,18 @@ def test_the_custom_fields_are_read_once_not_per_contact(pm, write_config, sandb
     assert flush(30, retries=True)
     assert len(sandbox.api.sign_ups) == 5
     assert sandbox.api.custom_field_reads == 1
+
+
+def test_a_backfill_carries_the_mapped_columns(tmp_path, write_config, sandbox, capsys):
+    from remixcrm_plugin_ctct.admin import cli
+
+    plan = sandbox.api.seed_custom_field("Plan")
+    write_config(api_base_url=sandbox.api_base_url, fields=MAPPING)
+    export = tmp_path / "clients.csv"
+    export.write_text("id,email,plan,address1,dob\n1,ada@example.com,Gold,1 Main St,1990-04-23\n", encoding="utf-8")
+    assert cli.main(["backfill", str(export), "--timeout", "30"]) == 0
+    (found,) = sandbox.api.find("ada@example.com")
+    assert found["custom_fields"] == [{"custom_field_id": plan["custom_field_id"], "value": "Gold"}]
+    assert found["street"] == "1 Main St" and found["email_address"]["permission_to_send"] == "implicit"
+    out = capsys.readouterr().out
+    assert "plan" not in out.split("ignored")[-1] if "ignored" in out else True  # the mapped column is read

@@ -9,7 +9,6 @@ import json
 import tempfile
 import time
 from collections.abc import Callable
-from typing import NamedTuple
 
 from .. import config, runtime
 from ..ctct import client, oauth
@@ -17,16 +16,12 @@ from ..ctct.token_manager import REAUTH_FIX, NeedsReauth, TokenUnavailable, desc
 from ..store import outbox_admin
 from ..store.interfaces import StoreUnavailable
 from ..store.postgres.outbox import PgOutbox
+from . import check_mapping
+from .check_mapping import FAIL, OK, WARN, Check
 
-OK, FAIL, WARN = "ok", "fail", "warn"
+__all__ = ["FAIL", "MARKS", "OK", "WARN", "Check", "main", "run_checks"]
+
 MARKS = {OK: "✓", FAIL: "✗", WARN: "!"}
-
-
-class Check(NamedTuple):
-    name: str
-    status: str
-    detail: str
-    fix: str = ""
 
 
 def run_checks() -> list[Check]:
@@ -42,7 +37,10 @@ def run_checks() -> list[Check]:
             )
         ]
     if loaded.status == config.INVALID or loaded.settings is None:
-        return [Check("config readable", FAIL, loaded.message, "see the message: it names the key and the fix")]
+        return [
+            Check("config readable", FAIL, loaded.message, "see the message: it names the key and the fix"),
+            *check_mapping.mapping_checks(loaded, None),
+        ]
     settings = loaded.settings
     found = [
         Check("provider selected", OK, f"constant_contact in {path}"),
@@ -71,7 +69,14 @@ def run_checks() -> list[Check]:
                 "in the token store" if state.seeded_from and not settings.access_token else "in the config",
             )
         )
-        found += _live_checks(settings, rt)
+        live = _live_checks(settings, rt)
+        found += live
+        if all(c.status != FAIL for c in live):  # the token works and may read lists: ask about the rest
+            api = client.CtctClient(settings.api_base_url, rt.tokens.state(settings).access_token or "")
+            found += check_mapping.list_checks(settings, api)
+            found += check_mapping.mapping_checks(loaded, lambda request: request(api))
+        else:
+            found += check_mapping.mapping_checks(loaded, None)
     refresh_ok = bool(rt.tokens.state(settings).refresh_token and settings.client_id)
     found.append(
         Check(

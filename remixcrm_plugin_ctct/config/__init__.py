@@ -5,15 +5,17 @@ RemixCRM owns ``config.toml``; we only read it. The rooms:
 - :mod:`.locate`: where the file and our data dir are;
 - :mod:`.reading`: the safe read (a regular file only, a size cap, non-UTF-8 bytes named);
 - :mod:`.settings` and :mod:`.values`: our table, its defaults and its validation;
+- :mod:`.fields`: the ``fields`` sub-table (client keys to Constant Contact fields);
 - :mod:`.loading`: one reading judged (:func:`load`, :func:`load_for_tokens`); never raises;
 - :mod:`.watcher`: re-reads when the file changes, announcing each change once;
 - :mod:`.state`: where the shared state lives (``state_url``: PostgreSQL for several hosts);
 - :mod:`.toml`: :func:`config_toml`, the file's text for the demo, the sandbox, benches and tests.
 """
 
+from .fields import FieldMap
 from .loading import load, load_for_tokens
 from .locate import APP_NAME, config_file, config_path, data_dir, forget_default_location
-from .messages import SETTINGS_PATH
+from .messages import SECTION, SETTINGS_PATH
 from .reading import MAX_CONFIG_BYTES
 from .settings import (
     ACTIVE,
@@ -43,9 +45,11 @@ __all__ = [
     "MAX_CONFIG_BYTES",
     "NUMBERS",
     "PROVIDERS",
+    "SECTION",
     "SETTINGS_PATH",
     "SWITCHES",
     "ConfigWatcher",
+    "FieldMap",
     "LoadedConfig",
     "Raw",
     "Settings",

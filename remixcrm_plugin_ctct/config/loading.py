@@ -4,7 +4,7 @@
 from pathlib import Path
 from typing import Any
 
-from . import reading, settings
+from . import fields, reading, settings
 from .messages import SETTINGS_PATH, show
 from .settings import ACTIVE, INACTIVE, INVALID, PROVIDERS, LoadedConfig, Settings
 
@@ -63,10 +63,15 @@ def _judge(path: Path, doc: dict[str, Any]) -> LoadedConfig:
     if provider != "constant_contact":
         return LoadedConfig(INACTIVE, f"provider is {provider!r} in {path}", path)
     problems: list[str] = []
-    parsed = settings.parse_section(settings.section(marketing, problems), problems)
+    table = settings.section(marketing, problems)
+    warnings: list[str] = []
+    mapped = fields.parse(table.get("fields"), warnings)
+    told = tuple(f"{path}: {w}" for w in warnings)
+    parsed = settings.parse_section(table, problems)
     if problems or parsed is None:
-        return LoadedConfig(INVALID, f"{path}: " + "; ".join(problems), path)
-    return LoadedConfig(ACTIVE, f"sending new clients to list {parsed.list_id} via {parsed.api_base_url}", path, parsed)
+        return LoadedConfig(INVALID, f"{path}: " + "; ".join(problems), path, fields=mapped, warnings=told)
+    message = f"sending new clients to list {parsed.list_id} via {parsed.api_base_url}"
+    return LoadedConfig(ACTIVE, message, path, parsed, fields=mapped, warnings=told)
 
 
 def _unreadable(path: Path, e: OSError | reading.Unreadable) -> LoadedConfig:

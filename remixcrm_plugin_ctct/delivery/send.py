@@ -18,6 +18,7 @@ from ..store import lanes
 from ..store.interfaces import Outbox, Row, StoreUnavailable
 from . import imports, retry_policy
 from .api_calls import ApiCalls
+from .custom_fields import CustomFields
 from .governors import Governors
 from .importing import IMPORTED, Importing
 from .memory_lane import MemoryEvent
@@ -46,8 +47,9 @@ class Delivery:
         self.clock = clock
         self.calls = ApiCalls(outbox, tokens, governors)
         suppression = SuppressionCheck(mirror)
-        self.sign_up = SignUp(self.calls, suppression)
-        self.importing = Importing(self.calls, suppression, clock)
+        custom_fields = CustomFields()  # one per process and API: both lanes resolve names through it
+        self.sign_up = SignUp(self.calls, suppression, custom_fields, clock)
+        self.importing = Importing(self.calls, suppression, clock, custom_fields)
         self._quota_said = False
         self._said: dict = {}  # causes already logged as ERROR (setdefault: one thread wins)
 
@@ -145,9 +147,9 @@ class Delivery:
                 log.info(
                     "%s %s contact %s in list %s (%s)",
                     who,
-                    result.status,
+                    result.outcome or result.status,
                     result.contact_id,
-                    settings.list_id,
+                    ", ".join(result.lists) or settings.list_id,
                     row.event,
                 )
             return None
@@ -281,9 +283,9 @@ class Delivery:
             log.info(
                 "%s %s contact %s in list %s (%s)",
                 who,
-                result.status,
+                result.outcome or result.status,
                 result.contact_id,
-                settings.list_id,
+                ", ".join(result.lists) or settings.list_id,
                 record["event"],
             )
             return None

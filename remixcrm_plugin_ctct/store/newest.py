@@ -14,6 +14,7 @@ import math
 from typing import NamedTuple
 
 Stamp = tuple[float, int]
+EVENT_MARKER = "event:"  # fieldmap.EVENT (the store does not import the hook's side)
 _NEVER: Stamp = (float("-inf"), -1)
 BACKFILL = "backfill"  # lanes.BACKFILL: the event of `remixcrm-ctct backfill`'s records
 # stamps["email_opt_in_by"] = BACKFILL: the consent in force came from a backfill file. It is
@@ -92,7 +93,16 @@ def consent_in_force(contact: dict, stamps: str | None, created_at: float, event
     given for an earlier row, already pushed, and is used up. The person may have unsubscribed
     since (a link in a mail, which RemixCRM never hears of): an event without consent of its own
     is then looked up, never pushed on an old "yes" (sign_up_form re-subscribes). A backfill's
-    "yes" is in force for a backfill row only (see OPT_IN_BY)."""
+    "yes" is in force for a backfill row only (see OPT_IN_BY).
+
+    So are the event markers (``event:<kind>`` in the fields, whose value is the event's time: see
+    fieldmap.py): the lists a row joins and leaves are those of its own events, not of every event
+    the email ever had (a list deleted since, or a conversion long done, must not follow every
+    later push)."""
+    fields = contact.get("fields")
+    if fields and any(k.startswith(EVENT_MARKER) and not _in_row(v, created_at) for k, v in fields.items()):
+        kept = {k: v for k, v in fields.items() if not k.startswith(EVENT_MARKER) or _in_row(v, created_at)}
+        contact = {**contact, "fields": kept}
     if contact.get("email_opt_in") is not True or not stamps:
         return contact
     try:
@@ -104,3 +114,26 @@ def consent_in_force(contact: dict, stamps: str | None, created_at: float, event
     if given >= created_at and (event == BACKFILL or not by_backfill):
         return contact
     return {k: v for k, v in contact.items() if k != "email_opt_in"}
+
+
+def renewed_markers(contact_json: str, created_at: float, now: float) -> str | None:
+    """A revived row (``retry --dead``) starts again at ``now``: the newest state with the markers
+    of that row's own events (time >= ``created_at``) moved to ``now``, so the lists they join and
+    leave still count for it; None when nothing changes."""
+    contact = json.loads(contact_json)
+    fields = contact.get("fields") or {}
+    renewed = {
+        k: now if k.startswith(EVENT_MARKER) and isinstance(v, int | float) and v >= created_at else v
+        for k, v in fields.items()
+    }
+    if renewed == fields:
+        return None
+    return json.dumps({**contact, "fields": renewed})
+
+
+def _in_row(at: object, created_at: float) -> bool:
+    """Whether the event of time ``at`` is one of the row's (a row is created at its oldest event's
+    time; a marker without a usable time counts as the row's own, as before markers had one)."""
+    if not isinstance(at, int | float) or isinstance(at, bool) or not math.isfinite(at) or at <= 1:
+        return True
+    return at >= created_at

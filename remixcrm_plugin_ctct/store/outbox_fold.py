@@ -37,7 +37,7 @@ def fold(conn: sqlite3.Connection, records: list[dict], now: float) -> None:
     conn.executemany(INSERT_PENDING, inserts)
     conn.executemany(
         "UPDATE events SET client_id = ?, event = coalesce(?, event), other_clients = ?, "
-        "contact = ?, updated_at = ? WHERE id = ?",
+        "contact = ?, created_at = min(created_at, ?), updated_at = ? WHERE id = ?",
         updates,
     )
 
@@ -62,7 +62,7 @@ def plan(
 
     states: (email_key, contact, stamps, client_id, event, at, seq, now);
     inserts: (email_key, client_id, other_clients, event, contact, created_at, next_attempt_at, now);
-    updates: (client_id, event or None, other_clients, contact, now, row id).
+    updates: (client_id, event or None, other_clients, contact, created_at (lowered only), now, row id).
     """
     states, inserts, updates = [], [], []
     for key, batch in by_email.items():
@@ -76,9 +76,9 @@ def plan(
         stamps = json.dumps(state.stamps)
         states.append((key, contact, stamps, state.client_id, state.event, state.at, state.seq, now))
         last, clients = batch[-1], [str(r["client_id"]) for r in batch]
+        # the row's time is its oldest event's (a clock ahead of ours must not delay the row)
+        created = min(now, *(newest.stamp(r)[0] or now for r in batch))
         if key not in pending:
-            # a clock ahead of ours must not delay the row
-            created = min(now, *(newest.stamp(r)[0] or now for r in batch))
             client = str(last["client_id"])
             others = _others(clients, client)
             inserts.append((key, client, others, last["event"], contact, created, created, now))
@@ -88,7 +88,9 @@ def plan(
         if before is None or newest.stamp(last) >= (before.at, before.seq):
             client, event = str(last["client_id"]), last["event"]  # the row now carries the newest event
         everyone = [old_client, *others.split(), *clients]
-        updates.append((client, event, _others(everyone, client), contact, now, row_id))
+        # an older event folded late (another process's journal) joins the row: the row's time goes
+        # back to it, so its event marker counts as the row's own (see newest.consent_in_force)
+        updates.append((client, event, _others(everyone, client), contact, created, now, row_id))
     return states, inserts, updates
 
 

@@ -4,6 +4,7 @@ host (a base class of :class:`.outbox.PgOutbox`, as :mod:`..outbox_admin` is of 
 import time
 from typing import Any
 
+from .. import newest
 from ..interfaces import Summary
 from ..outbox_admin import ROW_KEYS
 from . import sql
@@ -55,7 +56,11 @@ class AdminQueries:
             "UPDATE {s}.events SET next_attempt_at = %s WHERE state = 'pending' AND next_attempt_at > %s", (now, now)
         )
         if dead:
-            for (row_id,) in self._q("SELECT id FROM {s}.events WHERE state = 'dead' AND contact IS NOT NULL"):
+            found = self._q(
+                "SELECT id, email_key, created_at FROM {s}.events WHERE state = 'dead' AND contact IS NOT NULL"
+            )
+            for row_id, email_key, created_at in found:
+                self._renew_markers(email_key, created_at, now)
                 # via 'sending' so that retry_later can coalesce it with a newer pending row
                 self._x(
                     "UPDATE {s}.events SET state = 'sending', created_at = %s, attempts = 0, outcome = NULL "
@@ -65,6 +70,18 @@ class AdminQueries:
                 self.retry_later(row_id, now, None)
                 count += 1
         return count
+
+    def _renew_markers(self, email_key: str | None, created_at: float, now: float) -> None:
+        """The event markers of a revived row's own events move to ``now`` (see newest.renewed_markers)."""
+
+        def renew(conn: Any) -> None:
+            conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (sql.fold_lock(self.db.schema),))
+            found = conn.execute(f"SELECT contact FROM {self.s}.latest WHERE email_key = %s", (email_key,)).fetchall()
+            renewed = newest.renewed_markers(found[0][0], created_at, now) if found else None
+            if renewed is not None:
+                conn.execute(f"UPDATE {self.s}.latest SET contact = %s WHERE email_key = %s", (renewed, email_key))
+
+        self.db.run(renew)
 
     def purge(self, before: float) -> int:
         def purge(conn: Any) -> int:

@@ -65,7 +65,8 @@ INSERT INTO {s}.events (email_key, client_id, other_clients, event, contact, sta
 VALUES (%s, %s, %s, %s, %s, 'pending', %s, %s, %s)
 """
 UPDATE_PENDING = """
-UPDATE {s}.events SET client_id = %s, event = coalesce(%s, event), other_clients = %s, contact = %s, updated_at = %s
+UPDATE {s}.events SET client_id = %s, event = coalesce(%s, event), other_clients = %s, contact = %s,
+  created_at = least(created_at, %s), updated_at = %s
 WHERE id = %s
 """
 SET_META = "INSERT INTO {s}.meta (key, value) VALUES (%s, %s) ON CONFLICT (key) DO UPDATE SET value = excluded.value"

@@ -17,7 +17,9 @@ from .delivery.governors import Governors
 from .delivery.housekeeping import Housekeeper
 from .delivery.send import Delivery
 from .delivery.worker import Worker
+from .spawn import SenderStarter
 from .store.journal import Journal
+from .store.journal_watch import JournalWatcher
 from .store.outbox import FILE_NAME as OUTBOX_FILE
 from .store.outbox import Outbox
 from .store.tokens import TokenStore
@@ -30,12 +32,15 @@ _runtime: "Runtime | None" = None
 
 
 class Runtime:
-    """This process's outbox, journal, token manager, governors, delivery and worker, for one data dir."""
+    """This process's outbox, journal, token manager, governors, delivery and worker, for one data dir
+    (and, for ``sender = "process"``, what starts the sender process). All built lazily: no file,
+    thread or socket until used."""
 
-    def __init__(self, data_dir: Path):
+    def __init__(self, data_dir: Path, journal: Journal | None = None):
         self.data_dir = data_dir
         self.outbox = Outbox(data_dir)
-        self.journal = Journal(data_dir)
+        self.journal = journal if journal is not None else Journal(data_dir)
+        self.starter = SenderStarter(data_dir)
         self.tokens = TokenManager(TokenStore(data_dir))
         self.governors = Governors(data_dir)
         self.delivery = Delivery(self.outbox, self.tokens, self.governors, _watcher)
@@ -55,17 +60,32 @@ def runtime() -> Runtime:
     return _runtime
 
 
+def for_sender_process() -> Runtime:
+    """This process is the sender process (:mod:`.service`): its journal view folds every
+    host process's journal, and it never appends one of its own."""
+    global _runtime
+    with _lock:
+        if _runtime is None:
+            data_dir = config.data_dir()
+            _runtime = Runtime(data_dir, JournalWatcher(data_dir))
+        return _runtime
+
+
 def resume_pending() -> None:
     """Called once when the hooks are loaded: if an earlier run left an outbox or journals in
-    the data dir, start the worker so pending work flows without waiting for a hook (a
-    restart, or a worker recycled after each request). Only two ``stat`` calls here: no file
-    is opened or created, and an empty data dir starts nothing; the worker reads the config in
-    its own thread and stops its threads again when nothing is pending."""
+    the data dir, start the worker (or, with ``sender = "process"``, the sender process) so
+    pending work flows without waiting for a hook (a restart, or a worker recycled after each
+    request). Only two ``stat`` calls when the data dir is empty: then nothing is opened,
+    read or started; the config is read only when there is work. Sender threads stop again
+    when nothing is pending."""
     try:
         base = config.data_dir()
         if not (_exists(base / OUTBOX_FILE) or _exists(base / "journal")):
             return
-        runtime().worker.wake()
+        if _watcher.current().sender == "process":
+            runtime().starter.ensure()
+        else:
+            runtime().worker.wake()
     except Exception:  # loading the plugin must never fail because of this
         log.exception("could not start sending what an earlier run left; it goes out with the next event")
 

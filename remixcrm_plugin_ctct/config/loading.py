@@ -63,10 +63,17 @@ def _judge(path: Path, doc: dict[str, Any]) -> LoadedConfig:
     if provider != "constant_contact":
         return LoadedConfig(INACTIVE, f"provider is {provider!r} in {path}", path)
     problems: list[str] = []
-    parsed = settings.parse_section(settings.section(marketing, problems), problems)
+    table = settings.section(marketing, problems)
+    parsed = settings.parse_section(table, problems)
     if problems or parsed is None:
-        return LoadedConfig(INVALID, f"{path}: " + "; ".join(problems), path)
-    return LoadedConfig(ACTIVE, f"sending new clients to list {parsed.list_id} via {parsed.api_base_url}", path, parsed)
+        return LoadedConfig(INVALID, f"{path}: " + "; ".join(problems), path, sender=settings.sender_of(table))
+    return LoadedConfig(
+        ACTIVE,
+        f"sending new clients to list {parsed.list_id} via {parsed.api_base_url}",
+        path,
+        parsed,
+        sender=parsed.sender,
+    )
 
 
 def _unreadable(path: Path, e: OSError | reading.Unreadable) -> LoadedConfig:

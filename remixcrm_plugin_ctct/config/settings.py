@@ -14,6 +14,7 @@ PROVIDERS = ("constant_contact", "mailchimp", "none")
 DEFAULT_API_BASE_URL = "https://api.cc.email/v3"
 DEFAULT_TOKEN_URL = "https://authz.constantcontact.com/oauth2/default/v1/token"
 ACTIVE, INACTIVE, INVALID = "active", "inactive", "invalid"
+SENDERS = ("thread", "process")  # where delivery runs: threads in the host's process, or one helper process
 _UUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
 
 
@@ -36,16 +37,20 @@ class Settings:
     consent_guard: bool = True
     restore_deleted: bool = False
     dry_run: bool = False
+    sender: str = SENDERS[0]
 
 
 @dataclass(frozen=True)
 class LoadedConfig:
-    """One reading of the file: ``active`` with settings, ``inactive`` or ``invalid`` with why."""
+    """One reading of the file: ``active`` with settings, ``inactive`` or ``invalid`` with why.
+    ``sender`` is read even from an otherwise broken table: a host told to keep delivery out of
+    its process must never start sender threads because some other key is wrong."""
 
     status: str
     message: str
     path: Path
     settings: Settings | None = None
+    sender: str = Settings.sender
 
 
 def _defaults(*keys: str) -> dict[str, Any]:
@@ -98,6 +103,7 @@ def parse_section(table: dict[str, Any], problems: list[str], require_list: bool
     client_secret = values.text(table, "client_secret", problems, secret=True, token=True)
     numbers = {key: values.number(table, key, default, problems) for key, default in NUMBERS.items()}
     switches = {key: values.switch(table, key, default, problems) for key, default in SWITCHES.items()}
+    sender = sender_of(table, problems)
     if problems or list_id is None:
         return None
     return Settings(
@@ -114,4 +120,18 @@ def parse_section(table: dict[str, Any], problems: list[str], require_list: bool
         numbers["requests_per_second"],
         int(numbers["daily_quota"]),
         **switches,
+        sender=sender,
     )
+
+
+def sender_of(table: dict[str, Any], problems: list[str] | None = None) -> str:
+    """``sender``: "thread" (the default) or "process"; a wrong value is a problem and reads as the default."""
+    value = table.get("sender", Settings.sender)
+    if value in SENDERS:
+        return value
+    if problems is not None:
+        problems.append(
+            f"{SECTION}.sender must be one of {', '.join(map(repr, SENDERS))} (got {show(value)}; "
+            f"default {Settings.sender!r})"
+        )
+    return Settings.sender

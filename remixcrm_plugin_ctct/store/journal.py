@@ -25,10 +25,9 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from filelock import FileLock, Timeout
-
 from .. import forksafe, payload
 from ..record import Event
+from .flock import Busy, HeldLock
 from .interfaces import JournalSink
 from .journal_lines import CUT_SHORT, FOLD_CHUNK, KEPT, damaged, fold_block, skip_long_line
 
@@ -55,13 +54,16 @@ class Journal:
         self._fold_lock = threading.Lock()  # one folder at a time
         self._fd: int | None = None
         self._path: Path | None = None
-        self._owner_lock: FileLock | None = None
+        self._owner_lock: HeldLock | None = None
         self._pid: int | None = None
         self._size = 0  # bytes written to the current file (by this process: it is the only writer)
         self._torn = False  # a cut-short write could not be cut off: end it with a newline first
         self.last_append = 0.0  # monotonic time of the last hook write
         self._folded = 0  # bytes of the current file already folded (a cheap "anything new?")
         self._adopted_at = -ADOPT_EVERY
+        # sender = "process": this process never folds; it hands each full file over instead
+        # (closes it and frees its lock, so the sender process adopts it whole, as a dead one's)
+        self.hand_off = False
         forksafe.after_fork_in_child(self._after_fork)
 
     def _after_fork(self) -> None:
@@ -101,6 +103,17 @@ class Journal:
             self._size += written
             self._torn = False
             self.last_append = time.monotonic()
+            if self.hand_off and self._size >= ROTATE_AT:
+                self._hand_over()
+
+    def _hand_over(self) -> None:
+        """Close the full file and free its lock (every byte of it is written): whoever folds
+        adopts it as a finished journal; the next append opens a new one."""
+        fd, owner = self._fd, self._owner_lock
+        self._fd, self._path, self._owner_lock, self._pid = None, None, None, None
+        assert fd is not None and owner is not None
+        os.close(fd)
+        owner.release()
 
     def _cut_tail(self) -> None:
         """After a failed or short write, cut off what part of the line it left: else the next
@@ -116,12 +129,15 @@ class Journal:
             self._torn = True
 
     def _open(self) -> None:
-        self.directory.parent.mkdir(mode=0o700, parents=True, exist_ok=True)  # the plugin's own dir: 0700 too
-        self.directory.mkdir(mode=0o700, exist_ok=True)
         name = f"{os.getpid()}-{secrets.token_hex(4)}.jsonl"
         self._path = self.directory / name
-        owner = FileLock(str(self._path) + ".lock", timeout=0, mode=0o600, thread_local=False)
-        owner.acquire()  # held for this process's life: tells other processes we are alive
+        owner = HeldLock(str(self._path) + ".lock")
+        try:
+            owner.acquire()  # held for this process's life: tells other processes we are alive
+        except FileNotFoundError:  # the first journal here: make the folders (the mkdirs cost a hook's first call)
+            self.directory.parent.mkdir(mode=0o700, parents=True, exist_ok=True)  # the plugin's own dir: 0700 too
+            self.directory.mkdir(mode=0o700, exist_ok=True)
+            owner.acquire()
         self._fd = os.open(self._path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         self._owner_lock, self._pid, self._size, self._folded, self._torn = owner, os.getpid(), 0, 0, False
 
@@ -196,16 +212,16 @@ class Journal:
         for path in self.directory.glob("*.jsonl") if self.directory.exists() else ():
             if path == self._path:
                 continue
-            lock = FileLock(str(path) + ".lock", timeout=0, mode=0o600, thread_local=False)
+            lock = HeldLock(str(path) + ".lock")
             try:
                 lock.acquire()
-            except Timeout:
+            except Busy:
                 continue  # its process is alive and folds it itself
             count += self._fold_file(outbox, path, final=True)
             self._forget(outbox, path, lock)
         return count
 
-    def _forget(self, outbox: JournalSink, path: Path, lock) -> None:
+    def _forget(self, outbox: JournalSink, path: Path, lock: HeldLock | None) -> None:
         path.unlink(missing_ok=True)
         outbox.forget_journal(path.name)
         if lock is not None:

@@ -28,6 +28,7 @@ else:  # pragma: no cover - another interpreter
     def _dumps(obj: dict) -> str:
         return _PLAIN.encode(obj)
 
+
 # One counter per process: a forked child goes on counting from the parent's value, which keeps
 # its own events in order (events of different processes with equal ``at`` have no order to
 # keep), so no reset is needed.

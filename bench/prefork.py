@@ -82,7 +82,7 @@ def load(srv: Gunicorn, threads: int, requests: int, seconds: float, rate: float
     return {"latencies": latencies, "hooks": hooks, "failed": failed, "seconds": time.monotonic() - begin}
 
 
-def run(provider: str, api_base_url: str, args, sender: str = "thread") -> dict:
+def run(provider: str, api_base_url: str, args, sender: str = "thread", round_: int = 0) -> dict:
     workdir = use_sandbox_config(api_base_url, sender=sender)  # sets REMIXCRM_CONFIG / REMIXCRM_DATA_DIR
     if provider != "constant_contact":
         (workdir / "config.toml").write_text(config_toml(provider))
@@ -95,10 +95,10 @@ def run(provider: str, api_base_url: str, args, sender: str = "thread") -> dict:
         first: dict[str, float] = {}  # each worker's first hook call (journal open, threads or process start)
         warm = []
         for i in range(3 * args.workers):  # warm up: first-request costs, counted in the hook figures
-            _, headers = srv.post_client({"id": f"warm{i}", "email": f"warm-{sender}{provider}{i}@example.com"})
+            _, headers = srv.post_client({"id": f"warm{i}", "email": f"warm{round_}-{sender}{provider}{i}@example.com"})
             first.setdefault(headers["x-pid"], float(headers["x-hook-us"]))
             warm.append(float(headers["x-hook-us"]))
-        result = load(srv, args.threads, args.requests, args.seconds, args.rate, f"{sender}{provider}-")
+        result = load(srv, args.threads, args.requests, args.seconds, args.rate, f"r{round_}{sender}{provider}-")
         result["hooks"] += warm
         result["first"] = sorted(first.values())
         if provider == "constant_contact":
@@ -162,8 +162,17 @@ def main() -> int:
         for n in range(args.repeat):
             if args.repeat > 1:
                 print(f"--- round {n + 1} of {args.repeat}")
-            ours = {sender: run("constant_contact", url, args, sender) for sender in senders}
-            none = run("none", url, args)
+            # the order turns each round (the machine's load drifts: no mode always goes first or last)
+            order = [*senders, "none"]
+            order = order[n % len(order) :] + order[: n % len(order)]
+            found = {
+                mode: run("none", url, args, round_=n)
+                if mode == "none"
+                else run("constant_contact", url, args, mode, round_=n)
+                for mode in order
+            }
+            none = found.pop("none")
+            ours = {sender: found[sender] for sender in senders}
             rounds.append(report(ours, none, args))
             failed = failed or any(r["failed"] for r in [*ours.values(), none])
             failed = failed or any(r["throttled"] for r in ours.values())

@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -103,6 +104,12 @@ def test_one_sender_process_per_data_dir_however_many_start_at_once(senders):
     assert [p.returncode for p in started if p.poll() is not None] == [0, 0, 0]
     assert spawn.SenderStarter(config.data_dir()).alive()
     assert len(sender_pids()) == 1
+    (last,) = [p for p in started if p.poll() is None]
+    stopping = time.monotonic()
+    last.send_signal(signal.SIGTERM)  # as systemd or a container runtime stops the service
+    assert last.wait(10) == 0
+    assert time.monotonic() - stopping <= 2.5  # the exit budget is 2 s
+    assert not spawn.SenderStarter(config.data_dir()).alive()  # the lock went with it
 
 
 def test_the_sender_process_leaves_when_idle_and_the_host_starts_nothing_else(

@@ -32,19 +32,26 @@ LOCK_WAIT = 2.0  # seconds a second sender process waits for the lock before lea
 LOG_BYTES, LOG_BACKUPS = 1 << 20, 3  # the started sender process's log file is rotated
 
 
-def run(say: Callable[[str], None], exit_when_idle: float | None = None, log_file: str | None = None) -> int:
+def run(
+    say: Callable[[str], None],
+    exit_when_idle: float | None = None,
+    log_file: str | None = None,
+    lock_fd: int | None = None,
+) -> int:
     """Serve the data dir until stopped (or, with ``exit_when_idle``, until nothing was left to
-    do for that many seconds). Returns the exit code."""
+    do for that many seconds). ``lock_fd``: the lock, already taken by the hook that started us
+    and handed over with its descriptor (kept open for life). Returns the exit code."""
     os.umask(0o077)  # its log (rotated files too) and whatever it creates: private, as the rest of the data dir
     _log_to(log_file)
     data_dir = config.data_dir()
     data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-    lock = FileLock(str(data_dir / LOCK_NAME), timeout=LOCK_WAIT, mode=0o600, thread_local=False)
-    try:
-        lock.acquire()
-    except Timeout:
-        say(f"another sender process holds {data_dir / LOCK_NAME}; it does the work")
-        return 0
+    if lock_fd is None:
+        lock = FileLock(str(data_dir / LOCK_NAME), timeout=LOCK_WAIT, mode=0o600, thread_local=False)
+        try:
+            lock.acquire()
+        except Timeout:
+            say(f"another sender process holds {data_dir / LOCK_NAME}; it does the work")
+            return 0
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())

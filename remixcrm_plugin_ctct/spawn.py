@@ -19,7 +19,8 @@ import time
 from pathlib import Path
 
 from . import config, forksafe
-from .store.flock import held_elsewhere
+from .store.flock import held_elsewhere, take
+from .store.flock import supported as flock_supported
 
 log = logging.getLogger("remixcrm_plugin_ctct")
 
@@ -45,7 +46,6 @@ class SenderStarter:
         self._child: subprocess.Popen | None = None
         self._started_at = float("-inf")
         self._retry_after = 0.0
-        self._seen_alive = False  # the sender process we started took the lock at some look
 
     def ensure(self) -> None:
         """Called after each journal append: at most once per ``CHECK_EVERY``, start the sender
@@ -56,7 +56,6 @@ class SenderStarter:
         self._checked_at = now
         try:
             if self.alive():
-                self._seen_alive = True
                 return
             self._start(now)
         except Exception as e:  # the journal keeps the event; the next look tries again
@@ -75,11 +74,10 @@ class SenderStarter:
         if child is not None:
             code = child.poll()  # also reaps it: no zombie stays behind
             if code is None:
-                return  # ours is still starting up (it takes the lock within a second)
+                return  # ours is alive and does not hold the lock: it is about to take it
             self._child = None
-            if code <= 0 or self._seen_alive:
-                self._retry_after = 0.0  # it ran and left when idle, or was killed (kill -9): start one now
-            else:  # it failed before it ever took the lock (a broken install, say): never a tight loop
+            if code > 0 and now - self._started_at < RETRY_FIRST + CHECK_EVERY:
+                # it failed as it started (a broken install, say): never a tight loop of starts
                 self._retry_after = min(RETRY_MAX, max(RETRY_FIRST, 2 * self._retry_after))
                 log.error(
                     "the constant contact sender process exited at once (code %s); see %s. "
@@ -88,10 +86,21 @@ class SenderStarter:
                     self.data_dir / LOG_NAME,
                     self._retry_after,
                 )
+            else:
+                self._retry_after = 0.0  # it ran, and left when idle or was killed (kill -9): start one now
         if now - self._started_at < self._retry_after:
             return
-        self._started_at, self._seen_alive = now, False
-        self._child = start(self.data_dir, IDLE_EXIT)
+        # the lock is taken here and handed to the child with its descriptor: from this moment on
+        # every other worker's look finds it held, and none starts a second one meanwhile
+        fd = take(self.data_dir / LOCK_NAME) if flock_supported() else None
+        if fd is None and flock_supported():
+            return  # another process holds it: a sender process started a moment ago
+        self._started_at = now
+        try:
+            self._child = start(self.data_dir, IDLE_EXIT, fd)
+        finally:
+            if fd is not None:
+                os.close(fd)  # the child holds the lock now (the same open file)
         log.info(
             "started the constant contact sender process (pid %d); its log: %s",
             self._child.pid,
@@ -99,8 +108,9 @@ class SenderStarter:
         )
 
 
-def start(data_dir: Path, idle_exit: float | None) -> subprocess.Popen:
-    """Start ``python -m remixcrm_plugin_ctct worker`` for ``data_dir`` in a session of its own."""
+def start(data_dir: Path, idle_exit: float | None, lock_fd: int | None = None) -> subprocess.Popen:
+    """Start ``python -m remixcrm_plugin_ctct worker`` for ``data_dir`` in a session of its own;
+    ``lock_fd``: a descriptor holding ``sender.lock``, handed to it (else it takes the lock itself)."""
     data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     log_path = data_dir / LOG_NAME
     env = {**os.environ, "REMIXCRM_DATA_DIR": str(data_dir.parent), "REMIXCRM_CONFIG": config.config_file()}
@@ -108,6 +118,8 @@ def start(data_dir: Path, idle_exit: float | None) -> subprocess.Popen:
     if idle_exit is not None:
         args += ["--exit-when-idle", str(idle_exit)]
     args += ["--log-file", str(log_path)]
+    if lock_fd is not None:
+        args += ["--lock-fd", str(lock_fd)]
     fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
     try:
         return subprocess.Popen(
@@ -116,6 +128,7 @@ def start(data_dir: Path, idle_exit: float | None) -> subprocess.Popen:
             stdout=fd,
             stderr=fd,
             close_fds=True,  # never the host's listening socket or its clients' connections
+            pass_fds=() if lock_fd is None else (lock_fd,),
             start_new_session=True,  # not in the host's process group: its Ctrl-C or SIGTERM is not ours
             cwd=data_dir,
             env=env,

@@ -144,3 +144,22 @@ def test_kill_9_of_the_sender_process_the_next_hook_starts_another_and_nothing_i
     wanted |= fire(pm, "after", 5)  # the next hook starts a new one
     assert wait_until(lambda: wanted <= members(sandbox), 40), f"lost: {sorted(wanted - members(sandbox))}"
     assert sender_pids() and sender_pids() != first
+
+
+def test_a_sender_process_that_fails_as_it_starts_is_not_restarted_in_a_tight_loop(
+    pm, write_config, senders, monkeypatch, logs
+):
+    monkeypatch.setattr(spawn, "CHECK_EVERY", 0.0)
+    monkeypatch.setattr(spawn, "python", lambda: "/bin/false")  # a broken install: exits 1 at once
+    write_config(sender="process")
+    starts = []
+    real_start = spawn.start
+    monkeypatch.setattr(spawn, "start", lambda *a: starts.append(1) or real_start(*a))
+    fire(pm, "b", 1)
+    child = dispatch.runtime().starter._child
+    assert len(starts) == 1 and child is not None and child.wait(10) == 1
+    fire(pm, "b", 20)  # every one of these looks: none starts another for a while
+    assert len(starts) == 1
+    said = [r.getMessage() for r in logs.records if "exited at once" in r.getMessage()]
+    assert len(said) == 1 and "Starting it again in 5 s" in said[0]
+    assert (config.data_dir() / "journal").exists()  # the events wait in the journal

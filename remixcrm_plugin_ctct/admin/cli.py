@@ -111,6 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--exit-when-idle", type=float, metavar="SECONDS", help="leave after this long with nothing to do"
     )
     worker.add_argument("--log-file", help="log here (rotated at 1 MiB, 3 kept) instead of stderr")
+    worker.add_argument("--lock-fd", type=int, help=argparse.SUPPRESS)  # the lock, taken by the hook that starts us
     commands.add_parser(
         "purge",
         help="forget emails and names of events delivered longer ago than retention_days",
@@ -160,7 +161,7 @@ def _main(argv: list[str] | None) -> int:
     if args.command == "worker":
         from .. import service
 
-        return service.run(lambda text: print(text, flush=True), args.exit_when_idle, args.log_file)
+        return service.run(lambda text: print(text, flush=True), args.exit_when_idle, args.log_file, args.lock_fd)
     if args.command in ("login", "refresh"):
         return _tokens_command(args)
     if args.command == "check":

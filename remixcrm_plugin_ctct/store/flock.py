@@ -1,4 +1,4 @@
-"""A lock held for a process's life (its journal: "I am alive and write this"), taken in one
+"""Locks held for a process's life (its journal: "I am alive and write this"), taken in one
 ``open`` and one ``flock`` — filelock's ``FileLock`` takes half a millisecond or more, and a
 journal is opened by a hook (each worker's first). The same kind of lock as ``FileLock`` on
 POSIX (``flock`` on the same file), so either side may use either; elsewhere it is a FileLock."""
@@ -12,6 +12,11 @@ try:
     import fcntl
 except ImportError:  # Windows: no flock
     fcntl = None  # type: ignore[assignment]
+
+
+def supported() -> bool:
+    """Whether locks can be handed to a child process with their descriptor (POSIX)."""
+    return fcntl is not None
 
 
 class Busy(Exception):
@@ -73,3 +78,21 @@ def held_elsewhere(fd: int, path: Path | str) -> bool:
         return True
     fcntl.flock(fd, fcntl.LOCK_UN)
     return False
+
+
+def take(path: Path | str) -> int | None:
+    """A descriptor of ``path`` holding its lock (the caller hands it on, e.g. to a child
+    process, and closes its own copy), or None when another process holds it. POSIX only:
+    elsewhere None, and the caller does without."""
+    if fcntl is None:
+        return None
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd

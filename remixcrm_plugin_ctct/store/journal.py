@@ -196,6 +196,10 @@ class Journal:
                 if final and end < len(chunk):
                     damaged(path, start + end, chunk[end:], CUT_SHORT, KEPT)
                 return count
+            # a backlog: between slices, let a host thread that waits for the GIL have it (with
+            # sender threads in the host, a fold of many slices would otherwise hold it for
+            # switch intervals of 5 ms each)
+            time.sleep(0)
 
     def _rotate(self, outbox: JournalSink) -> int:
         with self._append_lock:  # no hook writes to the old file after this

@@ -15,6 +15,7 @@ from . import config, forksafe
 from .ctct.token_manager import TokenManager
 from .delivery.governors import Governors
 from .delivery.housekeeping import Housekeeper
+from .delivery.mirror import Mirror
 from .delivery.send import Delivery
 from .delivery.worker import Worker
 from .spawn import SenderStarter
@@ -22,6 +23,7 @@ from .store.journal import Journal
 from .store.journal_watch import JournalWatcher
 from .store.outbox import FILE_NAME as OUTBOX_FILE
 from .store.outbox import Outbox
+from .store.suppressions import SqliteSuppressions
 from .store.tokens import TokenStore
 
 log = logging.getLogger("remixcrm_plugin_ctct")
@@ -43,7 +45,8 @@ class Runtime:
         self.starter = SenderStarter(data_dir)
         self.tokens = TokenManager(TokenStore(data_dir))
         self.governors = Governors(data_dir)
-        self.delivery = Delivery(self.outbox, self.tokens, self.governors, _watcher)
+        self.mirror = Mirror(SqliteSuppressions(self.outbox))
+        self.delivery = Delivery(self.outbox, self.tokens, self.governors, _watcher, mirror=self.mirror)
         self.worker = Worker(
             self.outbox, self.delivery, journal=self.journal, housekeeper=Housekeeper(self.outbox, _watcher)
         )

@@ -6,7 +6,7 @@ import logging
 import time
 
 import pytest
-from conftest import ACCESS_TOKEN, CLIENT_SECRET, RAW, REFRESH_TOKEN, SIGN_UP_URL, assert_no_secrets
+from conftest import ACCESS_TOKEN, CLIENT_SECRET, RAW, REFRESH_TOKEN, SIGN_UP_URL, api_calls, assert_no_secrets
 
 from remixcrm_plugin_ctct import config, flush
 from remixcrm_plugin_ctct import runtime as dispatch
@@ -54,7 +54,7 @@ def setup(write_config, isolated):
 def test_a_fresh_token_is_used_without_calling_the_endpoint(setup, mocked):
     settings, manager = setup(token_expires_at=LATER)
     assert manager.access_token(settings) == ACCESS_TOKEN
-    assert len(mocked.calls) == 0
+    assert len(api_calls(mocked)) == 0
 
 
 @pytest.mark.parametrize(
@@ -68,7 +68,7 @@ def test_expired_unknown_or_near_expiry_refreshes_first(setup, mocked, expiry):
     assert (state.access_token, state.refresh_token) == ("access-1", "refresh-1")
     assert state.expires_at == pytest.approx(time.time() + 86400, abs=5)
     assert manager.access_token(settings) == "access-1"  # now fresh: no second call
-    assert len(mocked.calls) == 1
+    assert len(api_calls(mocked)) == 1
 
 
 def test_a_long_lived_refresh_token_is_kept_when_none_comes_back(setup, mocked):
@@ -90,7 +90,7 @@ def test_server_apps_use_basic_auth_and_public_apps_send_client_id(setup, mocked
     mocked.post(TOKEN_URL, json=issued(1))
     settings, manager = setup(token_expires_at=SOON, client_secret=secret)
     manager.access_token(settings)
-    request = mocked.calls[0].request
+    request = api_calls(mocked)[0].request
     assert ("Authorization" in request.headers) is basic
     assert ("client_id=app-key-1" in request.body) is (not basic)
 
@@ -102,7 +102,7 @@ def test_a_401_refreshes_once_and_resends_once(pm, write_config, mocked, logs):
     mocked.post(SIGN_UP_URL, status=201, json={"contact_id": "c-1"})
     pm.hook.on_client_created(client={"id": 1, "email": "ada@example.com"})
     assert flush(5)
-    auths = [c.request.headers.get("Authorization") for c in mocked.calls if c.request.url == SIGN_UP_URL]
+    auths = [c.request.headers.get("Authorization") for c in api_calls(mocked) if c.request.url == SIGN_UP_URL]
     assert auths == [f"Bearer {ACCESS_TOKEN}", "Bearer access-1"]
     assert "created contact c-1" in logs.text
     assert_no_secrets(logs.text)
@@ -114,7 +114,7 @@ def test_a_second_401_after_a_refresh_pauses_instead_of_looping(pm, write_config
     mocked.post(TOKEN_URL, json=issued(1))
     pm.hook.on_client_created(client={"id": 1, "email": "ada@example.com"})
     assert flush(5)
-    assert len([c for c in mocked.calls if c.request.url == SIGN_UP_URL]) == 2  # one send, one resend, no more
+    assert len([c for c in api_calls(mocked) if c.request.url == SIGN_UP_URL]) == 2  # one send, one resend, no more
     assert "Constant Contact refuses even a freshly refreshed token (401 unauthorized: Unauthorized)" in logs.text
     assert dispatch.runtime().outbox.due_count() == 1  # kept, not dropped
     assert dispatch.runtime().worker.paused is not None
@@ -128,7 +128,7 @@ def test_another_process_already_refreshed(setup, mocked):
         manager.store.read().with_(access_token="theirs", refresh_token="their-refresh", expires_at=time.time() + 86400)
     )
     assert manager.after_unauthorized(settings, rejected=ACCESS_TOKEN) == "theirs"
-    assert len(mocked.calls) == 0  # and the endpoint was not called: their refresh token stays valid
+    assert len(api_calls(mocked)) == 0  # and the endpoint was not called: their refresh token stays valid
 
 
 def test_invalid_grant_means_needs_reauthorisation_once_and_no_more_calls(setup, mocked, logs):
@@ -141,7 +141,7 @@ def test_invalid_grant_means_needs_reauthorisation_once_and_no_more_calls(setup,
     for _ in range(3):
         with pytest.raises(NeedsReauth):
             manager.access_token(settings)
-    assert len(mocked.calls) == 1
+    assert len(api_calls(mocked)) == 1
     errors = [r.getMessage() for r in logs.records if r.levelno == logging.ERROR]
     assert len(errors) == 1
     assert (
@@ -198,7 +198,7 @@ def test_no_refresh_token_means_needs_reauthorisation(setup, mocked):
     settings, manager = setup(token_expires_at=SOON, refresh_token=None)
     with pytest.raises(NeedsReauth, match="no refresh_token"):
         manager.access_token(settings)
-    assert len(mocked.calls) == 0
+    assert len(api_calls(mocked)) == 0
 
 
 def test_no_token_anywhere_means_needs_reauthorisation(setup, mocked):
@@ -224,12 +224,14 @@ def test_clients_wait_while_reauthorisation_is_needed_and_go_after_a_login(pm, w
     assert flush(5)
     rt = dispatch.runtime()
     assert rt.outbox.due_count() == 3 and "needs re-authorisation" in rt.worker.paused.reason
-    assert len(mocked.calls) == 1  # one refresh attempt, then no more token calls
+    assert len(api_calls(mocked)) == 1  # one refresh attempt, then no more token calls
     for n in range(3):
         mocked.post(SIGN_UP_URL, status=201, json={"contact_id": f"c-{n}"})
     settings = config.load(config.config_path()).settings
     rt.tokens.save_login(settings, Tokens("logged-in", "r", time.time() + 86400, 86400))  # `remixcrm-ctct login`
     assert flush(5)  # resumes by itself: the token store changed
-    sent = sorted(json.loads(c.request.body)["email_address"] for c in mocked.calls if c.request.url == SIGN_UP_URL)
+    sent = sorted(
+        json.loads(c.request.body)["email_address"] for c in api_calls(mocked) if c.request.url == SIGN_UP_URL
+    )
     assert sent == ["c0@example.com", "c1@example.com", "c2@example.com"]
     assert rt.outbox.due_count() == 0

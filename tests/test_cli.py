@@ -35,7 +35,12 @@ def test_demo_runs_end_to_end_on_the_sandbox(tmp_path):
     for email in ("ada@example.com", "grace@example.org", "alan@example.net"):
         assert email in out
     assert out.count("✓") == 7 and "✗" not in out
-    assert "client 106  unsubscribed earlier         expected stays unsubscribed got stays unsubscribed" in out
+    assert "client 106  unsubscribed earlier         expected stays unsubscribed         got stays unsubscribed" in out
+    assert "client 102  new client, consent unknown  expected implicit via import        got implicit via import" in out
+    assert (
+        "client 101  new client                   expected explicit via sign_up_form  got explicit via sign_up_form"
+        in out
+    )
     assert "token refreshed without a human: 1 refresh call(s), 0 invalid_grant" in out
     assert "all sample clients handled as expected" in out
     assert not (tmp_path / "home").exists()  # nothing written to the user's dirs

@@ -6,7 +6,7 @@ import threading
 from pathlib import Path
 
 import pytest
-from conftest import ACCESS_TOKEN, LIST_ID, RAW, SIGN_UP_URL, assert_no_secrets, render_config
+from conftest import ACCESS_TOKEN, LIST_ID, RAW, SIGN_UP_URL, api_calls, assert_no_secrets, render_config
 
 from remixcrm_plugin_ctct import config, flush
 
@@ -324,14 +324,14 @@ def test_events_fired_under_a_broken_config_are_sent_once_it_is_fixed(pm, isolat
     write_bytes(isolated / "config.toml", BROKEN[broken])
     for n in range(2):
         assert _fire(pm, n) is None
-    assert flush(5) and len(mocked.calls) == 0
+    assert flush(5) and len(api_calls(mocked)) == 0
     errors = [r.getMessage() for r in logs.records if r.levelno >= logging.ERROR]
     assert len(errors) == 1 and errors[0].startswith("constant contact sync is paused, config problem"), errors
     for n in range(2):
         mocked.post(SIGN_UP_URL, status=201, json={"contact_id": f"c-{n}"})
     write_config()  # fixed: the pause lifts by itself, no new event needed
     assert flush(5)
-    sent = sorted(json.loads(c.request.body)["email_address"] for c in mocked.calls)
+    sent = sorted(json.loads(c.request.body)["email_address"] for c in api_calls(mocked))
     assert sent == ["c0@example.com", "c1@example.com"]
     assert "sending resumes" in logs.text
 
@@ -354,7 +354,7 @@ def test_a_fifo_as_config_never_blocks_the_hook_and_its_events_are_kept(pm, isol
     for n in range(2):
         mocked.post(SIGN_UP_URL, status=201, json={"contact_id": f"c-{n}"})
     write_config()
-    assert flush(5) and len(mocked.calls) == 2
+    assert flush(5) and len(api_calls(mocked)) == 2
 
 
 def test_a_slow_read_never_holds_up_other_threads(write_config):
@@ -498,7 +498,7 @@ def test_sender_is_thread_by_default_process_when_asked_and_a_wrong_one_is_named
     assert loaded.status == config.ACTIVE and loaded.sender == loaded.settings.sender == "process"
     wrong = load_text(tmp_path, render_config(sender="processes"))
     assert wrong.status == config.INVALID
-    assert "sender must be one of 'thread', 'process' (got 'processes'; default 'thread')" in wrong.message
+    assert 'sender must be one of "thread", "process" (got \'processes\'; default "thread")' in wrong.message
 
 
 def test_sender_is_read_even_when_another_key_is_broken(tmp_path):

@@ -8,7 +8,7 @@ import time
 
 import pytest
 import requests
-from conftest import ACCESS_TOKEN, LIST_ID, SIGN_UP_URL, assert_no_secrets
+from conftest import ACCESS_TOKEN, LIST_ID, SIGN_UP_URL, api_calls, assert_no_secrets
 
 from remixcrm_plugin_ctct import flush
 from remixcrm_plugin_ctct import runtime as dispatch
@@ -22,7 +22,7 @@ CREATED = {"contact_id": "c-101", "action": "created"}
 
 
 def sent_bodies(mocked):
-    return [json.loads(call.request.body) for call in mocked.calls]
+    return [json.loads(call.request.body) for call in api_calls(mocked)]
 
 
 def test_created_client_is_pushed_once(pm, write_config, mocked, logs):
@@ -70,7 +70,7 @@ def test_no_config_file_means_no_request_and_one_info(pm, mocked, logs, isolated
     for n in range(3):
         pm.hook.on_client_created(client={**ADA, "id": n})
     assert flush(5)
-    assert len(mocked.calls) == 0
+    assert len(api_calls(mocked)) == 0
     assert not (isolated / "data").exists()  # nothing recorded either: the plugin is off
     infos = [r for r in logs.records if "sync is off" in r.getMessage()]
     assert len(infos) == 1 and infos[0].levelno == logging.INFO
@@ -80,7 +80,7 @@ def test_broken_config_logs_one_error_and_keeps_clients_until_fixed(pm, write_co
     write_config(list_id=None)
     for n in range(3):
         pm.hook.on_client_created(client={**ADA, "id": n, "email": f"c{n}@example.com"})
-    assert flush(5) and len(mocked.calls) == 0
+    assert flush(5) and len(api_calls(mocked)) == 0
     assert dispatch.runtime().outbox.due_count() == 3  # recorded, waiting for the fix
     errors = [r.getMessage() for r in logs.records if r.levelno == logging.ERROR]
     assert len(errors) == 1 and "Settings → Integrations → Email Marketing → List ID" in errors[0]
@@ -99,7 +99,7 @@ def test_broken_config_logs_one_error_and_keeps_clients_until_fixed(pm, write_co
 def test_a_declined_client_is_never_sent(pm, write_config, mocked, logs):
     write_config()
     pm.hook.on_client_created(client={**ADA, "email_opt_in": False})
-    assert flush(5) and len(mocked.calls) == 0
+    assert flush(5) and len(api_calls(mocked)) == 0
     assert "client 101 declined marketing email" in logs.text
 
 
@@ -259,7 +259,7 @@ def test_an_unwritable_outbox_falls_back_to_memory_and_says_so_once(pm, write_co
     assert flush(5)
     errors = [r.getMessage() for r in logs.records if "cannot write the outbox" in r.getMessage()]
     assert len(errors) == 1 and "No space left on device" in errors[0] and "kept in memory only" in errors[0]
-    assert len(mocked.calls) == 3
+    assert len(api_calls(mocked)) == 3
     # each one sent once: from memory, or from the outbox they move into once it takes writes
     assert logs.text.count("created contact") == 3
 
@@ -268,7 +268,7 @@ def test_an_unwritable_outbox_falls_back_to_memory_and_says_so_once(pm, write_co
 def test_a_decline_in_any_common_spelling_is_never_pushed(pm, write_config, mocked, logs, opt_in):
     write_config()
     pm.hook.on_client_created(client={**ADA, "email_opt_in": opt_in})  # SQLite-backed hosts store 0/1
-    assert flush(5) and len(mocked.calls) == 0
+    assert flush(5) and len(api_calls(mocked)) == 0
     assert "client 101 declined marketing email" in logs.text
 
 

@@ -162,6 +162,7 @@ def test_fault_injection_by_call_and_through_the_admin_endpoint(sb):
     assert post(sb, body()).status_code == 201
     stats = requests.get(f"{sb.base_url}/sandbox/stats", timeout=5).json()
     assert stats["members"] == 1
+    assert stats["api_requests"] == 3  # every API call counts, the refused and the dropped ones too
 
 
 # --- issue 11: the sandbox as strict as Constant Contact (bulk import, lookups, COI, limits) ---

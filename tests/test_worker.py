@@ -39,12 +39,16 @@ class Recorder:
     def shared_pause(self):
         return None
 
+    def import_policy(self):  # None: rows of any lane come one by one (the import lane is tested elsewhere)
+        return None
+
 
 class Stub:
     """A sender made of plain functions."""
 
     def __init__(self, work_row=lambda row: None, work_memory=lambda item: None, shared_pause=lambda: None):
         self.work_row, self.work_memory, self.shared_pause = work_row, work_memory, shared_pause
+        self.import_policy = lambda: None
 
 
 def senders(worker):
@@ -240,6 +244,8 @@ class Stuck:
     def work_memory(self, item):
         return None
     def shared_pause(self):
+        return None
+    def import_policy(self):
         return None
 
 outbox = Outbox(sys.argv[1])

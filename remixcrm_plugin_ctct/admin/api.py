@@ -8,11 +8,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .. import config
+from ..delivery.mirror import Mirror
 from ..delivery.pauses import Pause
 from ..delivery.send import QUOTA_KEY
 from ..runtime import runtime
 from ..store import outbox_admin
 from ..store.outbox import THROTTLED
+from ..store.suppressions import SqliteSuppressions
 
 
 @dataclass
@@ -30,6 +32,8 @@ class Status:
     requests_today: int | None = None
     governor_path: Path | None = None
     governor_error: sqlite3.Error | None = None  # the governor's file cannot be read
+    suppressed: dict[str, int] | None = None  # the suppression mirror's reason -> emails; None: never synced
+    mirror_synced_at: float | None = None
 
 
 @dataclass
@@ -69,6 +73,10 @@ def status() -> Status:
         reauth,
         rt.outbox.counter_today(THROTTLED),
     )
+    mirror = Mirror(SqliteSuppressions(rt.outbox))
+    found.mirror_synced_at = mirror.synced_at()
+    if found.mirror_synced_at is not None:
+        found.suppressed = mirror.store.counts()
     if loaded.settings is not None:
         governor = rt.governors.for_settings(loaded.settings)
         found.daily_quota, found.governor_path = loaded.settings.daily_quota, governor.path

@@ -112,6 +112,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     worker.add_argument("--log-file", help="log here (rotated at 1 MiB, 3 kept) instead of stderr")
     worker.add_argument("--lock-fd", type=int, help=argparse.SUPPRESS)  # the lock, taken by the hook that starts us
+    backfill = commands.add_parser(
+        "backfill",
+        help="send existing clients from a CSV or JSON Lines export (resumable; --dry-run first)",
+        description="Record every client of FILE (CSV with a header row, or JSON Lines; the hook's keys id, "
+        "email, first_name, last_name, phone, company, job_title, email_opt_in), each checked as the hook "
+        "checks a client, into the outbox in chunks, then send them and show progress. --dry-run prints what "
+        "would happen and writes nothing. Killed or interrupted, the same command continues where it stopped "
+        "(the file is known by its content). Exit codes: 0 done; 1 nothing done (file refused, config not "
+        "active, outbox not writable); 3 recorded but sending paused or --timeout passed; 4 done with invalid "
+        "or given-up rows; 130 interrupted.",
+    )
+    backfill.add_argument("file", metavar="FILE", help="the export: .csv, or .jsonl/.ndjson (else told by content)")
+    backfill.add_argument("--dry-run", action="store_true", help="count what would happen; write nothing")
+    backfill.add_argument("--chunk", type=_positive, default=1000, help="rows recorded per transaction (default 1000)")
+    backfill.add_argument("--timeout", type=float, help="stop watching after this many seconds (rows stay recorded)")
     commands.add_parser(
         "purge",
         help="forget emails and names of events delivered longer ago than retention_days",
@@ -119,6 +134,16 @@ def build_parser() -> argparse.ArgumentParser:
         "(default 30); the small status record (client id, contact id, outcome, time) stays.",
     )
     return parser
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of at least 1")
+    return value
 
 
 def _token_options(command: argparse.ArgumentParser) -> None:
@@ -168,6 +193,11 @@ def _main(argv: list[str] | None) -> int:
         from . import check
 
         return check.main(lambda text: print(text, flush=True), args.json)
+    if args.command == "backfill":
+        from . import backfill_command
+
+        mirror = backfill_command.mirror_lookup() if args.dry_run else None  # a real run: the worker filters
+        return backfill_command.run(args.file, args.dry_run, args.chunk, args.timeout, suppressed=mirror)
     if args.command in ("status", "retry", "flush", "purge"):
         from . import commands
 

@@ -54,6 +54,9 @@ def status(say: Say, client_id: str | None = None) -> int:
     elif found.requests_today is not None:
         say(f"requests today (UTC): {found.requests_today} of {found.daily_quota}")
     say(f"throttled answers today (UTC): {found.throttled_today}")
+    if found.suppressed is not None:
+        unsubscribed, deleted = found.suppressed.get("unsubscribed", 0), found.suppressed.get("deleted", 0)
+        say(f"suppressed: {unsubscribed} unsubscribed, {deleted} deleted (synced {_when(found.mirror_synced_at)})")
     if found.last_error:
         say(f"last error ({_when(found.last_error_at)}): {found.last_error}")
     return code

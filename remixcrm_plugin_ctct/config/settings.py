@@ -37,6 +37,10 @@ class Settings:
     consent_guard: bool = True
     restore_deleted: bool = False
     dry_run: bool = False
+    # clients whose consent RemixCRM never recorded: "implicit" (bulk import: permission implicit,
+    # never re-subscribes), "skip" (not sent) or "explicit" (sign_up_form after a lookup)
+    unknown_consent: str = "implicit"
+    import_window_seconds: float = 3.0  # how long the first due import row waits for company
     sender: str = SENDERS[0]
 
 
@@ -58,7 +62,10 @@ def _defaults(*keys: str) -> dict[str, Any]:
 
 
 # the optional numeric and true/false keys; their defaults are the dataclass's, stated once
-NUMBERS: dict[str, float] = _defaults("max_age_hours", "retention_days", "requests_per_second", "daily_quota")
+NUMBERS: dict[str, float] = _defaults(
+    "max_age_hours", "retention_days", "requests_per_second", "daily_quota", "import_window_seconds"
+)
+UNKNOWN_CONSENT = ("implicit", "skip", "explicit")
 SWITCHES: dict[str, bool] = _defaults("consent_guard", "restore_deleted", "dry_run")
 
 
@@ -103,6 +110,7 @@ def parse_section(table: dict[str, Any], problems: list[str], require_list: bool
     client_secret = values.text(table, "client_secret", problems, secret=True, token=True)
     numbers = {key: values.number(table, key, default, problems) for key, default in NUMBERS.items()}
     switches = {key: values.switch(table, key, default, problems) for key, default in SWITCHES.items()}
+    unknown_consent = values.choice(table, "unknown_consent", UNKNOWN_CONSENT, problems)
     sender = sender_of(table, problems)
     if problems or list_id is None:
         return None
@@ -120,18 +128,12 @@ def parse_section(table: dict[str, Any], problems: list[str], require_list: bool
         numbers["requests_per_second"],
         int(numbers["daily_quota"]),
         **switches,
+        unknown_consent=unknown_consent,
+        import_window_seconds=numbers["import_window_seconds"],
         sender=sender,
     )
 
 
 def sender_of(table: dict[str, Any], problems: list[str] | None = None) -> str:
     """``sender``: "thread" (the default) or "process"; a wrong value is a problem and reads as the default."""
-    value = table.get("sender", Settings.sender)
-    if value in SENDERS:
-        return value
-    if problems is not None:
-        problems.append(
-            f"{SECTION}.sender must be one of {', '.join(map(repr, SENDERS))} (got {show(value)}; "
-            f"default {Settings.sender!r})"
-        )
-    return Settings.sender
+    return values.choice(table, "sender", SENDERS, [] if problems is None else problems)

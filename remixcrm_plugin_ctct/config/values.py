@@ -19,6 +19,7 @@ _RANGES = {
     "retention_days": (0, 1e6, "a number above 0 and at most 1000000"),
     "requests_per_second": (0, 1e6, "a number from 0.001 to 1000000"),
     "daily_quota": (1, 10**12, "a whole number from 1 to 1000000000000"),
+    "import_window_seconds": (-1, 300, "a number of seconds from 0 to 300"),
 }
 # an expiry outside these years is not a real one (and years past 9999, or before 1 once
 # converted to UTC, crash every date-time conversion later)
@@ -58,6 +59,17 @@ def switch(section: dict[str, Any], key: str, default: bool, problems: list[str]
     return value
 
 
+def choice(section: dict[str, Any], key: str, allowed: tuple[str, ...], problems: list[str]) -> str:
+    """One of ``allowed`` (the first is the default), compared stripped and lower-case."""
+    value = section.get(key, allowed[0])
+    found = value.strip().lower() if isinstance(value, str) else None
+    if found not in allowed:
+        wanted = ", ".join(f'"{a}"' for a in allowed)
+        problems.append(f'{SECTION}.{key} must be one of {wanted} (got {show(value)}; default "{allowed[0]}")')
+        return allowed[0]
+    return found
+
+
 def number(section: dict[str, Any], key: str, default: float, problems: list[str]) -> float:
     value = section.get(key, default)
     low, high, wanted = _RANGES[key]
@@ -65,6 +77,8 @@ def number(section: dict[str, Any], key: str, default: float, problems: list[str
     ok = not isinstance(value, bool) and isinstance(value, int | float) and low < value <= high
     if ok and key == "requests_per_second":
         ok = value >= 0.001  # slower would mean hours between sends, and sleeps too long to schedule
+    if ok and key == "import_window_seconds":
+        ok = value >= 0
     if ok and key == "daily_quota":
         ok = value >= 1 and float(value).is_integer()
     if not ok:

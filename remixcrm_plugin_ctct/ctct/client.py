@@ -5,10 +5,13 @@ every call carries explicit (connect, read) timeouts, and the Authorization head
 per call and never logged or put into an exception.
 """
 
+import datetime as dt
 import logging
 import threading
 from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
 from typing import TYPE_CHECKING, Any
+from urllib.parse import quote, urlsplit
 
 from .. import __version__, forksafe
 from . import redact
@@ -33,6 +36,16 @@ FIXES = {
     404: "the list or endpoint was not found: check List ID in Settings → Integrations → Email Marketing "
     "(run `remixcrm-ctct check`) and api_base_url",
 }
+
+# GET /contacts's query parameters as the vendor spec defines them (operationId getContacts):
+# anything else is a programming error, never sent
+CONTACTS_PARAMS = frozenset(
+    {
+        "status", "email", "lists", "segment_id", "tags", "updated_after", "updated_before", "created_after",
+        "created_before", "optout_after", "optout_before", "include", "sms_status", "include_count", "limit",
+    }
+)  # fmt: skip
+_DATE_TIME_PARAMS = frozenset(p for p in CONTACTS_PARAMS if p.endswith(("_after", "_before")))
 
 _session: "requests.Session | None" = None
 _session_lock = threading.Lock()
@@ -69,6 +82,13 @@ class SignUpResult:
     @property
     def created(self) -> bool:
         return self.status == 201
+
+
+@dataclass(frozen=True)
+class ContactsPage:
+    contacts: list[dict]
+    next: str | None  # the next page's path under the API base (from _links.next.href); None: the last page
+    server_time: float | None  # the answer's Date header: Constant Contact's clock (1 s resolution)
 
 
 _fork_hook_registered = False
@@ -145,6 +165,17 @@ class CtctClient:
         data = _json_or_empty(response)
         return SignUpResult(response.status_code, data.get("contact_id"))
 
+    def import_contacts(self, body: bytes) -> dict:
+        """``POST /activities/contacts_json_import`` with a body already serialised (the caller
+        measured it against the 4 MB limit): the 201's ``ActivityImport`` (``activity_id``, ``state``)."""
+        return _json_or_empty(
+            self._request("POST", "/activities/contacts_json_import", data=body, content_type="application/json")
+        )
+
+    def get_activity(self, activity_id: str) -> dict:
+        """``GET /activities/{id}``: an import's ``state``, ``status`` counts and ``activity_errors``."""
+        return _json_or_empty(self._request("GET", f"/activities/{quote(activity_id, safe='')}"))
+
     def find_contact(self, email: str) -> dict | None:
         """``GET /contacts?email=…&status=all``: the contact with this email, deleted ones included.
         The query is lower-cased: Constant Contact stores addresses in lower case and a mixed-case
@@ -156,6 +187,44 @@ class CtctClient:
                 return contact
         return None
 
+    def list_contacts(self, **params: Any) -> tuple[list[dict], str | None]:
+        """One page of ``GET /contacts``: (contacts, the next page's path or None). ``params`` are
+        the spec's (``status="unsubscribed,deleted"``, ``optout_after=<epoch or ISO>``, ``limit=500``…);
+        an ``email`` is lower-cased (Constant Contact stores addresses lower-cased)."""
+        page = self.contacts_page(params)
+        return page.contacts, page.next
+
+    def next_contacts(self, path: str) -> tuple[list[dict], str | None]:
+        """The page at ``path`` (a ``next`` from :meth:`list_contacts`), followed as given."""
+        page = self.contacts_page(path=path)
+        return page.contacts, page.next
+
+    def contacts_page(self, params: dict | None = None, path: str | None = None) -> ContactsPage:
+        """One page of ``GET /contacts`` (``params``, or a next-page ``path``), with the server's time."""
+        if path is not None:
+            response = self._request("GET", self._under_base(path))
+        else:
+            response = self._request("GET", "/contacts", params=contacts_query(params or {}))
+        data = _json_or_empty(response)
+        contacts = [c for c in data.get("contacts") or [] if isinstance(c, dict)]
+        links = data.get("_links")
+        following = links.get("next") if isinstance(links, dict) else None
+        href = following.get("href") if isinstance(following, dict) else None
+        return ContactsPage(contacts, href if isinstance(href, str) and href else None, _date(response))
+
+    def _under_base(self, href: str) -> str:
+        """A ``_links`` href (``/v3/contacts?cursor=…``) as a path under ``api_base_url``. The
+        bearer token goes to Constant Contact's host only: a link to any other origin is refused."""
+        link, base = urlsplit(href), urlsplit(self.api_base_url)
+        if (link.scheme or link.netloc) and (link.scheme, link.netloc) != (base.scheme, base.netloc):
+            raise ApiError(None, "bad_link", "Constant Contact's next-page link points to another host")
+        path = link.path
+        for prefix in (base.path.rstrip("/"), "/v3"):  # the base's own path, or the vendor's behind a proxy
+            if prefix and path.startswith(prefix + "/"):
+                path = path[len(prefix) :]
+                break
+        return path + (f"?{link.query}" if link.query else "")
+
     def privileges(self) -> list:
         """``GET /account/user/privileges``: needs no scope, so the cheapest "is this token alive"."""
         return _json_list(self._request("GET", "/account/user/privileges"))
@@ -166,11 +235,13 @@ class CtctClient:
             self._request("GET", f"/contact_lists/{list_id}", params={"include_membership_count": "all"})
         )
 
-    def _request(self, method: str, path: str, **kwargs: Any) -> "requests.Response":
+    def _request(self, method: str, path: str, content_type: str | None = None, **kwargs: Any) -> "requests.Response":
         requests = forksafe.load_module("requests")  # lazy (cheap plugin import), never torn by a fork
 
         redact.guard_urllib3()  # before our first request: urllib3 logs query strings (emails) at DEBUG
         headers = {"Authorization": f"Bearer {self._access_token}"}
+        if content_type:
+            headers["Content-Type"] = content_type
         try:
             response = session().request(
                 method, self.api_base_url + path, headers=headers, timeout=(CONNECT_TIMEOUT, READ_TIMEOUT), **kwargs
@@ -189,6 +260,36 @@ class CtctClient:
                 known_secrets=(self._access_token,),
             )
         return response
+
+
+def contacts_query(params: dict) -> dict:
+    """``GET /contacts`` parameters as sent: only the spec's names (ValueError otherwise),
+    times (epoch seconds) as ISO-8601, booleans as ``true``/``false``, an email lower-cased."""
+    unknown = set(params) - CONTACTS_PARAMS
+    if unknown:
+        raise ValueError(f"GET /contacts has no parameter {sorted(unknown)}")
+    query: dict[str, str] = {}
+    for key, value in params.items():
+        if value is None:
+            continue
+        if key in _DATE_TIME_PARAMS and isinstance(value, int | float):
+            value = iso_time(value)
+        elif isinstance(value, bool):
+            value = "true" if value else "false"
+        query[key] = str(value).lower() if key == "email" else str(value)
+    return query
+
+
+def iso_time(epoch: float) -> str:
+    """``2022-01-01T16:37:59.091Z``: the spec's example format for date-time parameters."""
+    return dt.datetime.fromtimestamp(epoch, dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+
+
+def _date(response: "requests.Response") -> float | None:
+    try:
+        return parsedate_to_datetime(response.headers["Date"]).timestamp()
+    except (KeyError, TypeError, ValueError, IndexError):
+        return None
 
 
 def _json_or_empty(response: "requests.Response") -> dict:

@@ -14,12 +14,16 @@ from collections.abc import Callable
 from .. import config, payload
 from ..ctct import client as api_client
 from ..ctct.token_manager import NeedsReauth, TokenManager, TokenUnavailable
+from ..store import lanes
 from ..store.outbox import Outbox, Row
-from . import retry_policy
+from . import imports, retry_policy
+from .api_calls import ApiCalls
 from .governors import Governors
+from .importing import IMPORTED, Importing
 from .memory_lane import MemoryEvent
 from .pauses import Pause
-from .sign_up import QuotaUsedUp, SignUp
+from .sign_up import QuotaUsedUp, Result, SignUp
+from .suppression import Mirror, SuppressionCheck
 
 log = logging.getLogger("remixcrm_plugin_ctct")
 
@@ -36,10 +40,14 @@ class Delivery:
         governors: Governors,
         watcher: config.ConfigWatcher,
         clock: Callable[[], float] = time.time,
+        mirror: Mirror | None = None,
     ):
         self.outbox, self.tokens, self.governors, self.watcher = outbox, tokens, governors, watcher
         self.clock = clock
-        self.sign_up = SignUp(outbox, tokens, governors)
+        self.calls = ApiCalls(outbox, tokens, governors)
+        suppression = SuppressionCheck(mirror)
+        self.sign_up = SignUp(self.calls, suppression)
+        self.importing = Importing(self.calls, suppression, clock)
         self._quota_said = False
         self._said: dict = {}  # causes already logged as ERROR (setdefault: one thread wins)
 
@@ -58,19 +66,72 @@ class Delivery:
         settings = loaded.settings
         if loaded.status != config.ACTIVE or settings is None:
             return Pause(f"the config ({loaded.status})", changed=lambda: self.signature() != seen)
-        contact = payload.Contact(
-            row.client_id, row.contact["email"], row.contact.get("fields", {}), row.contact.get("email_opt_in")
-        )
+        contact = _contact(row)
+        if lanes.lane_of(contact.email_opt_in, row.event, settings.unknown_consent) == lanes.IMPORT:
+            # its newest state moved it to the import lane after the claim (or unknown_consent changed)
+            self.outbox.retry_later(row.id, self.clock(), None, count_attempt=False)
+            return None
         who = f"client {payload.shown(row.client_id)} ({payload.mask_email(contact.email)})"
         try:
-            result = self.sign_up.send(contact, settings)
+            result = self.sign_up.send(contact, settings, consent_at=row.created_at)
         except NeedsReauth:
             return self._pause_until_changed("Constant Contact needs re-authorisation")
         except TokenUnavailable as e:
-            self._retry(row, who, str(e), None)
+            self._retry([row], who, str(e), None)
             return None
         except QuotaUsedUp:
             return self._quota("the daily quota counted here is used up")
+        return self._apply(row, who, contact, result, settings)
+
+    def import_policy(self) -> tuple[str, float] | None:
+        """(unknown_consent, import_window_seconds) while the config is active, else None."""
+        settings = self.watcher.current().settings
+        return None if settings is None else (settings.unknown_consent, settings.import_window_seconds)
+
+    def work_import(self, rows: list[Row], wait: Callable[[float], bool]) -> tuple[Pause | None, list[Row]]:
+        """Send leased rows of the import lane together and record each one's fate; returns a
+        Pause (or None) and the rows left leased, which the worker hands back after holding it."""
+        seen = self.signature()
+        loaded = self.watcher.current()
+        settings = loaded.settings
+        if loaded.status != config.ACTIVE or settings is None:
+            return Pause(f"the config ({loaded.status})", changed=lambda: self.signature() != seen), rows
+        mine, contacts = [], []
+        for row in rows:
+            contact = _contact(row)
+            if lanes.lane_of(contact.email_opt_in, row.event, settings.unknown_consent) == lanes.IMPORT:
+                mine.append(row)
+                contacts.append(contact)
+            else:  # a newer event gave or refused consent after the claim: the one-by-one lane's now
+                self.outbox.retry_later(row.id, self.clock(), None, count_attempt=False)
+        who = f"import of {len(mine)} contact(s)"
+        try:
+            results = self.importing.send(contacts, settings, wait) if mine else []
+        except NeedsReauth:
+            return self._pause_until_changed("Constant Contact needs re-authorisation"), mine
+        except TokenUnavailable as e:
+            self._retry(mine, who, str(e), None)
+            return None, []
+        except QuotaUsedUp:
+            return self._quota("the daily quota counted here is used up"), mine
+        except imports.Stopped:
+            return None, mine  # stopping: handed back, sent again by the next run
+        retry = [(row, r.error) for row, r in zip(mine, results, strict=True) if r.error and _transient(r)]
+        if retry:  # failed together (the API is down, the activity failed): one line, one time
+            self._retry([row for row, _ in retry], who, str(retry[0][1]), retry[0][1].retry_after)
+        for n, (row, contact, result) in enumerate(zip(mine, contacts, results, strict=True)):
+            if _transient(result):
+                continue
+            named = f"client {payload.shown(row.client_id)} ({payload.mask_email(contact.email)})"
+            pause = self._apply(row, named, contact, result, settings)
+            if pause is not None:
+                return pause, [r for r, res in zip(mine[n:], results[n:], strict=True) if not _transient(res)]
+        return None, []
+
+    def _apply(
+        self, row: Row, who: str, contact: payload.Contact, result: Result, settings: config.Settings
+    ) -> Pause | None:
+        """Record the fate of ``row`` as ``result`` says; or return a Pause, leaving the row leased."""
         if result.status in ("skipped", "dry_run"):
             outcome = result.outcome or ""
             self.outbox.finished(row.id, result.status, outcome)  # exact, for `status --client`
@@ -79,17 +140,23 @@ class Delivery:
             return None
         if result.error is None:
             self._said.pop("forbidden", None)  # privileges work (again): a new 403 is news
-            self.outbox.delivered(row.id, result.contact_id, result.status)
-            log.info(
-                "%s %s contact %s in list %s (%s)", who, result.status, result.contact_id, settings.list_id, row.event
-            )
+            self.outbox.delivered(row.id, result.contact_id, result.outcome or result.status)
+            if result.status != IMPORTED:  # an import says it once for all its contacts
+                log.info(
+                    "%s %s contact %s in list %s (%s)",
+                    who,
+                    result.status,
+                    result.contact_id,
+                    settings.list_id,
+                    row.event,
+                )
             return None
         err = result.error
         decision = retry_policy.classify(err.status, err.error_key)
         if decision.action == retry_policy.QUOTA:
             return self._quota(f"Constant Contact answered 429 {err.error_key}")
         if decision.action == retry_policy.RETRY:  # a failed lookup too: the push never goes out unguarded
-            self._retry(row, who, str(err), err.retry_after)
+            self._retry([row], who, str(err), err.retry_after)
             return None
         if decision.action == retry_policy.AUTH:  # a freshly refreshed token was refused too
             log.error(
@@ -107,24 +174,32 @@ class Delivery:
         )
         return None
 
-    def _retry(self, row: Row, who: str, error: str, retry_after: str | None) -> None:
+    def _retry(self, rows: list[Row], who: str, error: str, retry_after: str | None) -> None:
+        """Back to pending, all at one time (so rows that failed together go out together again),
+        or dead once they have failed for longer than max_age_hours."""
         now = self.clock()
         settings = self.watcher.current().settings
         max_age = settings.max_age_hours * 3600 if settings else retry_policy.DEFAULT_MAX_AGE
-        if retry_policy.expired(row.created_at, now, max_age):
+        attempts = max(row.attempts for row in rows)
+        when = retry_policy.next_attempt_at(now, attempts, retry_policy.retry_after_seconds(retry_after, now))
+        expired = [row for row in rows if retry_policy.expired(row.created_at, now, max_age)]
+        gone = {row.id for row in expired}
+        for row in expired:
             self.outbox.dead(row.id, f"gave up after {max_age / 3600:g} h; last error: {error}")
+        if expired:
             log.error(
-                "%s not sent, given up after %g h of failures; last error: %s "
-                "(`remixcrm-ctct retry --dead` sends it again)",
+                "%s: %d event(s) not sent, given up after %g h of failures; last error: %s "
+                "(`remixcrm-ctct retry --dead` sends them again)",
                 who,
+                len(expired),
                 max_age / 3600,
                 error,
             )
-            return None
-        when = retry_policy.next_attempt_at(now, row.attempts, retry_policy.retry_after_seconds(retry_after, now))
-        self.outbox.retry_later(row.id, when, error)
-        log.warning("%s not sent yet: %s; attempt %d, next in %.0f s", who, error, row.attempts, when - now)
-        return None
+        waiting = [row for row in rows if row.id not in gone]
+        for row in waiting:
+            self.outbox.retry_later(row.id, when, error)
+        if waiting:
+            log.warning("%s not sent yet: %s; attempt %d, next in %.0f s", who, error, attempts, when - now)
 
     def _forbidden_pause(self, e: api_client.ApiError) -> Pause:
         """403: missing scope or privilege, or a deactivated app. Not the event's fault, and no
@@ -186,8 +261,12 @@ class Delivery:
         settings = loaded.settings
         if loaded.status != config.ACTIVE or settings is None:
             return self._pause_until_changed(f"the config ({loaded.status})")
+        lane = lanes.lane_of(contact.email_opt_in, str(record.get("event")), settings.unknown_consent)
         try:
-            result = self.sign_up.send(contact, settings)
+            if lane == lanes.IMPORT:  # an import of one: its activity is polled right here
+                result = self.importing.send([contact], settings, _sleep)[0]
+            else:
+                result = self.sign_up.send(contact, settings, consent_at=_number(record.get("at")))
         except NeedsReauth:
             return self._pause_until_changed("Constant Contact needs re-authorisation")
         except (TokenUnavailable, OSError) as e:  # OSError: the token store's disk
@@ -240,3 +319,25 @@ class Delivery:
         when = retry_policy.next_attempt_at(now, item.attempts, retry_policy.retry_after_seconds(retry_after, now))
         log.warning("%s not sent yet: %s; attempt %d, next in %.0f s", who, error, item.attempts, when - now)
         return when
+
+
+def _contact(row: Row) -> payload.Contact:
+    return payload.Contact(
+        row.client_id, row.contact["email"], row.contact.get("fields", {}), row.contact.get("email_opt_in")
+    )
+
+
+def _number(value: object) -> float | None:
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+
+def _sleep(seconds: float) -> bool:
+    """The memory lane's wait between an import's polls (it is never asked to stop early)."""
+    time.sleep(seconds)
+    return False
+
+
+def _transient(result: Result) -> bool:
+    """A failure that time fixes (the API was down, the activity failed): the row is tried again."""
+    err = result.error
+    return err is not None and retry_policy.classify(err.status, err.error_key).action == retry_policy.RETRY

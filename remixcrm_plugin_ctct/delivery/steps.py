@@ -4,6 +4,7 @@ sender (``delivery.send.Delivery``) decides each one's fate and returns it; it i
 import logging
 import threading
 import time
+from collections.abc import Callable
 from typing import Protocol
 
 from ..store import outbox as outbox_module
@@ -26,6 +27,11 @@ class Sender(Protocol):
     def work_memory(self, item: MemoryEvent) -> Pause | float | None: ...  # a float: try again then
 
     def shared_pause(self) -> Pause | None: ...  # set by any process (the daily quota)
+
+    def import_policy(self) -> tuple[str, float] | None: ...  # (unknown_consent, window); None: config inactive
+
+    # the rows left leased go back (after the Pause, if any, is held)
+    def work_import(self, rows: list[Row], wait: Callable[[float], bool]) -> tuple[Pause | None, list[Row]]: ...
 
 
 class Steps:
@@ -64,6 +70,28 @@ class Steps:
                     # could take the row in between and meet the same wall again
                     self.pauses.hold(pause)
                     self.outbox.retry_later(row.id, pause.row_due_at(time.time()), pause.error, count_attempt=False)
+
+    def imports(self, owner: str, rows: list[Row]) -> None:
+        """Send claimed rows of the import lane together (the lease keeper renews their leases
+        while the import's activity is polled)."""
+        ids = [row.id for row in rows]
+        with self.leases.holding(ids):
+            try:
+                pause, left = self.sender.work_import(rows, self.stopping.wait)
+            except Exception:  # a bug, not an API answer: what is still ours is tried again in a minute
+                log.exception(
+                    "an import of %d row(s) hit an unexpected error; tried again in %.0f s", len(rows), ERROR_RETRY
+                )
+                for row_id in self.outbox.renew(owner, ids):  # only rows not already filed
+                    self.outbox.retry_later(
+                        row_id, time.time() + ERROR_RETRY, "unexpected error in the plugin (see the log)"
+                    )
+                return
+            if pause is not None:
+                self.pauses.hold(pause)  # first, so no other worker takes them again meanwhile
+            due = time.time() if pause is None else pause.row_due_at(time.time())
+            for row in left:
+                self.outbox.retry_later(row.id, due, None if pause is None else pause.error, count_attempt=False)
 
     def memory(self, lane: MemoryLane, item: MemoryEvent) -> None:
         """Send one event taken from the memory lane; back into the lane if it must wait."""

@@ -18,6 +18,7 @@ import threading
 import time
 
 from .. import forksafe
+from ..store import lanes
 from ..store.fold_pacing import FOLD_QUIET, FoldPacer
 from ..store.journal import Journal
 from ..store.outbox import Outbox
@@ -33,6 +34,7 @@ log = logging.getLogger("remixcrm_plugin_ctct")
 
 IDLE_POLL = 2.0  # seconds: also notices rows other processes left (retries, expired leases)
 CLAIM_BATCH = 4  # rows leased per claim: one transaction for several sends
+IMPORT_CLAIM = 40_000  # rows leased per claim of the import lane: one import request's worth
 IDLE_STOP = 60.0  # seconds with nothing pending anywhere before the threads stop (an event restarts them)
 
 
@@ -238,18 +240,40 @@ class Worker:
         with self.inflight.step():  # before the claim, so flush() never sees a row in between
             if self.pacer is not None and not self._exiting and self.pacer.fold(self.outbox, bool(self._flushing)):
                 self._next_due = now
-            rows = self.outbox.claim_many(self.owner, CLAIM_BATCH)
+            policy = self.sender.import_policy()  # None (config inactive): any row, to meet the pause
+            unknown = policy[0] if policy else "implicit"
+            rows = self.outbox.claim_many(
+                self.owner, CLAIM_BATCH, lane=lanes.SIGN_UP if policy else None, unknown_consent=unknown
+            )
             if rows:
                 self.steps.rows(self.owner, rows)
                 return True
+            import_at = self._import_at(policy, now)
+            if import_at is not None and import_at <= now:
+                rows = self.outbox.claim_many(self.owner, IMPORT_CLAIM, lane=lanes.IMPORT, unknown_consent=unknown)
+                if rows:
+                    self.steps.imports(self.owner, rows)
+                    return True
         if self.stopping.is_set():
             return True
         self.housekeeper.run(now)
         due = self._next_due = self.outbox.next_due_at()
+        if import_at is not None and due is not None and due <= now:
+            due = import_at  # what is due waits for the import window (the one-by-one lane had nothing)
         if self.pacer is not None and self.pacer.backlog(self.outbox):
             due = now + FOLD_QUIET  # hooks wrote more: come back when they pause
         self._wait(self.memory.wait_for(IDLE_POLL if due is None else min(IDLE_POLL, max(0.01, due - now))))
         return due is not None or bool(len(self.memory))
+
+    def _import_at(self, policy: tuple[str, float] | None, now: float) -> float | None:
+        """When the import lane sends next: the first due row waits ``import_window_seconds`` for
+        company, unless someone waits in flush() or the process is exiting. None: nothing is due."""
+        if policy is None:
+            return None
+        first = self.outbox.first_due_import(policy[0], now)
+        if first is None:
+            return None
+        return now if self._flushing or self._exiting else first + policy[1]
 
     def _wait(self, seconds: float) -> None:
         if self._wake.wait(seconds) and not self.stopping.is_set():  # stopping: leave it set for every worker

@@ -26,6 +26,12 @@ _OTHER_SCHEMA_FIELDS = {"list_memberships", "custom_fields", "anniversary", "bir
 _OTHER_SCHEMA_FIELDS |= {"street_address", "sms_channel"}
 # GET /contacts?status= values (the spec's enum); "active" is everyone not deleted and not opted out
 STATUSES = {"all", "active", "deleted", "not_set", "pending_confirmation", "temp_hold", "unsubscribed"}
+# GET /contacts's query parameters: the ones modelled here, the spec's others (refused: a client
+# must not rely on a filter the sandbox ignores), and ``cursor``, which only our next links carry
+_MODELLED_PARAMS = {"status", "email", "updated_after", "optout_after", "limit", "include", "include_count", "cursor"}
+_UNMODELLED_PARAMS = {"lists", "segment_id", "tags", "updated_before", "created_after", "created_before"}
+_UNMODELLED_PARAMS |= {"optout_before", "sms_status"}
+_INCLUDES = {"custom_fields", "list_memberships", "phone_numbers", "street_addresses", "taggings", "notes"}
 
 
 def iso(ts: float) -> str:
@@ -71,6 +77,10 @@ class ContactsApi:
         """``GET /contacts`` with ``email``, ``status`` (csv), ``updated_after``, ``optout_after`` and
         paging as the spec has it: ``limit`` 1–500 (default 50), then ``_links.next.href`` carrying a
         ``cursor`` until the last page (a client that ignores it sees only the first 50)."""
+        if as_queried:
+            problem = _param_problem(params)
+            if problem:
+                return _bad_query(problem)
         if params.get("cursor"):
             try:
                 params = json.loads(base64.urlsafe_b64decode(params["cursor"].encode()))
@@ -137,6 +147,17 @@ class ContactsApi:
         with self.lock:
             contact = self.contacts[email.lower()]
             contact["permission_to_send"], contact["opt_out"] = "unsubscribed", self.clock()
+            contact["opt_out_source"] = "Contact"
+
+    def delete(self, email: str) -> None:
+        """The account deletes a contact. Per the spec a deleted contact's email_address carries
+        ``opt_out_source`` and ``opt_out_date``; the sandbox also moves ``updated_at`` (the vendor
+        does not say; a client must notice a deletion either way)."""
+        with self.lock:
+            contact, now = self.contacts[email.lower()], self.clock()
+            contact["deleted_at"], contact["updated"] = _day(now), now
+            if not contact.get("opt_out"):
+                contact["opt_out"], contact["opt_out_source"] = now, "Account"
 
     def delete_list(self, list_id: str) -> None:
         with self.lock:
@@ -215,6 +236,22 @@ def _bad_query(message: str) -> tuple[int, list]:
     return 400, [{"error_key": "query.param.invalid", "error_message": message}]
 
 
+def _param_problem(params: dict) -> str | None:
+    for key in params:
+        if key in _UNMODELLED_PARAMS:
+            return f"{key} is a parameter of GET /contacts that the sandbox does not model"
+        if key not in _MODELLED_PARAMS:
+            return f"{key} is not a parameter of GET /contacts"
+    if params.get("cursor") and len(params) > 1:
+        return "cursor comes alone: its next link carries every other parameter"
+    includes = {i for i in (params.get("include") or "").split(",") if i}
+    if includes - _INCLUDES:
+        return f"include must be among {sorted(_INCLUDES)}"
+    if params.get("include_count", "true") not in ("true", "false"):
+        return "include_count must be true or false"
+    return None
+
+
 def _status_matches(contact: dict, statuses: set) -> bool:
     deleted = bool(contact.get("deleted_at"))
     if not statuses:
@@ -228,13 +265,16 @@ def _status_matches(contact: dict, statuses: set) -> bool:
 
 
 def _api_shape(contact: dict) -> dict:
-    hidden = ("email_address", "permission_to_send", "opt_in_source", "created", "updated", "opt_out")
+    hidden = ("email_address", "permission_to_send", "opt_in_source", "created", "updated", "opt_out", "opt_out_source")
     shaped = {k: v for k, v in contact.items() if k not in hidden}
     address = {"address": contact["email_address"], "permission_to_send": contact.get("permission_to_send", "explicit")}
     if contact.get("opt_in_source"):
         address["opt_in_source"] = contact["opt_in_source"]
-    if contact.get("opt_out"):
+    # "Displayed only if contact has been unsubscribed/opt-out" (the spec), and on deleted contacts;
+    # a re-subscribed or revived contact's old opt-out is history, not shown
+    if contact.get("opt_out") and (contact.get("permission_to_send") == "unsubscribed" or contact.get("deleted_at")):
         address["opt_out_date"] = iso(contact["opt_out"])
+        address["opt_out_source"] = contact.get("opt_out_source", "Contact")
     shaped["email_address"] = address
     shaped["created_at"], shaped["updated_at"] = iso(contact.get("created", 0)), iso(contact.get("updated", 0))
     return shaped

@@ -37,6 +37,7 @@ class Faults:
         self.fail_imports = 0  # the next N contacts_json_import activities end "failed"
         self.throttled = 0
         self.quota_refused = 0
+        self.requests = 0  # every API call that arrived, answered or refused: what a bench counts
         self._arrivals: deque = deque()
         self._day_count = 0
         self._day: int | None = None  # the UTC day (days since the epoch) _day_count belongs to
@@ -84,6 +85,7 @@ class Faults:
     def decide(self) -> tuple:
         """The fate of one API call: ("ok",), ("status", code, body), ("drop",) or ("hang",)."""
         with self._lock:
+            self.requests += 1
             now = self._clock()
             if self.script:
                 return self.script.popleft()

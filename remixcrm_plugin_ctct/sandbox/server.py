@@ -7,6 +7,7 @@ import base64
 import json
 import threading
 import time
+from email.utils import formatdate
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qsl, urlsplit
 
@@ -103,6 +104,10 @@ def _handler(sandbox: Sandbox) -> type[BaseHTTPRequestHandler]:
 
         def log_message(self, *args: object) -> None:  # quiet: the demo prints its own view
             pass
+
+        def date_time_string(self, timestamp: float | None = None) -> str:
+            # the Date header by the sandbox's clock (tests replace it), as Constant Contact's by its own
+            return formatdate(sandbox.api.clock() if timestamp is None else timestamp, usegmt=True)
 
         def _reply(self, status: int, body, headers: dict | None = None) -> None:
             data = json.dumps(body).encode() if not isinstance(body, bytes) else body
@@ -206,6 +211,7 @@ def _handler(sandbox: Sandbox) -> type[BaseHTTPRequestHandler]:
                 return self._reply(
                     200,
                     {
+                        "api_requests": f.requests,
                         "throttled": f.throttled,
                         "quota_refused": f.quota_refused,
                         "members": len(sandbox.members()),

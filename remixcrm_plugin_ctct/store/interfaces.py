@@ -2,14 +2,14 @@
 
 Today's implementations are embedded and zero-config (SQLite files and a JSON file in the data
 dir): :class:`.outbox.Outbox`, :class:`.budget.SqliteBudget`, :class:`.pause.SqlitePause`,
-:class:`.tokens.TokenStore`. A second backend (PostgreSQL, say) implements these Protocols and
-is chosen where the parts are built (``runtime``); nothing that uses them changes. Hence the
-rules the methods keep: each call is one atomic step (its own transaction), times are epoch
-seconds passed in, and nothing returns a cursor, a connection or a lock of the backend's own
-(the token lock is a context manager).
+:class:`.tokens.TokenStore`, :class:`.suppressions.SqliteSuppressions`. A second backend
+(PostgreSQL, say) implements these Protocols and is chosen where the parts are built
+(``runtime``); nothing that uses them changes. Hence the rules the methods keep: each call is
+one atomic step (its own transaction), times are epoch seconds passed in, and nothing returns a
+cursor, a connection or a lock of the backend's own (the token lock is a context manager).
 """
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, TypeVar
 
@@ -67,6 +67,7 @@ class Outbox(JournalSink, Protocol):
     # the CLI
     def summary(self) -> Summary: ...
     def for_client(self, client_id: str) -> list[dict]: ...
+    def event_counts(self, event: str, since: float) -> dict[str, int]: ...
     def retry(self, dead: bool = False, now: float | None = None) -> int: ...
     def purge(self, before: float) -> int: ...
     # shared switches and counters, for all processes together
@@ -110,3 +111,31 @@ class TokenStore(Protocol):
     def write(self, state: "TokenState") -> None: ...
     def lock(self) -> AbstractContextManager[Any]: ...  # cross-process, for read–refresh–write
     def signature(self) -> tuple: ...  # changes whenever the tokens are rewritten
+
+
+class Suppression(NamedTuple):
+    """An email Constant Contact will not mail (or no longer has): never to be imported again."""
+
+    email_key: str  # lower-cased email
+    reason: str  # "unsubscribed" | "deleted" (deleted wins: see delivery/mirror.py)
+    at: float  # epoch: opt-out time (email_address.opt_out_date) or deletion; the time we saw it if unknown
+    source: str | None  # email_address.opt_out_source ("Contact"/"Account"), None if unknown
+    contact_id: str | None
+    opted_out_at: float | None = None  # the opt-out time, kept also when a deletion followed it
+
+
+class Suppressions(Protocol):
+    """The local mirror of Constant Contact's unsubscribed and deleted emails, shared by all
+    processes, with the watermarks that keep it current (see delivery/mirror.py). A large
+    ``record``/``clear`` may commit in chunks: each change is idempotent, so a reader that sees
+    part of one loses nothing."""
+
+    def suppressed(self, emails: Iterable[str]) -> dict[str, Suppression]: ...  # keyed by lower-cased email
+    def record(self, entries: Iterable[Suppression]) -> None: ...  # upsert; the newer `at` wins
+    def clear(self, emails: Iterable[str]) -> None: ...  # active again in Constant Contact
+    # clear each email unless what we hold is newer than the given time (when Constant Contact last
+    # updated the contact it now shows as active): a page read before an opt-out cannot undo it
+    def clear_stale(self, active_since: Mapping[str, float]) -> None: ...
+    def counts(self) -> dict[str, int]: ...  # reason -> emails
+    def get_meta(self, key: str) -> str | None: ...  # the mirror's watermarks
+    def set_meta(self, key: str, value: str | None) -> None: ...

@@ -22,11 +22,11 @@ import time
 from pathlib import Path
 
 from .. import forksafe
-from . import db, leases, outbox_fold
+from . import db, lanes, leases, outbox_fold
 from .interfaces import Row, Summary
 from .newest import consent_in_force
 from .outbox_admin import AdminQueries
-from .outbox_sql import CLAIM, DUE, RECLAIMABLE, SCHEMA, SET_META
+from .outbox_sql import CLAIM, DUE, RECLAIMABLE, SCHEMA, SET_META, STAMPS
 
 __all__ = ["Outbox", "Row", "Summary", "FILE_NAME", "LEASE_SECONDS", "THROTTLED"]
 
@@ -63,6 +63,12 @@ class Outbox(AdminQueries):
         other threads from writing. For tests of fork safety."""
         return self._write
 
+    @property
+    def connections(self) -> db.Connections:
+        """This file's per-thread connections, for the tables kept beside the outbox (the
+        suppression mirror): one connection per thread, one schema setup, one writer lock."""
+        return self._db
+
     def __repr__(self) -> str:
         return f"Outbox({str(self.path)!r})"
 
@@ -73,7 +79,7 @@ class Outbox(AdminQueries):
         with self._write:
             return self._conn().execute(sql, args)
 
-    def _query(self, sql: str, args: tuple = ()) -> list:
+    def _query(self, sql: str, args: tuple | dict = ()) -> list:
         return self._conn().execute(sql, args).fetchall()
 
     # --- the fold (journal -> outbox) ---
@@ -100,24 +106,40 @@ class Outbox(AdminQueries):
         rows = self.claim_many(owner, 1, now, lease)
         return rows[0] if rows else None
 
-    def claim_many(self, owner: str, limit: int, now: float | None = None, lease: float = LEASE_SECONDS) -> list[Row]:
+    def claim_many(
+        self,
+        owner: str,
+        limit: int,
+        now: float | None = None,
+        lease: float = LEASE_SECONDS,
+        lane: str | None = None,
+        unknown_consent: str = "implicit",
+    ) -> list[Row]:
         """Lease up to ``limit`` due rows (or rows whose holder is gone), oldest first, in one
-        transaction. One email at a time: a row waits while another row for its email is in
-        flight (two simultaneous writes to one contact are Constant Contact's 409). The row's
-        contact is the newest known state of that email, as of now."""
+        transaction; of one lane only (``lanes.SIGN_UP`` or ``lanes.IMPORT`` as ``unknown_consent``
+        makes them), or of any. One email at a time: a row waits while another row for its email
+        is in flight (two simultaneous writes to one contact are Constant Contact's 409). The
+        row's contact is the newest known state of that email, as of now."""
         now = time.time() if now is None else now
         args: dict = {"owner": owner, "until": now + lease, "now": now, "limit": limit, "grace": LIVE_HOLDER_GRACE}
+        args |= lanes.sql_args(unknown_consent)
+        only = "" if lane is None else f" AND {'' if lane == lanes.IMPORT else 'NOT '}{lanes.IMPORT_SQL}"
         with self._write, db.transaction(self._conn()) as conn:
             found = []
             if now - self._leases_checked_at >= LEASE_CHECK_EVERY:  # rare (a process died): not on every claim
                 self._leases_checked_at = now
                 args["dead"], args["alive"] = leases.holders(conn)
-                found = conn.execute(CLAIM.format(where=RECLAIMABLE, order="e.lease_until"), args).fetchall()
+                found = conn.execute(CLAIM.format(where=RECLAIMABLE, lane="", order="e.lease_until"), args).fetchall()
             if not found:
-                found = conn.execute(CLAIM.format(where=DUE, order="e.next_attempt_at, e.id"), args).fetchall()
+                claim = CLAIM.format(where=DUE, lane=only, order="e.next_attempt_at, e.id")
+                found = conn.execute(claim, args).fetchall()
+            stamps = {}
             if found:
                 leases.note_holder(conn, owner)
-        rows = [Row(f[0], f[1], f[2], consent_in_force(json.loads(f[3]), f[6], f[5]), f[4], f[5]) for f in found]
+                stamps = dict(conn.execute(STAMPS, (json.dumps([f[6] for f in found]),)).fetchall())
+        rows = [
+            Row(f[0], f[1], f[2], consent_in_force(json.loads(f[3]), stamps.get(f[6]), f[5]), f[4], f[5]) for f in found
+        ]
         return sorted(rows, key=lambda r: r.id)
 
     def renew(self, owner: str, row_ids, lease: float = LEASE_SECONDS, now: float | None = None) -> set[int]:
@@ -145,23 +167,23 @@ class Outbox(AdminQueries):
         else the lease extended and ``row`` with the newest known state of its email as of now (a
         decline folded from another process's journal after the claim must still win)."""
         now = time.time() if now is None else now
-        with self._write:  # RETURNING: the statement (and its write) ends only once its rows are read
-            found = (
-                self._conn()
-                .execute(
-                    "UPDATE events SET lease_until = ?, contact = coalesce((SELECT l.contact FROM latest l "
-                    "WHERE l.email_key = events.email_key), contact) "
-                    "WHERE id = ? AND state = 'sending' AND lease_owner = ? RETURNING contact, "
-                    "(SELECT l.stamps FROM latest l WHERE l.email_key = events.email_key)",
-                    (now + lease, row.id, owner),
-                )
-                .fetchall()
+        with self._write, db.transaction(self._conn()) as conn:
+            found = conn.execute(
+                "UPDATE events SET lease_until = ?, contact = coalesce((SELECT l.contact FROM latest l "
+                "WHERE l.email_key = events.email_key), contact) "
+                "WHERE id = ? AND state = 'sending' AND lease_owner = ? RETURNING contact, email_key",
+                (now + lease, row.id, owner),
+            ).fetchall()
+            stamps = (
+                conn.execute("SELECT stamps FROM latest WHERE email_key = ?", found[0][1:]).fetchall() if found else []
             )
         if not found:
             return None
         if not found[0][0]:
             return row
-        return row._replace(contact=consent_in_force(json.loads(found[0][0]), found[0][1], row.created_at))
+        return row._replace(
+            contact=consent_in_force(json.loads(found[0][0]), stamps[0][0] if stamps else None, row.created_at)
+        )
 
     def delivered(self, row_id: int, contact_id: str | None, outcome: str, now: float | None = None) -> None:
         self._exec(
@@ -231,6 +253,14 @@ class Outbox(AdminQueries):
             (now,),
         )[0]
         return due
+
+    def first_due_import(self, unknown_consent: str, now: float | None = None) -> float | None:
+        """Since when the longest-waiting due row of the import lane has been due (None: none is)."""
+        now = time.time() if now is None else now
+        args = {"now": now} | lanes.sql_args(unknown_consent)
+        return self._query(f"SELECT min(e.next_attempt_at) FROM events e WHERE {DUE} AND {lanes.IMPORT_SQL}", args)[0][
+            0
+        ]
 
     def due_count(self, now: float | None = None) -> int:
         now = time.time() if now is None else now

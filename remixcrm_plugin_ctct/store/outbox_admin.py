@@ -60,6 +60,17 @@ class AdminQueries:
         )
         return [dict(zip(ROW_KEYS, r, strict=True)) for r in rows]
 
+    def event_counts(self, event: str, since: float) -> dict[str, int]:
+        """Rows carrying ``event`` (as their newest event) by state: every unfinished one, and the
+        finished ones touched since ``since``. What `backfill` follows."""
+        return dict(
+            self._query(
+                "SELECT state, count(*) FROM events WHERE event = ? "
+                "AND (state IN ('pending', 'sending') OR updated_at >= ?) GROUP BY state",
+                (event, since),
+            )
+        )
+
     def rows(self) -> list[dict]:
         """Every row with its email key, contact and lease, oldest first: for inspection (tests,
         debugging), not for the sending path."""

@@ -1,0 +1,170 @@
+"""The import lane over real HTTP (the sandbox) and against exact answers (``responses``): who
+goes in through contacts_json_import, what it does to their permission, and how an import's
+fate reaches each client's row."""
+
+import json
+
+import pytest
+from conftest import ACCESS_TOKEN, RAW
+
+from remixcrm_plugin_ctct import flush, runtime
+from remixcrm_plugin_ctct.admin import cli
+from remixcrm_plugin_ctct.delivery import imports
+from remixcrm_plugin_ctct.sandbox import Sandbox
+
+API = "https://api.cc.email/v3"
+IMPORT_URL = f"{API}/activities/contacts_json_import"
+
+
+@pytest.fixture(autouse=True)
+def quick_polls(monkeypatch):
+    monkeypatch.setattr(imports.Importer, "POLL_DELAYS", (0.01,))  # the sandbox completes on the 2nd poll
+
+
+@pytest.fixture
+def sandbox():
+    with Sandbox(access_token=ACCESS_TOKEN) as sb:
+        yield sb
+
+
+def default_lanes(write_config, sandbox, **values):
+    """The shipped default: unknown_consent left out of the config (so "implicit")."""
+    write_config(api_base_url=sandbox.api_base_url, **{"unknown_consent": None, **values})
+
+
+def permission(sandbox, email):
+    found = sandbox.api.find(email, include_deleted=True)
+    return found[0]["email_address"]["permission_to_send"] if found else None
+
+
+def test_unknown_consent_goes_in_by_import_as_implicit_and_never_by_sign_up_form(pm, write_config, sandbox):
+    default_lanes(write_config, sandbox)
+    for n in range(5):
+        pm.hook.on_client_created(client={"id": n, "email": f"Person{n}@Example.com", "first_name": f"P{n}"})
+    pm.hook.on_client_created(client={"id": 9, "email": "yes@example.com", "email_opt_in": True})
+    assert flush(30, retries=True)
+    assert [c["email"] for c in sandbox.calls] == ["yes@example.com"]  # the only sign_up_form
+    assert [permission(sandbox, f"person{n}@example.com") for n in range(5)] == ["implicit"] * 5
+    assert permission(sandbox, "yes@example.com") == "explicit"
+    assert {m["email_address"] for m in sandbox.members()} >= {f"person{n}@example.com" for n in range(5)}
+    assert len(sandbox.imports.activities) <= 2  # together, not one request per client
+
+
+@pytest.mark.parametrize("kept", ["implicit", "pending_confirmation", "unsubscribed", "not_set", "temp_hold"])
+def test_an_existing_contact_keeps_its_permission(pm, write_config, sandbox, kept):
+    sandbox.api.seed_contact("known@example.com", permission_to_send=kept)
+    default_lanes(write_config, sandbox)
+    pm.hook.on_client_created(client={"id": 1, "email": "Known@Example.com"})
+    pm.hook.on_lead_converted(lead={"id": 7}, client={"id": 1, "email": "known@example.com"})
+    assert flush(30, retries=True)
+    assert permission(sandbox, "known@example.com") == kept
+    assert sandbox.calls == []
+
+
+def test_unsubscribed_and_deleted_are_filtered_by_the_mirror(pm, write_config, sandbox, capsys, logs):
+    sandbox.api.seed_contact("left@example.com", permission_to_send="unsubscribed")
+    sandbox.api.seed_contact("gone@example.com", deleted=True)
+    default_lanes(write_config, sandbox)
+    pm.hook.on_client_created(client={"id": 1, "email": "LEFT@example.com"})
+    pm.hook.on_client_created(client={"id": 2, "email": "gone@example.com"})
+    pm.hook.on_client_created(client={"id": 3, "email": "new@example.com"})
+    assert flush(30, retries=True)
+    assert permission(sandbox, "left@example.com") == "unsubscribed"
+    assert sandbox.api.find("gone@example.com") == []  # not revived
+    assert permission(sandbox, "new@example.com") == "implicit"
+    cli.main(["status", "--client", "2"])
+    assert "deleted in Constant Contact" in capsys.readouterr().out
+    assert "left@example.com" not in logs.text.lower() and "gone@example.com" not in logs.text.lower()
+
+
+def test_a_deleted_contact_is_revived_by_import_only_when_asked(pm, write_config, sandbox):
+    sandbox.api.seed_contact("gone@example.com", deleted=True)
+    default_lanes(write_config, sandbox, restore_deleted=RAW("true"))
+    pm.hook.on_client_created(client={"id": 2, "email": "gone@example.com"})
+    assert flush(30, retries=True)
+    assert sandbox.api.find("gone@example.com") != []
+
+
+def test_skip_sends_nothing_and_says_why(pm, write_config, sandbox, capsys):
+    default_lanes(write_config, sandbox, unknown_consent="skip")
+    pm.hook.on_client_created(client={"id": 1, "email": "who@example.com"})
+    assert flush(30, retries=True)
+    assert sandbox.faults.requests == 0
+    cli.main(["status", "--client", "1"])
+    assert "skipped: consent unknown" in capsys.readouterr().out
+
+
+def test_a_failed_activity_is_retried_and_then_imported(pm, write_config, sandbox, monkeypatch):
+    from remixcrm_plugin_ctct.delivery import retry_policy
+
+    monkeypatch.setattr(retry_policy, "BASE_DELAY", 0.01)
+    sandbox.faults.fail_imports = 1
+    default_lanes(write_config, sandbox)
+    pm.hook.on_client_created(client={"id": 1, "email": "again@example.com"})
+    assert flush(30, retries=True)
+    assert [a["state"] for a in sandbox.imports.view()] == ["failed", "completed"]
+    assert permission(sandbox, "again@example.com") == "implicit"
+
+
+def test_dry_run_records_what_would_be_imported_and_writes_nothing(pm, write_config, sandbox, capsys):
+    default_lanes(write_config, sandbox, dry_run=RAW("true"))
+    pm.hook.on_client_created(client={"id": 1, "email": "maybe@example.com", "first_name": "May"})
+    assert flush(30, retries=True)
+    assert sandbox.imports.activities == {} and sandbox.calls == []
+    cli.main(["status", "--client", "1"])
+    out = capsys.readouterr().out
+    assert "would import: POST /activities/contacts_json_import" in out and '"first_name": "May"' in out
+
+
+# --- exact answers: how an activity's words reach the rows they name ---
+
+
+def _mock_import(mocked, activity):
+    mocked.get(f"{API}/contacts", json={"contacts": [], "_links": {}})  # the mirror's seed: nobody suppressed
+    mocked.post(IMPORT_URL, status=201, json={"activity_id": "act-1", "state": "initialized"})
+    mocked.get(f"{API}/activities/act-1", json=activity)
+
+
+def test_activity_errors_reach_the_rows_they_name(pm, write_config, mocked, capsys, logs):
+    write_config(unknown_consent=None)
+    errors = ["line 2 (import_data[1]): 'two@example.com' is not a valid email address"]
+    _mock_import(mocked, {"activity_id": "act-1", "state": "completed", "activity_errors": errors})
+    for n in (1, 2, 3):
+        pm.hook.on_client_created(client={"id": n, "email": ["one", "two", "three"][n - 1] + "@example.com"})
+    assert flush(30)
+    states = {r["client_id"]: r["state"] for r in runtime.runtime().outbox.rows()}
+    assert states == {"1": "delivered", "2": "dead", "3": "delivered"}
+    cli.main(["status", "--client", "2"])
+    out = capsys.readouterr().out
+    assert "given up" in out or "dead" in out
+    cli.main(["status", "--client", "1"])
+    assert "imported (activity act-1)" in capsys.readouterr().out
+    assert "two@example.com" not in logs.text
+
+
+def test_a_request_refused_for_its_content_is_split_until_the_bad_contact_is_found(pm, write_config, mocked, capsys):
+    write_config(unknown_consent=None)
+    mocked.get(f"{API}/contacts", json={"contacts": [], "_links": {}})
+
+    def answer(request):
+        rows = json.loads(request.body)["import_data"]
+        if any(r["email"] == "bad@example.com" for r in rows):
+            return 400, {}, json.dumps([{"error_key": "json.field.invalid", "error_message": "bad row"}])
+        return 201, {}, json.dumps({"activity_id": f"act-{len(rows)}", "state": "completed"})
+
+    mocked.add_callback("POST", IMPORT_URL, callback=answer)
+    for n, email in enumerate(["a@example.com", "bad@example.com", "c@example.com", "d@example.com"]):
+        pm.hook.on_client_created(client={"id": n, "email": email})
+    assert flush(30)
+    states = {r["client_id"]: r["state"] for r in runtime.runtime().outbox.rows()}
+    assert states == {"0": "delivered", "1": "dead", "2": "delivered", "3": "delivered"}
+
+
+def test_a_403_on_import_pauses_and_drops_nothing(pm, write_config, mocked):
+    write_config(unknown_consent=None)
+    mocked.get(f"{API}/contacts", json={"contacts": [], "_links": {}})
+    mocked.post(IMPORT_URL, status=403, json=[{"error_key": "forbidden", "error_message": "Forbidden"}])
+    pm.hook.on_client_created(client={"id": 1, "email": "wait@example.com"})
+    assert flush(30)
+    assert runtime.runtime().worker.paused is not None
+    assert runtime.runtime().outbox.summary().counts.get("pending") == 1

@@ -37,10 +37,15 @@ def run(
     exit_when_idle: float | None = None,
     log_file: str | None = None,
     lock_fd: int | None = None,
+    nice: int = 0,
 ) -> int:
     """Serve the data dir until stopped (or, with ``exit_when_idle``, until nothing was left to
     do for that many seconds). ``lock_fd``: the lock, already taken by the hook that started us
-    and handed over with its descriptor (kept open for life). Returns the exit code."""
+    and handed over with its descriptor (kept open for life). ``nice``: lower this process's CPU
+    priority by that much (sending is background work: on a busy machine RemixCRM's requests go
+    first). Returns the exit code."""
+    if nice and hasattr(os, "nice"):
+        os.nice(nice)
     os.umask(0o077)  # its log (rotated files too) and whatever it creates: private, as the rest of the data dir
     _log_to(log_file)
     data_dir = config.data_dir()

@@ -28,6 +28,7 @@ LOCK_NAME = "sender.lock"  # held by the sender process while it lives
 LOG_NAME = "sender.log"  # the started sender process's log (its stderr too)
 CHECK_EVERY = 1.0  # seconds between looks at the lock from one host process
 IDLE_EXIT = 300.0  # seconds a started sender process stays with nothing to do (a start costs ~0.3 s of CPU)
+NICE = 10  # the started sender process's CPU priority below RemixCRM's: the requests go first
 RETRY_FIRST, RETRY_MAX = 5.0, 300.0  # pause after a sender process that exited at once, doubling
 
 
@@ -117,7 +118,7 @@ def start(data_dir: Path, idle_exit: float | None, lock_fd: int | None = None) -
     args = [python(), "-m", "remixcrm_plugin_ctct", "worker"]
     if idle_exit is not None:
         args += ["--exit-when-idle", str(idle_exit)]
-    args += ["--log-file", str(log_path)]
+    args += ["--log-file", str(log_path), "--nice", str(NICE)]
     if lock_fd is not None:
         args += ["--lock-fd", str(lock_fd)]
     fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)

@@ -111,6 +111,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--exit-when-idle", type=float, metavar="SECONDS", help="leave after this long with nothing to do"
     )
     worker.add_argument("--log-file", help="log here (rotated at 1 MiB, 3 kept) instead of stderr")
+    worker.add_argument(
+        "--nice", type=int, default=0, help="lower the CPU priority by this much (a hook's sender process: 10)"
+    )
     worker.add_argument("--lock-fd", type=int, help=argparse.SUPPRESS)  # the lock, taken by the hook that starts us
     backfill = commands.add_parser(
         "backfill",
@@ -186,7 +189,8 @@ def _main(argv: list[str] | None) -> int:
     if args.command == "worker":
         from .. import service
 
-        return service.run(lambda text: print(text, flush=True), args.exit_when_idle, args.log_file, args.lock_fd)
+        say = lambda text: print(text, flush=True)  # noqa: E731
+        return service.run(say, args.exit_when_idle, args.log_file, args.lock_fd, args.nice)
     if args.command in ("login", "refresh"):
         return _tokens_command(args)
     if args.command == "check":

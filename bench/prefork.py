@@ -74,11 +74,17 @@ class Mode:
         self.failed: list[int] = []
         self.lock = threading.Lock()
         self.result: dict = {}
+        self.cpu_start = (0.0, 0.0)
 
     def start(self, workers: int) -> None:
         self.srv.start()
         self.srv.wait_workers(workers)
         self.before, self.window = (stats(self.api) if self.api else None), time.monotonic()
+
+    def cpu(self) -> tuple[float, float]:
+        """CPU seconds used so far by the server's workers, and by its sender process (if any)."""
+        workers = sum(cpu_seconds(pid) for pid in self.srv.workers())
+        return workers, sum(cpu_seconds(pid) for pid in sender_processes(self.workdir))
 
     def post(self, i: int, measured: bool = True) -> None:
         prefix = f"r{self.round}{self.name}-" if measured else f"warm{self.round}{self.name}-"
@@ -102,6 +108,8 @@ class Mode:
                 self.latencies.append(took)
 
     def finish(self) -> None:
+        workers, sender = self.cpu()
+        self.result["cpu"] = (workers - self.cpu_start[0], sender - self.cpu_start[1])
         if self.api:
             after = stats(self.api)
             delivered = after["members"] - self.before["members"]
@@ -161,6 +169,8 @@ def one_round(groups: list[list[str]], urls: dict[str, str], args, round_: int) 
             for i in range(3 * args.workers):  # warm up: first-request costs, counted in the hook figures
                 for mode in modes:
                     mode.post(i, measured=False)
+            for mode in modes:
+                mode.cpu_start = mode.cpu()
             took = load(modes, args.threads, args.requests, args.seconds, args.rate)
             for mode in modes:
                 mode.result["seconds"] = took
@@ -187,7 +197,9 @@ def report(modes: dict[str, Mode], senders: list[str], args) -> dict[str, tuple[
             f"p99 {percentile(m.latencies, 99) / 1000:.2f} ms; "
             f"hook in the worker (first calls included) p50 {percentile(m.hooks, 50):.1f} µs, "
             f"p99 {percentile(m.hooks, 99):.1f} µs, slowest first calls {', '.join(f'{h:.0f}' for h in first)} µs; "
-            f"{m.result['errors']} plugin ERROR lines in the logs"
+            f"{m.result['errors']} plugin ERROR lines in the logs; CPU per request: workers "
+            f"{m.result['cpu'][0] / len(m.latencies) * 1000:.2f} ms, sender process "
+            f"{m.result['cpu'][1] / len(m.latencies) * 1000:.2f} ms"
         )
     found = {}
     for name in senders:
@@ -203,19 +215,35 @@ def report(modes: dict[str, Mode], senders: list[str], args) -> dict[str, tuple[
     return found
 
 
-def stop_sender_processes(workdir: Path) -> None:
-    """SIGTERM the sender process started for ``workdir`` (it would leave by itself when idle)."""
-    mark = str(workdir).encode()
+def sender_processes(workdir: Path) -> list[int]:
+    """The sender processes started for ``workdir`` (their command line names its data dir)."""
+    mark, found = str(workdir).encode(), []
     for entry in os.listdir("/proc"):
         try:
             cmdline = Path(f"/proc/{entry}/cmdline").read_bytes() if entry.isdigit() else b""
         except OSError:
             continue
         if mark in cmdline and b"remixcrm_plugin_ctct\x00worker" in cmdline:
-            try:
-                os.kill(int(entry), signal.SIGTERM)
-            except ProcessLookupError:
-                pass
+            found.append(int(entry))
+    return found
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of ``pid`` (all its threads), from /proc; 0 once it is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def stop_sender_processes(workdir: Path) -> None:
+    """SIGTERM the sender process started for ``workdir`` (it would leave by itself when idle)."""
+    for pid in sender_processes(workdir):
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
 
 
 def main() -> int:

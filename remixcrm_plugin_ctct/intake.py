@@ -5,7 +5,7 @@ worker. Runs in the host's thread, so it does as little as possible and never ra
 import logging
 import time
 
-from . import config, payload
+from . import config, fieldmap, payload
 from .runtime import runtime, watcher
 from .store import journal
 
@@ -21,10 +21,14 @@ def handle_event(event: str, client: object, lead: object | None = None) -> None
     loaded = watcher().current()
     if loaded.status == config.INACTIVE:
         return
-    contact = payload.contact_from_client(client)
+    contact = payload.contact_from_client(client, loaded.fields)
     if isinstance(contact, payload.Skipped):
         log.log(contact.level, "%s", contact.reason)
         return
+    # which kind of event this was rides with the fields, stamped like them: the lists it joins
+    # (and leaves) are chosen at send time from it, even once coalesced with other events
+    now = time.time()  # the marker's value is the event's time: store/newest.py tells a row's own events by it
+    contact.fields[fieldmap.EVENT + event] = now
     if lead is not None:  # the event names the lead in log lines: shown, so an odd id cannot forge one
         event = f"{event} from lead {payload.shown(payload.an_id(payload.read(lead, 'id'), contact.client_id))}"
     if contact.email_opt_in is False:
@@ -32,7 +36,6 @@ def handle_event(event: str, client: object, lead: object | None = None) -> None
         # cancelled (the newest word on consent wins) and `status --client` can say why
         log.info("%s", payload.declined(contact.client_id))
     rt = runtime()
-    now = time.time()
     to_process = loaded.sender == "process"
     rt.journal.hand_off = to_process  # this process never folds then: full journals are handed over
     try:

@@ -11,6 +11,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import NamedTuple
 
+from . import fieldmap
+from .config.fields import FieldMap
+
 log = logging.getLogger("remixcrm_plugin_ctct")
 
 EMAIL_MAX = 50
@@ -200,8 +203,9 @@ def mask_email(email) -> str:
     return f"{local[:1]}***@{domain}"
 
 
-def contact_from_client(client) -> Contact | Skipped:
-    """Validate and normalise a client record; never raises."""
+def contact_from_client(client, field_map: FieldMap = ()) -> Contact | Skipped:
+    """Validate and normalise a client record, with the keys ``field_map`` maps (see
+    :mod:`.fieldmap`); never raises."""
     if client is None:
         return Skipped("?", "the hook was called with client=None; RemixCRM must pass the client record")
     failed: list[str] = []  # keys whose reading raised: treated as absent, named in one WARNING
@@ -259,6 +263,8 @@ def contact_from_client(client) -> Contact | Skipped:
             )
             value = value[:limit].rstrip()
         fields[body_key] = clean_text(value)
+    if field_map:
+        fields.update(fieldmap.mapped(get, client_id, field_map, shown))
     if failed:
         log.warning(
             "client %s: could not read %s; sent without it (check the client record in RemixCRM)",
@@ -272,6 +278,12 @@ def declined(client_id: str) -> str:
     return f"client {shown(client_id)} declined marketing email (email_opt_in is False); not sent"
 
 
-def sign_up_body(contact: Contact, list_id: str) -> dict:
-    """The JSON body for ``POST /contacts/sign_up_form``."""
-    return {"email_address": contact.email, **contact.fields, "list_memberships": [list_id]}
+def sign_up_body(contact: Contact, list_ids: str | list[str], custom_ids: Mapping[str, str] | None = None) -> dict:
+    """The JSON body for ``POST /contacts/sign_up_form``: only properties the vendor's schema
+    defines (a stored name it does not know is never sent). ``custom_ids``: custom field name ->
+    custom_field_id, as resolved at send time."""
+    fields = contact.fields
+    body = {"email_address": contact.email, **{k: fields[k] for k in TEXT_FIELDS if k in fields}}
+    body.update(fieldmap.sign_up_fields(fields, custom_ids or {}))
+    body["list_memberships"] = [list_ids] if isinstance(list_ids, str) else list(list_ids)
+    return body

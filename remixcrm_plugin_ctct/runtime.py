@@ -19,12 +19,10 @@ from .delivery.mirror import Mirror
 from .delivery.send import Delivery
 from .delivery.worker import Worker
 from .spawn import SenderStarter
+from .store import backends
 from .store.journal import Journal
 from .store.journal_watch import JournalWatcher
 from .store.outbox import FILE_NAME as OUTBOX_FILE
-from .store.outbox import Outbox
-from .store.suppressions import SqliteSuppressions
-from .store.tokens import TokenStore
 
 log = logging.getLogger("remixcrm_plugin_ctct")
 
@@ -34,22 +32,25 @@ _runtime: "Runtime | None" = None
 
 
 class Runtime:
-    """This process's outbox, journal, token manager, governors, delivery and worker, for one data dir
-    (and, for ``sender = "process"``, what starts the sender process). All built lazily: no file,
-    thread or socket until used."""
+    """This process's outbox, journal, token manager, governors, delivery and worker, for one data
+    dir, over the store ``where`` names (default: the one the environment and the config name, read
+    now; the SQLite files in the data dir when neither names one); and, for ``sender = "process"``,
+    what starts the sender process. ``journal``: the sender process's view of every journal."""
 
-    def __init__(self, data_dir: Path, journal: Journal | None = None):
+    def __init__(self, data_dir: Path, where: config.StateLocation | None = None, journal: Journal | None = None):
         self.data_dir = data_dir
-        self.outbox = Outbox(data_dir)
+        if where is None:
+            where = config.state_location(config.config_path())
+        self.store = backends.open_store(data_dir, where)
+        self.outbox = self.store.outbox
         self.journal = journal if journal is not None else Journal(data_dir)
         self.starter = SenderStarter(data_dir)
-        self.tokens = TokenManager(TokenStore(data_dir))
-        self.governors = Governors(data_dir)
-        self.mirror = Mirror(SqliteSuppressions(self.outbox))
+        self.tokens = TokenManager(self.store.tokens)
+        self.governors = Governors(data_dir, None if self.store.kind == "sqlite" else self.store.budget)
+        self.mirror = Mirror(self.store.suppressions)
         self.delivery = Delivery(self.outbox, self.tokens, self.governors, _watcher, mirror=self.mirror)
-        self.worker = Worker(
-            self.outbox, self.delivery, journal=self.journal, housekeeper=Housekeeper(self.outbox, _watcher)
-        )
+        housekeeper = Housekeeper(self.outbox, _watcher, state_url=self.store.url)
+        self.worker = Worker(self.outbox, self.delivery, journal=self.journal, housekeeper=housekeeper)
 
 
 def runtime() -> Runtime:
@@ -70,7 +71,7 @@ def for_sender_process() -> Runtime:
     with _lock:
         if _runtime is None:
             data_dir = config.data_dir()
-            _runtime = Runtime(data_dir, JournalWatcher(data_dir))
+            _runtime = Runtime(data_dir, journal=JournalWatcher(data_dir))
         return _runtime
 
 
@@ -78,18 +79,29 @@ def resume_pending() -> None:
     """Called once when the hooks are loaded: if an earlier run left an outbox or journals in
     the data dir, start the worker (or, with ``sender = "process"``, the sender process) so
     pending work flows without waiting for a hook (a restart, or a worker recycled after each
-    request). Only two ``stat`` calls when the data dir is empty: then nothing is opened,
-    read or started; the config is read only when there is work. Sender threads stop again
-    when nothing is pending."""
+    request). Only two ``stat`` calls here: no file is opened or created, and an empty data dir
+    starts nothing; the config is read in a short-lived thread of its own, and sender threads
+    stop again when nothing is pending. With the shared store named in the environment
+    (``REMIXCRM_CTCT_STATE_URL``), other hosts' work may be waiting: the worker starts (it
+    connects from its own thread)."""
     try:
         base = config.data_dir()
-        if not (_exists(base / OUTBOX_FILE) or _exists(base / "journal")):
+        shared = bool(os.environ.get(config.ENV_URL, "").strip())
+        if not (shared or _exists(base / OUTBOX_FILE) or _exists(base / "journal")):
             return
+        # built in a thread of its own: choosing the store reads the config, never in the host's thread
+        threading.Thread(target=_resume, name="remixcrm-ctct-resume", daemon=True).start()
+    except Exception:  # loading the plugin must never fail because of this
+        log.exception("could not start sending what an earlier run left; it goes out with the next event")
+
+
+def _resume() -> None:
+    try:
         if _watcher.current().sender == "process":
-            runtime().starter.ensure()
+            runtime().starter.ensure()  # the sender process, not threads in the host, sends it
         else:
             runtime().worker.wake()
-    except Exception:  # loading the plugin must never fail because of this
+    except Exception:
         log.exception("could not start sending what an earlier run left; it goes out with the next event")
 
 

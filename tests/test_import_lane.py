@@ -3,6 +3,7 @@ goes in through contacts_json_import, what it does to their permission, and how 
 fate reaches each client's row."""
 
 import json
+import re
 
 import pytest
 from conftest import ACCESS_TOKEN, RAW
@@ -168,3 +169,63 @@ def test_a_403_on_import_pauses_and_drops_nothing(pm, write_config, mocked):
     assert flush(30)
     assert runtime.runtime().worker.paused is not None
     assert runtime.runtime().outbox.summary().counts.get("pending") == 1
+
+
+def test_errors_counted_but_not_listed_never_leave_a_row_delivered(pm, write_config, mocked):
+    """Constant Contact's support: the service need not list invalid rows in activity_errors; its
+    ``status`` counts still say how many were not imported. Halves are imported again until the
+    counts name the rows (an import of the same data again changes nothing)."""
+    write_config(unknown_consent=None)
+    emails = ["a@example.com", "bad@example.com", "c@example.com", "d@example.com"]
+
+    def created(request):
+        rows = json.loads(request.body)["import_data"]
+        bad = sum(r["email"] == "bad@example.com" for r in rows)
+        activity = f"act-{len(rows)}-{bad}"
+        return 201, {}, json.dumps({"activity_id": activity, "state": "initialized"})
+
+    def polled(request):
+        activity = request.url.rsplit("/", 1)[1]
+        total, bad = (int(x) for x in activity.split("-")[1:])
+        counts = {"items_total_count": total, "person_count": total - bad, "error_count": 0, "correctable_count": bad}
+        return 200, {}, json.dumps({"activity_id": activity, "state": "completed", "status": counts})
+
+    mocked.add_callback("POST", IMPORT_URL, callback=created)
+    mocked.add_callback("GET", re.compile(f"{API}/activities/act-.*"), callback=polled)
+    for n, email in enumerate(emails):
+        pm.hook.on_client_created(client={"id": n, "email": email})
+    assert flush(30)
+    states = {r["client_id"]: r["state"] for r in runtime.runtime().outbox.rows()}
+    assert states == {"0": "delivered", "1": "dead", "2": "delivered", "3": "delivered"}
+
+
+@pytest.mark.parametrize("status", [400, 404])
+def test_a_poll_refused_is_a_failed_activity_not_a_dead_row_nor_a_split(pm, write_config, mocked, status, monkeypatch):
+    from remixcrm_plugin_ctct.delivery import retry_policy
+
+    monkeypatch.setattr(retry_policy, "BASE_DELAY", 1000.0)  # the retry is not due within this test
+    write_config(unknown_consent=None)
+    mocked.post(IMPORT_URL, status=201, json={"activity_id": "act-1", "state": "initialized"})
+    mocked.get(f"{API}/activities/act-1", status=status, json=[{"error_key": "not_found", "error_message": "no"}])
+    pm.hook.on_client_created(client={"id": 1, "email": "one@example.com"})
+    pm.hook.on_client_created(client={"id": 2, "email": "two@example.com"})
+    assert flush(30)
+    imports_sent = [c for c in mocked.calls if c.request.method == "POST"]
+    assert len(imports_sent) == 1  # not split: the request was accepted, only the poll was refused
+    rows = runtime.runtime().outbox.rows()
+    assert [r["state"] for r in rows] == ["pending", "pending"]  # tried again later, never given up
+
+
+def test_a_refusal_of_every_part_costs_a_bounded_number_of_requests(pm, write_config, mocked):
+    """A 400 that holds for every contact (not one bad row) must not be narrowed down to two
+    requests per contact: past the budget the rest ends dead with Constant Contact's words."""
+    write_config(unknown_consent=None)
+    refused = json.dumps([{"error_key": "json.field.invalid", "error_message": "cf:Plan is not a field"}])
+    mocked.add_callback("POST", IMPORT_URL, callback=lambda request: (400, {}, refused))
+    for n in range(200):
+        pm.hook.on_client_created(client={"id": n, "email": f"p{n}@example.com"})
+    assert flush(30)
+    posts = [c for c in mocked.calls if c.request.url == IMPORT_URL]
+    assert len(posts) <= 1 + 2 * 8 + 8  # the import, then at most 2 per halving level + slack (200 rows)
+    states = {r["state"] for r in runtime.runtime().outbox.rows()}
+    assert states == {"dead"}  # every row: `remixcrm-ctct retry --dead` sends them again after the fix

@@ -19,9 +19,11 @@ def test_the_sql_and_the_python_lane_rules_agree_on_every_case():
         ["client_created", "lead_converted", lanes.BACKFILL],
         ["implicit", "skip", "explicit"],
         [True, False],  # a newest-state row exists (older outboxes may lack one)
+        [False, True],  # that answer came from a backfill file
     )
     seen = set()
-    for opt_in, given, event, unknown, has_latest in cases:
+    for case in cases:
+        opt_in, given, event, unknown, has_latest, by_backfill = case
         conn.execute("DELETE FROM events")
         conn.execute("DELETE FROM latest")
         contact: dict = {"email": "a@b.co", "fields": {}}
@@ -30,15 +32,17 @@ def test_the_sql_and_the_python_lane_rules_agree_on_every_case():
             contact["email_opt_in"] = opt_in
         if given is not None:
             stamps["email_opt_in"] = [given, 0]
+        if by_backfill:
+            stamps[newest.OPT_IN_BY] = lanes.BACKFILL
         conn.execute(outbox_sql.INSERT_PENDING, ("a@b.co", "1", "", event, json.dumps(contact), 10.0, 10.0, 10.0))
         if has_latest:
             row = ("a@b.co", json.dumps(contact), json.dumps(stamps), "1", event, 1.0, 0, 1.0)
             conn.execute(outbox_sql.UPSERT_LATEST, row)
         (by_sql,) = conn.execute(f"SELECT {lanes.IMPORT_SQL} FROM events e", lanes.sql_args(unknown)).fetchone()
-        in_force = newest.consent_in_force(contact, json.dumps(stamps) if has_latest else None, 10.0)
+        in_force = newest.consent_in_force(contact, json.dumps(stamps) if has_latest else None, 10.0, event)
         by_python = lanes.lane_of(in_force.get("email_opt_in"), event, unknown)
-        assert by_sql in (0, 1), (opt_in, given, event, unknown, has_latest)
-        assert (lanes.IMPORT if by_sql else lanes.SIGN_UP) == by_python, (opt_in, given, event, unknown, has_latest)
+        assert by_sql in (0, 1), case
+        assert (lanes.IMPORT if by_sql else lanes.SIGN_UP) == by_python, case
         seen.add(by_python)
     assert seen == {lanes.IMPORT, lanes.SIGN_UP}
 

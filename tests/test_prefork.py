@@ -388,8 +388,13 @@ def test_with_a_sender_process_workers_run_no_thread_and_recycling_or_kill_9_los
     try:
         accepted = fire_all(srv, [client("p", i, opt_in=True) for i in range(12)], threads=2)
         workers = srv.wait_workers(2)
-        threads = {pid: len(os.listdir(f"/proc/{pid}/task")) for pid in workers if os.path.exists(f"/proc/{pid}")}
-        assert set(threads.values()) <= {1}, f"a worker runs threads of ours: {threads}"
+
+        def threads() -> dict:
+            return {pid: len(os.listdir(f"/proc/{pid}/task")) for pid in workers if os.path.exists(f"/proc/{pid}")}
+
+        # a recycled worker's load may run one short-lived thread (it reads the config, then starts
+        # the sender process if none runs): gone at once; no sender thread ever stays
+        assert wait_until(lambda: set(threads().values()) <= {1}, 5), f"a worker runs threads of ours: {threads()}"
         os.kill(sorted(workers)[0], signal.SIGKILL)  # one dies with whatever its journal holds
         accepted.update(fire_all(srv, [client("q", i, opt_in=True) for i in range(6)], threads=2))
         emails = set(accepted)

@@ -14,12 +14,11 @@ from ..delivery.send import QUOTA_KEY
 from ..runtime import runtime
 from ..store import outbox_admin
 from ..store.outbox import THROTTLED
-from ..store.suppressions import SqliteSuppressions
 
 
 @dataclass
 class Status:
-    outbox_path: Path
+    outbox_path: str  # where the outbox lives: a file, or the shared store (password masked)
     counts: dict[str, int]
     oldest_pending_at: float | None
     last_error: str | None
@@ -31,7 +30,7 @@ class Status:
     daily_quota: int | None = None  # None without settings
     requests_today: int | None = None
     governor_path: Path | None = None
-    governor_error: sqlite3.Error | None = None  # the governor's file cannot be read
+    governor_error: sqlite3.Error | OSError | None = None  # the governor's file cannot be read
     suppressed: dict[str, int] | None = None  # the suppression mirror's reason -> emails; None: never synced
     mirror_synced_at: float | None = None
 
@@ -43,13 +42,13 @@ class FlushResult:
     pause: Pause | None = None
 
 
-def outbox_path() -> Path:
-    return runtime().outbox.path
+def outbox_path() -> str:
+    return runtime().outbox.location
 
 
 def status() -> Status:
     """The outbox's counts, the pauses in force and today's requests. Raises sqlite3.Error when
-    the outbox cannot be read."""
+    the outbox cannot be read (StoreUnavailable when the shared store cannot be reached)."""
     rt = runtime()
     rt.journal.fold_into(rt.outbox)  # include what hooks wrote moments ago (and orphaned journals)
     summary = outbox_admin.summary(rt.outbox)
@@ -63,7 +62,7 @@ def status() -> Status:
         state = rt.tokens.store.read()
         reauth = state.needs_reauth if state is not None else None
     found = Status(
-        rt.outbox.path,
+        rt.outbox.location,
         summary.counts,
         summary.oldest_pending_at,
         summary.last_error,
@@ -73,7 +72,7 @@ def status() -> Status:
         reauth,
         rt.outbox.counter_today(THROTTLED),
     )
-    mirror = Mirror(SqliteSuppressions(rt.outbox))
+    mirror = Mirror(rt.store.suppressions)
     found.mirror_synced_at = mirror.synced_at()
     if found.mirror_synced_at is not None:
         found.suppressed = mirror.store.counts()
@@ -82,7 +81,7 @@ def status() -> Status:
         found.daily_quota, found.governor_path = loaded.settings.daily_quota, governor.path
         try:
             found.requests_today = governor.today_count()
-        except sqlite3.Error as e:
+        except (sqlite3.Error, OSError) as e:
             found.governor_error = e
     return found
 
@@ -125,3 +124,18 @@ def purge() -> tuple[int, float]:
     loaded = config.load(config.config_path())
     days = float(loaded.settings.retention_days if loaded.settings else config.NUMBERS["retention_days"])
     return outbox_admin.purge(runtime().outbox, days * 86400), days
+
+
+def migrate_state(dry_run: bool) -> tuple[str, dict[str, int]] | None:
+    """Copy (or count) this host's SQLite store into the shared store; None without a state_url."""
+    where = config.state_location(config.config_path())
+    if where.url is None:
+        return None
+    from ..store import postgres
+    from ..store.postgres.migrate import migrate
+
+    box, tokens, budget = postgres.open_store(where.url, where.schema, config.data_dir())
+    try:
+        return box.location, migrate(config.data_dir(), box, tokens, budget, dry_run)
+    finally:
+        box.close()

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 from .. import payload
+from ..config.fields import FieldMap
 from ..record import Event
 from ..store.interfaces import Outbox
 from .backfill_file import BackfillFile
@@ -116,6 +117,7 @@ def read(
     start: int = 0,
     chunk: int = CHUNK,
     progress: Callable[[int], None] | None = None,
+    field_map: FieldMap = (),
 ) -> Tally:
     """Check every row of ``file`` as the hook would and tally it. With ``record``, the rows after
     the first ``start`` go to ``record(records, n)`` every ``chunk`` rows (n: rows 1..n are in)."""
@@ -124,7 +126,7 @@ def read(
     with _caught() as caught:
         for line in file.rows():
             index = tally.rows = line.row
-            entry = _one(tally, line, unknown_consent, caught)
+            entry = _one(tally, line, unknown_consent, caught, field_map)
             if entry is not None:
                 fate, key, row = entry
                 if fate == SEND:
@@ -147,13 +149,15 @@ def read(
     return tally
 
 
-def _one(tally: Tally, line, unknown_consent: str, caught: _Catch) -> tuple[int, str, dict] | None:
+def _one(
+    tally: Tally, line, unknown_consent: str, caught: _Catch, field_map: FieldMap = ()
+) -> tuple[int, str, dict] | None:
     """One row: (its fate, its lower-case email, its journal record), or None when unusable."""
     if line.client is None:
         tally.problem(line.problem or f"line {line.line} cannot be read")
         return None
     with caught.checking() as said:
-        contact = payload.contact_from_client(line.client)
+        contact = payload.contact_from_client(line.client, field_map)
     for text in said:  # what the hook would have logged: a truncated name, an odd email_opt_in
         tally.note(f"line {line.line}: {text}")
     if isinstance(contact, payload.Skipped):

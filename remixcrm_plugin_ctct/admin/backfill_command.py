@@ -89,13 +89,13 @@ def run(
         out.write(text + "\n")
         out.flush()
 
+    loaded = config.load(config.config_path())
     try:
-        file = BackfillFile(path)
+        file = BackfillFile(path, tuple(key for key, _ in loaded.fields))
     except Refused as e:
         say(f"✗ {e}")
         return FAILED
     with file:
-        loaded = config.load(config.config_path())
         unknown = getattr(loaded.settings, "unknown_consent", "implicit")
         size = f"{file.size / 1e6:.1f} MB" if file.size >= 100_000 else f"{file.size:,} bytes"
         if dry_run:
@@ -103,7 +103,9 @@ def run(
             if loaded.status != config.ACTIVE:
                 say(f"  note: the config is {loaded.status} ({loaded.message}); a real run needs it active")
             try:
-                tally = backfill.read(file, unknown, suppressed, progress=_reading(progress, file))
+                tally = backfill.read(
+                    file, unknown, suppressed, progress=_reading(progress, file), field_map=loaded.fields
+                )
             except KeyboardInterrupt:
                 say("interrupted; nothing was written")
                 return INTERRUPTED
@@ -118,10 +120,12 @@ def run(
             f"backfill {file.path} ({file.format}, {size}), fingerprint {key[9:21]}: the file is known by its "
             "content, so a rerun of the same file continues where it stopped and an edited file is a new backfill"
         )
-        return _record_and_send(say, progress, file, key, unknown, suppressed, chunk, timeout)
+        return _record_and_send(say, progress, file, key, unknown, suppressed, chunk, timeout, loaded.fields)
 
 
-def _record_and_send(say, progress: Progress, file: BackfillFile, key: str, unknown, suppressed, chunk, timeout) -> int:
+def _record_and_send(
+    say, progress: Progress, file: BackfillFile, key: str, unknown, suppressed, chunk, timeout, field_map=()
+) -> int:
     rt = runtime()
     outbox, recorded_to = rt.outbox, 0
 
@@ -137,13 +141,15 @@ def _record_and_send(say, progress: Progress, file: BackfillFile, key: str, unkn
             outbox.set_meta(f"{key}:started", repr(since))  # rows of this backfill are the ones touched since
             if start:
                 say(f"continuing: an earlier run recorded rows 1-{start:,} of this file; they are not recorded again")
-            tally = backfill.read(file, unknown, suppressed, record, start, chunk, _reading(progress, file))
+            tally = backfill.read(
+                file, unknown, suppressed, record, start, chunk, _reading(progress, file), field_map=field_map
+            )
     except Timeout:
         say("✗ another `remixcrm-ctct backfill` of this file is recording it; wait for it, or stop it and run again")
         return FAILED
     except (sqlite3.Error, OSError) as e:
         where = f"rows 1-{recorded_to:,} are recorded; " if recorded_to else ""
-        say(f"✗ cannot write the outbox {outbox.path} ({e}): {where}fix the disk, then run the same command again")
+        say(f"✗ cannot write the outbox {outbox.location} ({e}): {where}fix the disk, then run the same command again")
         return FAILED
     except KeyboardInterrupt:
         say(f"interrupted: rows 1-{recorded_to:,} are recorded and will be sent; run the same command to continue")

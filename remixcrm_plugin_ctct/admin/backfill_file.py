@@ -42,8 +42,10 @@ class Line(NamedTuple):
 class BackfillFile:
     """``with BackfillFile(path) as f:`` ``f.fingerprint()``, then ``for line in f.rows(): …``."""
 
-    def __init__(self, path: Path | str):
+    def __init__(self, path: Path | str, mapped: tuple[str, ...] = ()):
         self.path = Path(path)
+        # the client keys the config's [...fields] table maps: read like the hook's own keys
+        self.keys = (*KEYS, *(k for k in mapped if k not in KEYS))
         self._fh = safe_read.open_regular(self.path)
         try:
             self._setup()
@@ -117,10 +119,10 @@ class BackfillFile:
                 yield Line(index, number, None, f"line {number} is a JSON {type(found).__name__}, not an object")
                 continue
             for key in found:
-                if key not in KEYS and len(extra) < 20 and key not in extra:
+                if key not in self.keys and len(extra) < 20 and key not in extra:
                     extra.add(key)
                     self.ignored.append(payload.shown(key, 40))
-            yield _checked(index, number, {k: found[k] for k in KEYS if k in found})
+            yield _checked(index, number, {k: found[k] for k in self.keys if k in found})
 
     # --- CSV ---
     def _csv(self, text: io.TextIOWrapper) -> Iterator[Line]:
@@ -188,7 +190,7 @@ class BackfillFile:
                 break
         columns: dict[str, int] = {}
         for i, name in enumerate(names):
-            if name in KEYS:
+            if name in self.keys:
                 if name in columns:
                     raise Refused(f"{self.path}: the header names the column {name} twice; keep one")
                 columns[name] = i

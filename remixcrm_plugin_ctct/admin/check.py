@@ -9,22 +9,19 @@ import json
 import tempfile
 import time
 from collections.abc import Callable
-from typing import NamedTuple
 
 from .. import config, runtime
 from ..ctct import client, oauth
 from ..ctct.token_manager import REAUTH_FIX, NeedsReauth, TokenUnavailable, describe_expiry
 from ..store import outbox_admin
+from ..store.interfaces import StoreUnavailable
+from ..store.postgres.outbox import PgOutbox
+from . import check_mapping
+from .check_mapping import FAIL, OK, WARN, Check
 
-OK, FAIL, WARN = "ok", "fail", "warn"
+__all__ = ["FAIL", "MARKS", "OK", "WARN", "Check", "main", "run_checks"]
+
 MARKS = {OK: "✓", FAIL: "✗", WARN: "!"}
-
-
-class Check(NamedTuple):
-    name: str
-    status: str
-    detail: str
-    fix: str = ""
 
 
 def run_checks() -> list[Check]:
@@ -40,13 +37,20 @@ def run_checks() -> list[Check]:
             )
         ]
     if loaded.status == config.INVALID or loaded.settings is None:
-        return [Check("config readable", FAIL, loaded.message, "see the message: it names the key and the fix")]
+        return [
+            Check("config readable", FAIL, loaded.message, "see the message: it names the key and the fix"),
+            *check_mapping.mapping_checks(loaded, None),
+        ]
     settings = loaded.settings
     found = [
         Check("provider selected", OK, f"constant_contact in {path}"),
         Check("list id", OK, f"{settings.list_id} is a UUID"),
     ]
     rt = runtime.runtime()
+    store = _store_check(rt)
+    found.append(store)
+    if store.status == FAIL:  # tokens, budget and outbox live there: nothing more can be asked
+        return found + [_data_dir_check(rt)]
     state = rt.tokens.state(settings)
     if not state.access_token and not state.refresh_token:
         found.append(
@@ -65,7 +69,14 @@ def run_checks() -> list[Check]:
                 "in the token store" if state.seeded_from and not settings.access_token else "in the config",
             )
         )
-        found += _live_checks(settings, rt)
+        live = _live_checks(settings, rt)
+        found += live
+        if all(c.status != FAIL for c in live):  # the token works and may read lists: ask about the rest
+            api = client.CtctClient(settings.api_base_url, rt.tokens.state(settings).access_token or "")
+            found += check_mapping.list_checks(settings, api)
+            found += check_mapping.mapping_checks(loaded, lambda request: request(api))
+        else:
+            found += check_mapping.mapping_checks(loaded, None)
     refresh_ok = bool(rt.tokens.state(settings).refresh_token and settings.client_id)
     found.append(
         Check(
@@ -173,17 +184,40 @@ def _expiry_check(expires_at: float | None) -> Check:
 
 def _data_dir_check(rt: runtime.Runtime) -> Check:
     try:
-        rt.outbox.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=rt.outbox.path.parent):
+        rt.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=rt.data_dir):
             pass
     except OSError as e:
         return Check(
             "data dir writable",
             FAIL,
-            f"{rt.outbox.path.parent}: {e.strerror}",
+            f"{rt.data_dir}: {e.strerror}",
             "make it writable by the RemixCRM user, or set REMIXCRM_DATA_DIR",
         )
-    return Check("data dir writable", OK, str(rt.outbox.path.parent))
+    return Check("data dir writable", OK, str(rt.data_dir))
+
+
+def _store_check(rt: runtime.Runtime) -> Check:
+    """Which store holds the shared state; for PostgreSQL: reachable, schema version, hosts."""
+    if rt.store.kind == "sqlite":
+        return Check("state store", OK, f"SQLite files in {rt.data_dir} (one host; state_url shares it across hosts)")
+    box = rt.outbox
+    try:
+        hosts = box.hosts_active() if isinstance(box, PgOutbox) else 0
+    except StoreUnavailable as e:
+        return Check(
+            "state store",
+            FAIL,
+            str(e),
+            "check state_url (or REMIXCRM_CTCT_STATE_URL), that PostgreSQL runs and this host may reach it "
+            "(README: Running on several hosts)",
+        )
+    version = box.db.version if isinstance(box, PgOutbox) else None
+    return Check(
+        "state store",
+        OK,
+        f"{box.location}: reachable, schema version {version}, {hosts} host(s) active in the last hour",
+    )
 
 
 def _outbox_check(rt: runtime.Runtime) -> Check:

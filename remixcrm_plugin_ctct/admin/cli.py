@@ -115,6 +115,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--nice", type=int, default=0, help="lower the CPU priority by this much (a hook's sender process: 10)"
     )
     worker.add_argument("--lock-fd", type=int, help=argparse.SUPPRESS)  # the lock, taken by the hook that starts us
+    migrate = commands.add_parser(
+        "migrate-state",
+        help="copy this host's local SQLite store into the shared PostgreSQL store (state_url)",
+        description="Copy unsent and dead events, the newest state of each email, the token pair, today's "
+        "request count, the quota pause and counters from this host's data dir into the PostgreSQL store "
+        "named by state_url (or REMIXCRM_CTCT_STATE_URL). Idempotent: run it on every host, as often as you "
+        "like; nothing is copied twice. Delivered events' history stays local.",
+    )
+    migrate.add_argument("--dry-run", action="store_true", help="only count what would be copied")
     backfill = commands.add_parser(
         "backfill",
         help="send existing clients from a CSV or JSON Lines export (resumable; --dry-run first)",
@@ -197,24 +206,33 @@ def _main(argv: list[str] | None) -> int:
         from . import check
 
         return check.main(lambda text: print(text, flush=True), args.json)
+    if args.command == "migrate-state":
+        from . import commands
+
+        return commands.migrate_state(lambda text: print(text, flush=True), args.dry_run)
     if args.command == "backfill":
         from . import backfill_command
 
         mirror = backfill_command.mirror_lookup() if args.dry_run else None  # a real run: the worker filters
         return backfill_command.run(args.file, args.dry_run, args.chunk, args.timeout, suppressed=mirror)
     if args.command in ("status", "retry", "flush", "purge"):
+        from ..store.interfaces import StoreUnavailable
         from . import commands
 
         def say(text: str) -> None:
             print(text, flush=True)
 
-        if args.command == "status":
-            return commands.status(say, args.client)
-        if args.command == "retry":
-            return commands.retry(say, args.dead)
-        if args.command == "flush":
-            return commands.flush(say, args.timeout)
-        return commands.purge(say)
+        try:
+            if args.command == "status":
+                return commands.status(say, args.client)
+            if args.command == "retry":
+                return commands.retry(say, args.dead)
+            if args.command == "flush":
+                return commands.flush(say, args.timeout)
+            return commands.purge(say)
+        except StoreUnavailable as e:
+            say(f"✗ cannot reach the shared state store: {e}")
+            return 1
     parser.print_help()
     return 2
 

@@ -8,6 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ..store import db
+from ..store.interfaces import StoreUnavailable
 from . import api
 
 Say = Callable[[str], None]
@@ -32,6 +33,9 @@ def status(say: Say, client_id: str | None = None) -> int:
         if client_id is not None:
             return _client_status(say, client_id, api.for_client(client_id))
         found = api.status()
+    except StoreUnavailable as e:
+        say(f"cannot reach the shared state store: {e}; events wait in each host's journal")
+        return 1
     except sqlite3.Error as e:
         say(_unreadable("outbox", api.outbox_path(), e, "the events it holds cannot be sent"))
         return 1
@@ -62,8 +66,10 @@ def status(say: Say, client_id: str | None = None) -> int:
     return code
 
 
-def _unreadable(what: str, path: Path | None, error: sqlite3.Error, loses: str) -> str:
+def _unreadable(what: str, path: str | Path | None, error: sqlite3.Error | OSError, loses: str) -> str:
     """One line for a state file that cannot be read: what is wrong and what to do."""
+    if isinstance(error, StoreUnavailable):
+        return f"the {what} cannot be read: {error}"
     if db.is_damaged(error):
         return (
             f"the {what} file {path} is damaged ({error}): move it aside together with its -wal and -shm files "
@@ -143,4 +149,27 @@ def purge(say: Say) -> int:
         f"forgot the emails and names of {count} event(s) delivered more than {days:g} days ago; "
         "their status records stay"
     )
+    return 0
+
+
+def migrate_state(say: Say, dry_run: bool) -> int:
+    """Copy this host's SQLite store into the PostgreSQL store that state_url names."""
+    try:
+        found = api.migrate_state(dry_run)
+    except StoreUnavailable as e:
+        say(f"✗ cannot reach the shared state store: {e}")
+        return 1
+    if found is None:
+        say(
+            "✗ no state_url: set state_url in [email_marketing.constant_contact] (or REMIXCRM_CTCT_STATE_URL) "
+            "to the PostgreSQL store first; see the README's 'Running on several hosts'"
+        )
+        return 1
+    where, counts = found
+    verb = "would copy" if dry_run else "copied"
+    say(f"{verb} into {where}:")
+    for name, count in counts.items():
+        say(f"  {name:<16}{count:>8}")
+    if not dry_run:
+        say("restart RemixCRM on this host to use it; running migrate-state again copies nothing twice")
     return 0

@@ -35,6 +35,7 @@ SAMPLES: list[tuple[str, str, dict, str]] = [
                 "last_name": "Lovelace",
                 "phone": "+44 20 7946 0001",
                 "company": "Analytical Engines",
+                "plan": "Gold",  # mapped to the custom field "Plan" ([….fields] plan = "custom:Plan")
                 "email_opt_in": True,
             }
         },
@@ -85,6 +86,7 @@ SAMPLES: list[tuple[str, str, dict, str]] = [
 
 
 EXPIRE_AFTER = 2  # the sandbox expires the access token before this sample
+CUSTOM_FIELD = "Plan"  # created in the sandbox, as an admin does in Contacts → Settings → Custom Fields
 
 
 def run(out=sys.stdout, dry_run: bool = False) -> int:
@@ -111,6 +113,7 @@ def run(out=sys.stdout, dry_run: bool = False) -> int:
 def _run(say, dry_run: bool) -> int:
     with Sandbox(access_token=None) as sandbox:  # only tokens its authorization server issued
         sandbox.api.seed_contact(UNSUBSCRIBED, permission_to_send="unsubscribed")
+        plan = sandbox.api.seed_custom_field(CUSTOM_FIELD)
         _write_config(Path(os.environ["REMIXCRM_CONFIG"]), sandbox, dry_run)
         say(f"sandbox Constant Contact at {sandbox.base_url}, list {SEEDED_LIST_ID}")
         say(
@@ -118,6 +121,7 @@ def _run(say, dry_run: bool) -> int:
             + (" (dry_run = true: no write call)" if dry_run else "")
         )
         say(f"the sandbox already knows {UNSUBSCRIBED}: unsubscribed long ago")
+        say(f"custom field {CUSTOM_FIELD!r} ({plan['custom_field_id']}) is mapped from the client key 'plan'")
         pm = make_plugin_manager()
         if pm.get_plugin("constant_contact") is None:
             say("✗ the plugin's entry point was not found: is remixcrm-plugin-ctct installed in this Python?")
@@ -143,6 +147,8 @@ def _run(say, dry_run: bool) -> int:
             name = f"{c.get('first_name', ''):<8} {c.get('last_name', ''):<10}"
             say(f"  {c['email_address']:<24} {name} {c['permission_to_send']:<9} {c['contact_id']}")
         ok = drained & (_dry_run_report(say, sandbox) if dry_run else _summary(say, sandbox, members))
+        if not dry_run:
+            ok &= _custom_field_report(say, sandbox, plan)
         # a dry run may need no request after the expiry (the import lane's dry run sends none)
         refreshed = sandbox.authz.token_calls in ((0, 1) if dry_run else (1,)) and sandbox.authz.invalid_grants == 0
         ok &= refreshed
@@ -172,6 +178,19 @@ def _summary(say, sandbox: Sandbox, members: dict) -> bool:
             f"  {'✓' if actual == expected else '✗'} client {kwargs['client']['id']:<4} {label:<28} "
             f"expected {expected:<26} got {actual}"
         )
+    return ok
+
+
+def _custom_field_report(say, sandbox: Sandbox, plan: dict) -> bool:
+    """The mapped client key arrived in the custom field, by its id."""
+    email = SAMPLES[0][2]["client"]["email"]
+    sent = [f for body in sandbox.api.sign_ups if body["email_address"] == email for f in body.get("custom_fields", [])]
+    arrived = sandbox.api.custom_values(email).get(CUSTOM_FIELD)
+    ok = arrived == "Gold" and sent == [{"custom_field_id": plan["custom_field_id"], "value": "Gold"}]
+    say(
+        f"  {'✓' if ok else '✗'} custom field {CUSTOM_FIELD!r} of {email}: {arrived!r} "
+        f"(sent as custom_field_id {plan['custom_field_id']})"
+    )
     return ok
 
 
@@ -206,6 +225,7 @@ def _write_config(path: Path, sandbox: Sandbox, dry_run: bool = False) -> None:
         api_base_url=sandbox.api_base_url,
         token_url=sandbox.token_url,
         dry_run=dry_run,
+        fields={"plan": f"custom:{CUSTOM_FIELD}"},
     )
     path.write_text(text, encoding="utf-8")
     path.chmod(0o600)

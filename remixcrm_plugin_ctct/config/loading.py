@@ -4,7 +4,7 @@
 from pathlib import Path
 from typing import Any
 
-from . import reading, settings
+from . import fields, reading, settings
 from .messages import SETTINGS_PATH, show
 from .settings import ACTIVE, INACTIVE, INVALID, PROVIDERS, LoadedConfig, Settings
 
@@ -64,16 +64,21 @@ def _judge(path: Path, doc: dict[str, Any]) -> LoadedConfig:
         return LoadedConfig(INACTIVE, f"provider is {provider!r} in {path}", path)
     problems: list[str] = []
     table = settings.section(marketing, problems)
+    warnings: list[str] = []
+    mapped = fields.parse(table.get("fields"), warnings)
+    told = tuple(f"{path}: {w}" for w in warnings)
     parsed = settings.parse_section(table, problems)
     if problems or parsed is None:
-        return LoadedConfig(INVALID, f"{path}: " + "; ".join(problems), path, sender=settings.sender_of(table))
-    return LoadedConfig(
-        ACTIVE,
-        f"sending new clients to list {parsed.list_id} via {parsed.api_base_url}",
-        path,
-        parsed,
-        sender=parsed.sender,
-    )
+        return LoadedConfig(
+            INVALID,
+            f"{path}: " + "; ".join(problems),
+            path,
+            fields=mapped,
+            warnings=told,
+            sender=settings.sender_of(table),
+        )
+    message = f"sending new clients to list {parsed.list_id} via {parsed.api_base_url}"
+    return LoadedConfig(ACTIVE, message, path, parsed, fields=mapped, warnings=told, sender=parsed.sender)
 
 
 def _unreadable(path: Path, e: OSError | reading.Unreadable) -> LoadedConfig:

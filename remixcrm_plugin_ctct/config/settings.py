@@ -8,11 +8,13 @@ from pathlib import Path
 from typing import Any
 
 from . import values
+from .fields import FieldMap
 from .messages import SECTION, SETTINGS_PATH, show
 
 PROVIDERS = ("constant_contact", "mailchimp", "none")
 DEFAULT_API_BASE_URL = "https://api.cc.email/v3"
 DEFAULT_TOKEN_URL = "https://authz.constantcontact.com/oauth2/default/v1/token"
+DEFAULT_STATE_SCHEMA = "remixcrm_ctct"
 ACTIVE, INACTIVE, INVALID = "active", "inactive", "invalid"
 SENDERS = ("thread", "process")  # where delivery runs: threads in the host's process, or one helper process
 _UUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
@@ -37,10 +39,17 @@ class Settings:
     consent_guard: bool = True
     restore_deleted: bool = False
     dry_run: bool = False
+    # shared state for several hosts (see config/state.py); None: the SQLite files in the data dir
+    state_url: str | None = field(default=None, repr=False)  # may hold a password
+    state_schema: str = DEFAULT_STATE_SCHEMA
     # clients whose consent RemixCRM never recorded: "implicit" (bulk import: permission implicit,
     # never re-subscribes), "skip" (not sent) or "explicit" (sign_up_form after a lookup)
     unknown_consent: str = "implicit"
     import_window_seconds: float = 3.0  # how long the first due import row waits for company
+    # the list each event joins (None: list_id), and the lists a converted lead leaves
+    client_created_list_id: str | None = None
+    lead_converted_list_id: str | None = None
+    remove_from_list_ids: tuple[str, ...] = ()
     sender: str = SENDERS[0]
 
 
@@ -54,6 +63,10 @@ class LoadedConfig:
     message: str
     path: Path
     settings: Settings | None = None
+    # [email_marketing.constant_contact.fields], read also when the rest is invalid (the hook still
+    # records events then, with their fields); its problems are ERRORs that pause nothing
+    fields: FieldMap = ()
+    warnings: tuple[str, ...] = ()
     sender: str = Settings.sender
 
 
@@ -110,7 +123,11 @@ def parse_section(table: dict[str, Any], problems: list[str], require_list: bool
     client_secret = values.text(table, "client_secret", problems, secret=True, token=True)
     numbers = {key: values.number(table, key, default, problems) for key, default in NUMBERS.items()}
     switches = {key: values.switch(table, key, default, problems) for key, default in SWITCHES.items()}
+    url = values.state_url(table, problems)
+    schema = values.state_schema(table, DEFAULT_STATE_SCHEMA, problems)
     unknown_consent = values.choice(table, "unknown_consent", UNKNOWN_CONSENT, problems)
+    event_lists = {key: _list_key(table, key, problems) for key in EVENT_LISTS}
+    removals = _removals(table, problems, [found or list_id for found in event_lists.values()])
     sender = sender_of(table, problems)
     if problems or list_id is None:
         return None
@@ -128,10 +145,61 @@ def parse_section(table: dict[str, Any], problems: list[str], require_list: bool
         numbers["requests_per_second"],
         int(numbers["daily_quota"]),
         **switches,
+        state_url=url,
+        state_schema=schema,
         unknown_consent=unknown_consent,
         import_window_seconds=numbers["import_window_seconds"],
+        client_created_list_id=event_lists["client_created_list_id"],
+        lead_converted_list_id=event_lists["lead_converted_list_id"],
+        remove_from_list_ids=removals,
         sender=sender,
     )
+
+
+EVENT_LISTS = ("client_created_list_id", "lead_converted_list_id")
+MAX_REMOVALS = 50  # ListActivityRemoveContacts.list_ids: "up to 50"
+
+
+def _list_key(table: dict[str, Any], key: str, problems: list[str]) -> str | None:
+    """An optional list id: a UUID, or None (the event joins list_id)."""
+    found = values.text(table, key, problems)
+    if found is not None and not _UUID.fullmatch(found):
+        problems.append(
+            f"{SECTION}.{key} {show(found)} is not a UUID: copy the list's id from Constant Contact "
+            f"(Contacts → Lists → the list's URL), or leave it out to use list_id"
+        )
+        return None
+    return found
+
+
+def _removals(table: dict[str, Any], problems: list[str], joined: list[str | None]) -> tuple[str, ...]:
+    """``remove_from_list_ids``: the lists a converted lead leaves; one id or an array of ids,
+    none of them a list some event joins (that would add and remove the contact at once)."""
+    key = "remove_from_list_ids"
+    raw = table.get(key)
+    if raw is None or raw == "" or raw == []:
+        return ()
+    items = [raw] if isinstance(raw, str) else raw
+    if not isinstance(items, list) or not all(isinstance(i, str) for i in items):
+        problems.append(f'{SECTION}.{key} must be an array of list ids, such as ["…"] (got {show(raw)})')
+        return ()
+    ids = list(dict.fromkeys(i.strip() for i in items if i.strip()))
+    bad = [i for i in ids if not _UUID.fullmatch(i)]
+    if bad:
+        problems.append(f"{SECTION}.{key}: {show(bad[0])} is not a UUID: copy the list's id from Constant Contact")
+        return ()
+    if len(ids) > MAX_REMOVALS:
+        problems.append(f"{SECTION}.{key} holds {len(ids)} lists; Constant Contact takes at most {MAX_REMOVALS}")
+        return ()
+    both = [i for i in ids if i.lower() in {j.lower() for j in joined if j}]
+    if both:
+        problems.append(
+            f"{SECTION}.{key}: {both[0]} is also the list a client_created or lead_converted event joins "
+            "(client_created_list_id or lead_converted_list_id, else list_id); a converted lead would join and "
+            "leave it at once: remove it from one of them"
+        )
+        return ()
+    return tuple(ids)
 
 
 def sender_of(table: dict[str, Any], problems: list[str] | None = None) -> str:

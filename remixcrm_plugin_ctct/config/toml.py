@@ -20,8 +20,10 @@ class Raw:
     text: str
 
 
-# what a key may be given (None: leave the key out)
-Value: TypeAlias = str | bool | int | float | dt.datetime | dt.date | dt.time | Raw | None
+# what a key may be given (None: leave the key out; a dict: a sub-table, such as ``fields``)
+Value: TypeAlias = (
+    str | bool | int | float | dt.datetime | dt.date | dt.time | Raw | list | tuple | dict[str, object] | None
+)
 
 
 def config_toml(provider: str | None = "constant_contact", /, **keys: Value) -> str:
@@ -32,7 +34,12 @@ def config_toml(provider: str | None = "constant_contact", /, **keys: Value) -> 
         lines.append(f"provider = {toml_value(provider)}")
     if keys:
         lines += ["", "[email_marketing.constant_contact]"]
-        lines += [f"{toml_key(key)} = {toml_value(value)}" for key, value in keys.items() if value is not None]
+        plain = {k: v for k, v in keys.items() if v is not None and not isinstance(v, dict)}
+        lines += [f"{toml_key(key)} = {toml_value(value)}" for key, value in plain.items()]
+        for name, table in keys.items():
+            if isinstance(table, dict):  # after the plain keys: a sub-table ends its parent's keys
+                lines += ["", f"[email_marketing.constant_contact.{toml_key(name)}]"]
+                lines += [f"{toml_key(key)} = {toml_value(value)}" for key, value in table.items()]  # type: ignore[arg-type]
     return "\n".join(lines) + "\n"
 
 
@@ -59,6 +66,8 @@ def toml_value(value: Value) -> str:
         return text[: -len("+00:00")] + "Z" if text.endswith("+00:00") else text
     if isinstance(value, dt.date | dt.time):
         return value.isoformat()
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
     raise TypeError(f"config_toml() cannot write a {type(value).__name__}")
 
 

@@ -6,11 +6,13 @@ import ipaddress
 import math
 import re
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
 from .messages import SECTION, SETTINGS_PATH, show
 
 _TOKEN = re.compile(r"[!-~]+")  # printable ASCII, no space
+_SCHEMA_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}")  # a PostgreSQL name that needs no quoting
+_STATE_SCHEMES = ("postgresql", "postgres")
 _URL_CHARS = re.compile(r"[^\x00-\x20\x7f]+")
 # (lowest, highest, what to say). Bounded on both sides: inf, nan or 1e400 would overflow the
 # governor's and the purge's arithmetic later, far from the line that caused it
@@ -149,3 +151,45 @@ def expiry(value: Any, problems: list[str]) -> dt.datetime | None:
         )
         return None
     return value
+
+
+def state_url(table: dict[str, Any], problems: list[str]) -> str | None:
+    """``state_url``: a ``postgresql://`` URL, or None (SQLite)."""
+    value = table.get("state_url")
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    fix = 'a URL such as "postgresql://remixcrm@db.internal:5432/remixcrm" (or leave it out for one host)'
+    if not isinstance(value, str):
+        problems.append(f"{SECTION}.state_url must be {fix}")
+        return None
+    value = value.strip()
+    try:
+        scheme = urlsplit(value).scheme
+    except ValueError:
+        scheme = ""
+    if scheme not in _STATE_SCHEMES or any(c.isspace() for c in value):
+        problems.append(f"{SECTION}.state_url {show(mask_url(value))} must be {fix}")
+        return None
+    return value
+
+
+def state_schema(table: dict[str, Any], default: str, problems: list[str]) -> str:
+    value = table.get("state_schema", default)
+    if not isinstance(value, str) or not _SCHEMA_NAME.fullmatch(value):
+        problems.append(
+            f"{SECTION}.state_schema must be a lower-case name of letters, digits and _ "
+            f"(got {show(value)}; default {default!r})"
+        )
+        return default
+    return value
+
+
+def mask_url(url: str) -> str:
+    """``url`` with its password replaced by ``***`` (for logs, ``check`` and errors)."""
+    try:
+        parts = urlsplit(url)
+        if parts.password is None:
+            return url
+        return urlunsplit(parts._replace(netloc=f"{parts.username or ''}:***@{parts.netloc.rsplit('@', 1)[1]}"))
+    except ValueError:
+        return "<a URL that cannot be parsed>"

@@ -32,7 +32,7 @@ class ConfigWatcher:
         self._lock = threading.Lock()  # guards the fields below; never held while the file is read
         forksafe.after_fork_in_child(self._after_fork)  # an at-fork hook only: nothing starts
         self._snapshot: tuple[tuple, LoadedConfig] | None = None
-        self._announced: tuple[str, str] | None = None
+        self._announced: tuple | None = None
         self._reader: object | None = None  # the token of the thread reading the file now
         self._generation = 0  # forget() bumps it: a reading begun before then is not kept
 
@@ -87,10 +87,12 @@ class ConfigWatcher:
         self._reader = None
 
     def _announce(self, loaded: LoadedConfig) -> None:
-        said = (loaded.status, loaded.message)
+        said = (loaded.status, loaded.message, loaded.warnings)
         if said == self._announced:
             return
         self._announced = said
+        for warning in loaded.warnings:  # a bad [….fields] entry: that entry is ignored, nothing pauses
+            log.error("constant contact field mapping problem (that entry is ignored): %s", warning)
         if loaded.status == INVALID:
             log.error("constant contact sync is paused, config problem: %s", loaded.message)
         elif loaded.status == INACTIVE:

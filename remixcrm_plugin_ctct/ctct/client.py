@@ -225,6 +225,28 @@ class CtctClient:
                 break
         return path + (f"?{link.query}" if link.query else "")
 
+    def custom_fields_page(self, path: str | None = None) -> tuple[list[dict], str | None]:
+        """One page of ``GET /contact_custom_fields`` (100 a page, the spec's maximum; an account has
+        at most 100): (``CustomField``s, the next page's path or None). ``path``: a next link, followed
+        only on Constant Contact's own host."""
+        if path is not None:
+            response = self._request("GET", self._under_base(path))
+        else:
+            response = self._request("GET", "/contact_custom_fields", params={"limit": 100})
+        data = _json_or_empty(response)
+        found = [f for f in data.get("custom_fields") or [] if isinstance(f, dict)]
+        links = data.get("_links")
+        following = links.get("next") if isinstance(links, dict) else None
+        href = following.get("href") if isinstance(following, dict) else None
+        return found, href if isinstance(href, str) and href else None
+
+    def remove_list_memberships(self, contact_ids: list[str], list_ids: list[str]) -> dict:
+        """``POST /activities/remove_list_memberships`` for these contacts only (``source.contact_ids``,
+        up to 500): the 201's ``ActivityListsMembership``. Only list memberships change; a contact's
+        permission to send stays as it is (never an unsubscribe)."""
+        body = {"source": {"contact_ids": list(contact_ids)}, "list_ids": list(list_ids)}
+        return _json_or_empty(self._request("POST", "/activities/remove_list_memberships", json=body))
+
     def privileges(self) -> list:
         """``GET /account/user/privileges``: needs no scope, so the cheapest "is this token alive"."""
         return _json_list(self._request("GET", "/account/user/privileges"))

@@ -9,7 +9,8 @@ from typing import TypeVar
 from .. import config
 from ..ctct import client as api_client
 from ..ctct.token_manager import TokenManager
-from ..store.outbox import THROTTLED, Outbox
+from ..store.interfaces import Outbox
+from ..store.outbox import THROTTLED
 from .governors import Governors
 
 log = logging.getLogger("remixcrm_plugin_ctct")

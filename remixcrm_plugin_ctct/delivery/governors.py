@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 from .. import config, forksafe
+from ..store.interfaces import Budget
 from .governor import Governor
 
 
@@ -43,13 +44,13 @@ class DisklessFallback:
 class Governors:
     """This process's governor for a data dir; a new one when the rate or quota setting changes."""
 
-    def __init__(self, data_dir: Path):
-        self.data_dir = data_dir
+    def __init__(self, data_dir: Path, budget: Budget | None = None):
+        self.data_dir, self.budget = data_dir, budget  # budget None: the SQLite one in data_dir
         self._current: tuple[tuple, DisklessFallback] | None = None  # ((rate, quota), governor) last seen
 
     def for_settings(self, settings: config.Settings) -> DisklessFallback:
         key = (settings.requests_per_second, settings.daily_quota)
         current = self._current  # read once: another thread may replace it
         if current is None or current[0] != key:
-            current = self._current = (key, DisklessFallback(Governor(self.data_dir, *key)))
+            current = self._current = (key, DisklessFallback(Governor(self.data_dir, *key, budget=self.budget)))
         return current[1]

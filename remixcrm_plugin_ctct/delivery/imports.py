@@ -47,33 +47,44 @@ class Importer:
 
     def run(self, body: bytes, emails: Sequence[str], call: Callable[[Callable[[Any], dict]], dict]) -> Imported:
         """Import ``body`` (whose ``import_data[n]`` has the email ``emails[n]``). Raises ApiError
-        (of the import, or of a poll that no retry fixes), ImportFailed or Stopped; plus what
+        (of the import, or a poll's 401/403), ImportFailed or Stopped; plus what
         ``call`` raises (no token, quota used up)."""
-        activity = call(lambda c: c.import_contacts(body))
+        activity = self.follow(call(lambda c: c.import_contacts(body)), call)
+        activity_id = activity["activity_id"]
+        errors, unplaced = place_errors(activity.get("activity_errors") or [], emails)
+        counts = activity.get("status")
+        counts = counts if isinstance(counts, dict) else {}
+        return Imported(activity_id, errors, unplaced, counts)
+
+    def follow(self, activity: dict, call: Callable[[Callable[[Any], dict]], dict], what: str = "import") -> dict:
+        """Poll the activity a POST answered with until it is ``completed``; returns it then.
+        Raises ImportFailed (it failed, or outlasted TIMEOUT), Stopped, or a poll's ApiError that
+        no retry fixes."""
         activity_id = activity.get("activity_id")
         if not isinstance(activity_id, str) or not activity_id:
-            raise ImportFailed("Constant Contact accepted the import but named no activity to follow")
+            raise ImportFailed(f"Constant Contact accepted the {what} but named no activity to follow")
         started = self.clock()
         n = 0
         while activity.get("state") != DONE:
             state = activity.get("state")
             if state in FAILED_STATES:
-                raise ImportFailed(f"import activity {activity_id} {state}: {_words(activity)}")
+                raise ImportFailed(f"{what} activity {activity_id} {state}: {_words(activity)}")
             if self.clock() - started > self.TIMEOUT:
-                raise ImportFailed(f"import activity {activity_id} still {state} after {self.TIMEOUT:.0f} s")
+                raise ImportFailed(f"{what} activity {activity_id} still {state} after {self.TIMEOUT:.0f} s")
             if self.wait(self.POLL_DELAYS[min(n, len(self.POLL_DELAYS) - 1)]):
                 raise Stopped()
             n += 1
             try:
                 activity = call(lambda c: c.get_activity(activity_id))
             except ApiError as e:
-                if e.status is not None and e.status < 500 and e.status not in (408, 429):
+                if e.status in (401, 403):  # about our token or privileges: the caller pauses
                     raise
+                if e.status is not None and e.status < 500 and e.status not in (408, 429):
+                    # the import was accepted; only its poll is refused (an activity not found yet,
+                    # say): never the contacts' fault, so neither a dead row nor a split and resend
+                    raise ImportFailed(f"import activity {activity_id} cannot be followed: {e}") from None
                 # a poll that failed in passing: the activity goes on without us; ask again
-        errors, unplaced = place_errors(activity.get("activity_errors") or [], emails)
-        counts = activity.get("status")
-        counts = counts if isinstance(counts, dict) else {}
-        return Imported(activity_id, errors, unplaced, counts)
+        return {**activity, "activity_id": activity_id}
 
 
 def place_errors(messages: list, emails: Sequence[str]) -> tuple[dict[int, str], list[str]]:

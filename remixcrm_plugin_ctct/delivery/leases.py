@@ -6,13 +6,13 @@ import threading
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 
-from ..store import outbox as outbox_module
+from ..store.interfaces import Outbox
 
 log = logging.getLogger("remixcrm_plugin_ctct")
 
 
 class LeaseKeeper:
-    def __init__(self, outbox: "outbox_module.Outbox"):
+    def __init__(self, outbox: Outbox):
         self.outbox = outbox
         self._cond = threading.Condition()
         self._ids: set[int] = set()
@@ -52,7 +52,7 @@ class LeaseKeeper:
     def _run(self, owner: str) -> None:
         me = threading.current_thread()
         while True:
-            every = outbox_module.LEASE_SECONDS / 3  # read each round: tests shorten it
+            every = self.outbox.lease_seconds / 3  # read each round: tests shorten it
             with self._cond:
                 self._cond.wait_for(lambda: self._thread is not me, timeout=every)
                 if self._thread is not me:
@@ -60,6 +60,6 @@ class LeaseKeeper:
                 ids = sorted(self._ids)
             if ids:
                 try:
-                    self.outbox.renew(owner, ids, outbox_module.LEASE_SECONDS)
+                    self.outbox.renew(owner, ids, self.outbox.lease_seconds)
                 except Exception as e:  # the lease may expire: at worst a second send of the row
                     log.warning("could not renew the leases of %d row(s) being sent: %s", len(ids), e)

@@ -15,9 +15,10 @@ from .. import config, payload
 from ..ctct import client as api_client
 from ..ctct.token_manager import NeedsReauth, TokenManager, TokenUnavailable
 from ..store import lanes
-from ..store.outbox import Outbox, Row
+from ..store.interfaces import Outbox, Row, StoreUnavailable
 from . import imports, retry_policy
 from .api_calls import ApiCalls
+from .custom_fields import CustomFields
 from .governors import Governors
 from .importing import IMPORTED, Importing
 from .memory_lane import MemoryEvent
@@ -46,8 +47,9 @@ class Delivery:
         self.clock = clock
         self.calls = ApiCalls(outbox, tokens, governors)
         suppression = SuppressionCheck(mirror)
-        self.sign_up = SignUp(self.calls, suppression)
-        self.importing = Importing(self.calls, suppression, clock)
+        custom_fields = CustomFields()  # one per process and API: both lanes resolve names through it
+        self.sign_up = SignUp(self.calls, suppression, custom_fields, clock)
+        self.importing = Importing(self.calls, suppression, clock, custom_fields)
         self._quota_said = False
         self._said: dict = {}  # causes already logged as ERROR (setdefault: one thread wins)
 
@@ -76,7 +78,7 @@ class Delivery:
             result = self.sign_up.send(contact, settings, consent_at=row.created_at)
         except NeedsReauth:
             return self._pause_until_changed("Constant Contact needs re-authorisation")
-        except TokenUnavailable as e:
+        except (TokenUnavailable, StoreUnavailable) as e:  # (the shared store holds the tokens)
             self._retry([row], who, str(e), None)
             return None
         except QuotaUsedUp:
@@ -145,9 +147,9 @@ class Delivery:
                 log.info(
                     "%s %s contact %s in list %s (%s)",
                     who,
-                    result.status,
+                    result.outcome or result.status,
                     result.contact_id,
-                    settings.list_id,
+                    ", ".join(result.lists) or settings.list_id,
                     row.event,
                 )
             return None
@@ -281,9 +283,9 @@ class Delivery:
             log.info(
                 "%s %s contact %s in list %s (%s)",
                 who,
-                result.status,
+                result.outcome or result.status,
                 result.contact_id,
-                settings.list_id,
+                ", ".join(result.lists) or settings.list_id,
                 record["event"],
             )
             return None

@@ -7,8 +7,7 @@ import time
 from collections.abc import Callable
 from typing import Protocol
 
-from ..store import outbox as outbox_module
-from ..store.outbox import Outbox, Row
+from ..store.interfaces import Outbox, Row
 from .leases import LeaseKeeper
 from .memory_lane import MemoryEvent, MemoryLane
 from .pauses import Pause, PauseSwitch
@@ -50,7 +49,7 @@ class Steps:
                     for rest in rows[n:]:
                         self.outbox.retry_later(rest.id, time.time(), None, count_attempt=False)
                     return
-                current = self.outbox.take(owner, row, outbox_module.LEASE_SECONDS)
+                current = self.outbox.take(owner, row, self.outbox.lease_seconds)
                 if current is None:
                     continue  # its lease ran out during earlier sends and another process took it
                 try:
@@ -116,5 +115,7 @@ class Steps:
         if now - self._trouble_logged_at >= TROUBLE_LOG_EVERY:
             self._trouble_logged_at = now
             log.warning(
-                "cannot use the outbox %s (%s); events kept in memory still go out, the rest waits", self.outbox.path, e
+                "cannot use the outbox %s (%s); events kept in memory still go out, the rest waits",
+                self.outbox.location,
+                e,
             )

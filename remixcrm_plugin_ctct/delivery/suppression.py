@@ -4,10 +4,12 @@ is brought up to date (a few requests at most, once a minute) and then read loca
 
 import logging
 import sqlite3
+import time
 from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
 from .. import config, consent
+from .mirror import classify
 
 log = logging.getLogger("remixcrm_plugin_ctct")
 
@@ -38,12 +40,17 @@ class SuppressionCheck:
         Raises the mirror sync's ApiError (the send fails as its own request would have)."""
         if self.mirror is None:
             return {}
+        emails = list(emails)
         try:
             self.mirror.refresh(call, max_age=MIRROR_MAX_AGE)
+        except (OSError, sqlite3.Error) as e:  # the disk (full, read-only): what it holds still counts
+            log.warning("cannot update the suppression mirror (%s); using what it holds", e)
+        try:
             known = self.mirror.filter(emails)
-        except (OSError, sqlite3.Error) as e:  # the disk (memory lane): the API's own rules still hold
-            log.warning("cannot read the suppression mirror (%s); sending on Constant Contact's own rules", e)
-            return {}
+        except (OSError, sqlite3.Error) as e:
+            # the import has no lookup of its own: sent unchecked, it would revive deleted contacts
+            log.warning("cannot read the suppression mirror (%s); looking each contact up instead", e)
+            known = _looked_up(emails, call)
         found = {}
         for key, suppression in known.items():
             if suppression.reason == "deleted":
@@ -52,3 +59,14 @@ class SuppressionCheck:
             elif consent_at is None or suppression.at >= consent_at:
                 found[key] = SUPPRESSED_UNSUBSCRIBED
         return found
+
+
+def _looked_up(emails: list[str], call: Callable) -> dict[str, Any]:
+    """The suppressed ones among ``emails`` as ``GET /contacts?email=…`` says (one request each)."""
+    known = {}
+    for email in emails:
+        contact = call(lambda c, email=email: c.find_contact(email))
+        found = classify(contact, time.time()) if isinstance(contact, dict) else None
+        if found is not None and found[1] is not None:
+            known[email.lower()] = found[1]
+    return known

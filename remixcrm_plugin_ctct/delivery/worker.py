@@ -20,8 +20,8 @@ import time
 from .. import forksafe
 from ..store import lanes
 from ..store.fold_pacing import FOLD_QUIET, FoldPacer
+from ..store.interfaces import Outbox, StoreUnavailable
 from ..store.journal import Journal
-from ..store.outbox import Outbox
 from .housekeeping import Housekeeper
 from .inflight import InFlight
 from .leases import LeaseKeeper
@@ -142,11 +142,15 @@ class Worker:
             due = self.outbox.due_count(until)
             if not due and not self._exiting and self.pacer is not None and self.pacer.backlog(self.outbox):
                 due = 1  # written by a hook, not yet folded into the outbox
+        except StoreUnavailable:
+            return None  # a server out of reach (for now): what it holds is still there, wait on
         except Exception as e:
-            if os.path.exists(self.outbox.path):
+            if self.outbox.has_state():
                 if not self._unreadable_said:
                     self._unreadable_said = True
-                    log.error("flush: cannot read the outbox %s (%s); what it holds is unknown", self.outbox.path, e)
+                    log.error(
+                        "flush: cannot read the outbox %s (%s); what it holds is unknown", self.outbox.location, e
+                    )
                 return False
             due = 0  # no outbox at all (the data dir cannot be made): only memory holds events
         return True if due == 0 and self.inflight.unchanged(ticks) else None

@@ -24,6 +24,7 @@ import threading
 import uuid
 from typing import Any
 
+from . import custom_fields
 from .contacts import UUID_RE, ContactsApi, iso
 from .faults import Faults
 
@@ -115,11 +116,27 @@ class Imports:
                     public["state"] = "failed"  # nothing imported: a failed job leaves the contacts as they were
                     public["activity_errors"].append("the import job failed to complete (injected)")
                 else:
-                    self._complete(activity)
+                    activity.get("complete", self._complete)(activity)
                     public.update(state="completed", percent_done=100, completed_at=iso(now))
                 if public["state"] != "processing":
                     activity["rows"] = []  # done with them: a 50,000-row bench need not keep every body
             return 200, _copy(public)
+
+    def add(self, public: dict, **state: Any) -> tuple[int, object]:
+        """Queue another kind of activity (list_activities.py): ``state["complete"](activity)`` runs
+        on the poll that completes it. 429 past 1,000 queued activities, as for imports."""
+        with self._lock:
+            queued = sum(a["public"]["state"] in ("initialized", "processing") for a in self.activities.values())
+            if queued >= MAX_QUEUED:
+                return _bad(429, "You exceeded 1,000 queued activities for this user account.", "too_many_requests")
+            self.activities[public["activity_id"]] = {
+                "public": public,
+                "rows": [],
+                "polls": 0,
+                "fail": self.faults.take_import_failure(),
+                **state,
+            }
+            return 201, _copy(public)
 
     def view(self) -> list[dict]:
         with self._lock:
@@ -165,9 +182,13 @@ def apply(api: ContactsApi, rows: list[dict], list_ids: list[str]) -> int:
     refused = 0
     now = api.clock()
     with api.lock:
+        ids = {name: f["custom_field_id"] for name, f in api.custom_fields.items()}
         for row in rows:
             key = row["email"].lower()
-            props = {_STORED_AS.get(k, k): v for k, v in row.items() if k != "email"}
+            props = {_STORED_AS.get(k, k): v for k, v in row.items() if k != "email" and not k.startswith("cf:")}
+            customs = [
+                {"custom_field_id": ids[k[3:]], "value": v} for k, v in row.items() if k[3:] in ids and k[:3] == "cf:"
+            ]
             contact = api.contacts.get(key)
             if contact is None:
                 contact = {
@@ -183,6 +204,7 @@ def apply(api: ContactsApi, rows: list[dict], list_ids: list[str]) -> int:
                 contact.pop("deleted_at")
                 contact["permission_to_send"] = "implicit"
             contact.update(props)
+            custom_fields.merge(contact, customs)
             contact["email_address"], contact["updated"] = key, now
             if contact["permission_to_send"] == "unsubscribed":
                 refused += 1
@@ -191,7 +213,7 @@ def apply(api: ContactsApi, rows: list[dict], list_ids: list[str]) -> int:
     return refused
 
 
-def _validate(body, custom_fields: set) -> list[str]:
+def _validate(body, known_fields: dict) -> list[str]:
     if not isinstance(body, dict):
         return ["the request body must be a JSON object (ContactsJsonImport)"]
     problems = [
@@ -210,19 +232,19 @@ def _validate(body, custom_fields: set) -> list[str]:
     if len(rows) > MAX_CONTACTS:
         return problems + [f"import_data holds {len(rows)} contacts; at most {MAX_CONTACTS} are allowed"]
     for n, row in enumerate(rows):
-        problems += [f"import_data[{n}]: {p}" for p in _row_problems(row, custom_fields)]
+        problems += [f"import_data[{n}]: {p}" for p in _row_problems(row, known_fields)]
         if len(problems) >= 20:  # enough to fix the client; the rest would only repeat it
             break
     return problems
 
 
-def _row_problems(row, custom_fields: set) -> list[str]:
+def _row_problems(row, known_fields: dict) -> list[str]:
     if not isinstance(row, dict):
         return ["each contact must be a JSON object (JsonImportContact)"]
     problems, custom = [], [k for k in row if k.startswith("cf:")]
     for key, value in row.items():
         if key.startswith("cf:"):
-            if key[3:] not in custom_fields:
+            if key[3:] not in known_fields:
                 problems.append(f"custom field {key[3:]!r} does not exist in the account")
             if not isinstance(value, str) or len(value) > 255:
                 problems.append(f"'{key}' must be a string of at most 255 characters")

@@ -18,6 +18,8 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
+from . import custom_fields
+
 SEEDED_LIST_ID = "1d0c1bd5-7e5a-4d0e-9b64-5ad1c4b3f001"
 UUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$", re.I)
 # ContactCreateOrUpdateInput's string fields we model, with maxLength from the vendor spec
@@ -49,7 +51,9 @@ class ContactsApi:
     ):
         self.lists = {SEEDED_LIST_ID: {"list_id": SEEDED_LIST_ID, "name": "RemixCRM clients"}}
         self.contacts: dict[str, dict] = {}  # lower-cased email -> contact
-        self.custom_fields: set[str] = set()  # names an import may use as "cf:<name>"
+        # CustomField by name (an import's "cf:<name>"); put in place with seed_custom_field
+        self.custom_fields: dict[str, dict] = {}
+        self.custom_field_reads = 0  # GET /contact_custom_fields answered (a client should cache them)
         self.sign_ups: list[dict] = []  # every accepted sign_up_form body, in order
         self.confirmed_opt_in = confirmed_opt_in  # the account's Confirmed Opt-In setting
         self.lowercase_lookups = lowercase_lookups
@@ -141,6 +145,30 @@ class ContactsApi:
             self.contacts[email.lower()] = contact
             return dict(contact)
 
+    def seed_custom_field(self, label: str, field_type: str = "string") -> dict:
+        """Create a custom field, as an admin does in Contacts → Settings → Custom Fields."""
+        with self.lock:
+            field = custom_fields.make_field(label, field_type, iso(self.clock()))
+            self.custom_fields[field["name"]] = field
+            return dict(field)
+
+    def custom_fields_page(self, params: dict) -> tuple[int, dict | list]:
+        """``GET /contact_custom_fields``."""
+        with self.lock:
+            self.custom_field_reads += 1
+            fields = list(self.custom_fields.values())
+        return custom_fields.page(fields, params)
+
+    def custom_values(self, email: str) -> dict[str, str]:
+        """{custom field name: value} of a contact (tests, the demo)."""
+        with self.lock:
+            contact = self.contacts.get(email.lower()) or {}
+            names = {f["custom_field_id"]: name for name, f in self.custom_fields.items()}
+            return {
+                names.get(f["custom_field_id"], f["custom_field_id"]): f["value"]
+                for f in contact.get("custom_fields", [])
+            }
+
     def unsubscribe(self, email: str) -> None:
         """The person opts out (a link in a mail). Like Constant Contact, this does not move
         ``updated_at``: only ``optout_after`` finds it, so a client watching updated_after alone misses it."""
@@ -159,6 +187,13 @@ class ContactsApi:
             if not contact.get("opt_out"):
                 contact["opt_out"], contact["opt_out_source"] = now, "Account"
 
+    def seed_list(self, name: str, list_id: str | None = None) -> str:
+        """Create a list (as in Contacts → Lists); returns its id."""
+        list_id = list_id or str(uuid.uuid4())
+        with self.lock:
+            self.lists[list_id] = {"list_id": list_id, "name": name}
+        return list_id
+
     def delete_list(self, list_id: str) -> None:
         with self.lock:
             self.lists[list_id]["deleted_at"] = iso(self.clock())  # ContactList.deleted_at is a date-time
@@ -176,6 +211,10 @@ class ContactsApi:
 
     def sign_up(self, body) -> tuple[int, object]:
         problems = validate(body)
+        if not problems:
+            with self.lock:
+                known = {f["custom_field_id"] for f in self.custom_fields.values()}
+            problems = custom_fields.sign_up_problems(body, known)
         if problems:
             return 400, [{"error_key": "json.field.invalid", "error_message": p} for p in problems]
         unknown = self.unknown_lists(body["list_memberships"])
@@ -193,7 +232,8 @@ class ContactsApi:
                 "create_source": "Contact",
                 "opt_in_source": "Contact",
             }
-            contact.update({k: v for k, v in body.items() if k != "list_memberships"})
+            contact.update({k: v for k, v in body.items() if k not in ("list_memberships", "custom_fields")})
+            custom_fields.merge(contact, body.get("custom_fields", []))
             contact["email_address"], contact["updated"] = key, now
             contact["list_memberships"] += [i for i in body["list_memberships"] if i not in contact["list_memberships"]]
             if existing is None and self.confirmed_opt_in:

@@ -15,6 +15,7 @@ from .activities import Imports
 from .authz import AuthServer
 from .contacts import ContactsApi
 from .faults import Faults
+from .list_activities import create_removal
 
 SEEDED_TOKEN = "sandbox-access-token"  # a static token that never expires (tests, benchmarks)
 OAUTH_PREFIX = "/oauth2/default/v1"
@@ -22,6 +23,7 @@ _UNAUTHORIZED = {"error_key": "unauthorized", "error_message": "Unauthorized"}
 _NO_SCOPE = [{"error_key": "forbidden", "error_message": "The token does not have the contact_data scope"}]
 _NOT_JSON = [{"error_key": "unsupported_media_type", "error_message": "Content-Type must be application/json"}]
 _IMPORT_PATH = "/v3/activities/contacts_json_import"
+_REMOVE_PATH = "/v3/activities/remove_list_memberships"
 # GET /account/user/privileges in the spec's UserPrivilegesResource shape (ids are the sandbox's own)
 PRIVILEGES = [
     {"privilege_id": n, "privilege_name": name}
@@ -167,6 +169,11 @@ def _handler(sandbox: Sandbox) -> type[BaseHTTPRequestHandler]:
             if url.path == "/sandbox/faults":  # the admin switch, for hosts in other processes
                 sandbox.faults.configure(json.loads(raw or b"{}"))
                 return self._reply(200, {"ok": True})
+            if url.path == "/sandbox/custom_fields":  # as an admin creates one in Settings → Custom Fields
+                wanted = json.loads(raw or b"{}")
+                return self._reply(
+                    201, sandbox.api.seed_custom_field(str(wanted["label"]), wanted.get("type", "string"))
+                )
             if url.path.startswith(OAUTH_PREFIX):
                 form = dict(parse_qsl(raw.decode()))
                 form.update(parse_qsl(url.query))  # Constant Contact's own examples use the query string
@@ -175,7 +182,7 @@ def _handler(sandbox: Sandbox) -> type[BaseHTTPRequestHandler]:
                 if url.path == f"{OAUTH_PREFIX}/device/authorize":
                     return self._reply(*sandbox.authz.device_authorize(form, sandbox.base_url + OAUTH_PREFIX))
                 return self._reply(404, {"error": "not_found", "error_description": "no such endpoint"})
-            if url.path not in ("/v3/contacts/sign_up_form", _IMPORT_PATH):
+            if url.path not in ("/v3/contacts/sign_up_form", _IMPORT_PATH, _REMOVE_PATH):
                 return self._reply(404, [{"error_key": "not_found", "error_message": "no such endpoint"}])
             started = time.monotonic()
             if self._fault() or not self._bearer_ok():
@@ -186,6 +193,8 @@ def _handler(sandbox: Sandbox) -> type[BaseHTTPRequestHandler]:
                 return self._reply(415, _NOT_JSON)
             if url.path == _IMPORT_PATH:
                 return self._reply(*sandbox.imports.create(raw))
+            if url.path == _REMOVE_PATH:
+                return self._reply(*create_removal(raw, sandbox.api, sandbox.imports.add))
             try:
                 body = json.loads(raw)
             except ValueError:
@@ -231,6 +240,7 @@ def _handler(sandbox: Sandbox) -> type[BaseHTTPRequestHandler]:
                     200,
                     {
                         "lists": list(sandbox.api.lists.values()),
+                        "custom_fields": list(sandbox.api.custom_fields.values()),
                         "contacts": sandbox.api.find(include_deleted=True),
                         "activities": sandbox.imports.view(),
                     },
@@ -243,6 +253,8 @@ def _handler(sandbox: Sandbox) -> type[BaseHTTPRequestHandler]:
                 return self._reply(403, _NO_SCOPE)
             if url.path == "/v3/contacts":
                 return self._reply(*sandbox.api.query(query))
+            if url.path == "/v3/contact_custom_fields":
+                return self._reply(*sandbox.api.custom_fields_page(query))
             if url.path.startswith("/v3/activities/"):
                 return self._reply(*sandbox.imports.get(url.path.removeprefix("/v3/activities/")))
             found = sandbox.api.get_list(url.path.removeprefix("/v3/contact_lists/"))

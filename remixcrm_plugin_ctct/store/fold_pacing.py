@@ -4,8 +4,8 @@ latency), but at least every few seconds, and at once for someone waiting in a f
 
 import time
 
+from .interfaces import Outbox
 from .journal import Journal
-from .outbox import Outbox
 
 FOLD_QUIET = 0.02  # seconds without a hook write before the journal is folded into the outbox
 FOLD_AT_LEAST_EVERY = 5.0  # ... but never later than this during a long burst

@@ -2,11 +2,12 @@
 
 Today's implementations are embedded and zero-config (SQLite files and a JSON file in the data
 dir): :class:`.outbox.Outbox`, :class:`.budget.SqliteBudget`, :class:`.pause.SqlitePause`,
-:class:`.tokens.TokenStore`, :class:`.suppressions.SqliteSuppressions`. A second backend
-(PostgreSQL, say) implements these Protocols and is chosen where the parts are built
-(``runtime``); nothing that uses them changes. Hence the rules the methods keep: each call is
-one atomic step (its own transaction), times are epoch seconds passed in, and nothing returns a
-cursor, a connection or a lock of the backend's own (the token lock is a context manager).
+:class:`.tokens.TokenStore`, :class:`.suppressions.SqliteSuppressions`. The second backend,
+PostgreSQL (``store/postgres/``, for several hosts), implements the same Protocols;
+:mod:`.backends` chooses where the parts are built (``runtime``), and nothing that uses them
+changes. Hence the rules the methods keep: each call is one atomic step (its own transaction),
+times are epoch seconds passed in, and nothing returns a cursor, a connection or a lock of the
+backend's own (the token lock is a context manager).
 """
 
 from collections.abc import Callable, Iterable, Mapping
@@ -17,6 +18,12 @@ if TYPE_CHECKING:
     from .tokens import TokenState
 
 T = TypeVar("T")
+
+
+class StoreUnavailable(OSError):
+    """The shared store cannot be used right now (a server unreachable, its driver missing): like
+    a full disk, not a bug. Events wait in the journal; the message names the store, never a
+    password."""
 
 
 class Row(NamedTuple):
@@ -50,7 +57,16 @@ class Outbox(JournalSink, Protocol):
     at a time (at-least-once), one email in flight at a time."""
 
     # the worker and delivery
-    def claim_many(self, owner: str, limit: int, now: float | None = None, lease: float = ...) -> list[Row]: ...
+    def claim_many(
+        self,
+        owner: str,
+        limit: int,
+        now: float | None = None,
+        lease: float = ...,
+        lane: str | None = None,  # lanes.SIGN_UP or lanes.IMPORT (as unknown_consent makes them); None: any
+        unknown_consent: str = ...,
+    ) -> list[Row]: ...
+    def first_due_import(self, unknown_consent: str, now: float | None = None) -> float | None: ...
     def renew(self, owner: str, row_ids: Iterable[int], lease: float = ..., now: float | None = None) -> set[int]: ...
     def take(self, owner: str, row: Row, lease: float = ..., now: float | None = None) -> Row | None: ...
     def delivered(self, row_id: int, contact_id: str | None, outcome: str, now: float | None = None) -> None: ...
@@ -64,6 +80,12 @@ class Outbox(JournalSink, Protocol):
     def next_due_at(self) -> float | None: ...
     def checkpoint(self) -> None: ...
     def close(self) -> None: ...
+    # where it lives, for messages ("outbox /path/outbox.sqlite3", "PostgreSQL postgresql://…")
+    @property
+    def location(self) -> str: ...
+    @property
+    def lease_seconds(self) -> float: ...  # how long a lease lasts before another process may take the row
+    def has_state(self) -> bool: ...  # False: nothing stored yet (no file), so nothing can be pending
     # the CLI
     def summary(self) -> Summary: ...
     def for_client(self, client_id: str) -> list[dict]: ...

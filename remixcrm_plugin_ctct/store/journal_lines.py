@@ -13,7 +13,7 @@ import math
 import re
 from pathlib import Path
 
-from .. import payload
+from .. import fieldmap, payload
 from .interfaces import JournalSink
 
 log = logging.getLogger("remixcrm_plugin_ctct")
@@ -114,9 +114,7 @@ def _bounded(rec: dict) -> tuple[dict, str | None]:
         "email": email,
         "client_id": payload.clean_text(str(client_id))[: payload.ID_MAX],
         "event": payload.clean_text(event)[:EVENT_MAX],
-        "fields": {
-            k: payload.clean_text(v)[: limits[k]] for k, v in fields.items() if k in limits and isinstance(v, str)
-        },  # only what the hook would send
+        "fields": fieldmap.bounded(fields, limits),  # only what the hook would send
         "at": float(at),
     }
     seq = rec.get("seq")

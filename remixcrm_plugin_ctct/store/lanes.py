@@ -12,8 +12,9 @@ as Python, the final word right before a send (``tests/test_lanes.py`` holds the
   re-subscribes nor upgrades anyone's permission, ``sign_up_form`` does both.
 """
 
+from .newest import BACKFILL  # the event name of rows recorded by `remixcrm-ctct backfill`
+
 SIGN_UP, IMPORT = "sign_up", "import"
-BACKFILL = "backfill"  # the event name of rows recorded by `remixcrm-ctct backfill`
 
 
 def lane_of(email_opt_in: bool | None, event: str, unknown_consent: str) -> str:
@@ -26,10 +27,13 @@ def lane_of(email_opt_in: bool | None, event: str, unknown_consent: str) -> str:
 
 
 # The consent in force of row ``e`` as SQL (1, 0 or NULL), mirroring newest.consent_in_force: the
-# newest state's answer, except a "yes" given before the row's first event, which is used up.
-_OPT_IN = """(CASE WHEN EXISTS (SELECT 1 FROM latest l WHERE l.email_key = e.email_key) THEN
+# newest state's answer, except a "yes" given before the row's first event, which is used up, and
+# a backfill's "yes" for a row that is not the backfill's.
+_OPT_IN = f"""(CASE WHEN EXISTS (SELECT 1 FROM latest l WHERE l.email_key = e.email_key) THEN
   (SELECT CASE WHEN json_extract(l.contact, '$.email_opt_in') IS 1
-                    AND coalesce(json_extract(l.stamps, '$.email_opt_in[0]'), -1e308) < e.created_at THEN NULL
+                    AND (coalesce(json_extract(l.stamps, '$.email_opt_in[0]'), -1e308) < e.created_at
+                         OR (json_extract(l.stamps, '$.email_opt_in_by') IS '{BACKFILL}'
+                             AND e.event IS NOT '{BACKFILL}')) THEN NULL
                ELSE json_extract(l.contact, '$.email_opt_in') END
    FROM latest l WHERE l.email_key = e.email_key)
   ELSE json_extract(e.contact, '$.email_opt_in') END)"""

@@ -9,6 +9,7 @@ import json
 import logging
 import os
 import sqlite3
+from collections.abc import Iterable
 
 from . import owners
 
@@ -35,19 +36,28 @@ def note_holder(conn: sqlite3.Connection, owner: str) -> None:
 def holders(conn: sqlite3.Connection) -> tuple[str, str]:
     """The lease holders on this machine that are gone, and those alive (JSON lists); forgets
     holders that lease nothing any more. Runs inside the claim's transaction."""
-    here = owners.machine()
-    dead: list[str] = []
-    alive: list[str] = []
-    for owner, machine, pid, started in conn.execute(
-        "SELECT DISTINCT e.lease_owner, o.machine, o.pid, o.started FROM events e "
-        "JOIN owners o ON o.owner = e.lease_owner WHERE e.state = 'sending'"
-    ):
-        if machine == here:
-            (dead if owners.gone(pid, started) else alive).append(owner)
-    for owner in dead:
-        log.info("taking back the events leased by %s: that process is gone", owner)
+    dead, alive = classify(
+        conn.execute(
+            "SELECT DISTINCT e.lease_owner, o.machine, o.pid, o.started FROM events e "
+            "JOIN owners o ON o.owner = e.lease_owner WHERE e.state = 'sending'"
+        )
+    )
     conn.execute(
         "DELETE FROM owners WHERE owner NOT IN "
         "(SELECT lease_owner FROM events WHERE state = 'sending' AND lease_owner IS NOT NULL)"
     )
     return json.dumps(dead), json.dumps(alive)
+
+
+def classify(found: Iterable[tuple[str, str, int, str | None]]) -> tuple[list[str], list[str]]:
+    """Of the holders ``(owner, machine, pid, started)``, those on this machine that are gone, and
+    those on it that are alive (any backend: holders on other machines are in neither list)."""
+    here = owners.machine()
+    dead: list[str] = []
+    alive: list[str] = []
+    for owner, machine, pid, started in found:
+        if machine == here:
+            (dead if owners.gone(pid, started) else alive).append(owner)
+    for owner in dead:
+        log.info("taking back the events leased by %s: that process is gone", owner)
+    return dead, alive

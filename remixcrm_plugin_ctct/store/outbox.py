@@ -16,6 +16,7 @@ for a retry.
 
 import datetime as dt
 import json
+import os
 import sqlite3
 import threading
 import time
@@ -71,6 +72,18 @@ class Outbox(AdminQueries):
 
     def __repr__(self) -> str:
         return f"Outbox({str(self.path)!r})"
+
+    @property
+    def location(self) -> str:
+        return str(self.path)
+
+    @property
+    def lease_seconds(self) -> float:
+        return LEASE_SECONDS  # looked up at each use: tests shorten it
+
+    def has_state(self) -> bool:
+        """False while the file does not exist (the data dir cannot be made: only memory holds events)."""
+        return os.path.exists(self.path)
 
     def _conn(self) -> sqlite3.Connection:
         return self._db.get()
@@ -138,7 +151,8 @@ class Outbox(AdminQueries):
                 leases.note_holder(conn, owner)
                 stamps = dict(conn.execute(STAMPS, (json.dumps([f[6] for f in found]),)).fetchall())
         rows = [
-            Row(f[0], f[1], f[2], consent_in_force(json.loads(f[3]), stamps.get(f[6]), f[5]), f[4], f[5]) for f in found
+            Row(f[0], f[1], f[2], consent_in_force(json.loads(f[3]), stamps.get(f[6]), f[5], f[2]), f[4], f[5])
+            for f in found
         ]
         return sorted(rows, key=lambda r: r.id)
 
@@ -182,7 +196,9 @@ class Outbox(AdminQueries):
         if not found[0][0]:
             return row
         return row._replace(
-            contact=consent_in_force(json.loads(found[0][0]), stamps[0][0] if stamps else None, row.created_at)
+            contact=consent_in_force(
+                json.loads(found[0][0]), stamps[0][0] if stamps else None, row.created_at, row.event
+            )
         )
 
     def delivered(self, row_id: int, contact_id: str | None, outcome: str, now: float | None = None) -> None:
@@ -292,7 +308,7 @@ class Outbox(AdminQueries):
     def bump_counter(self, name: str, now: float | None = None) -> int:
         """Count one more ``name`` today (UTC), for all processes together; returns today's count.
         Earlier days' counts of ``name`` are dropped."""
-        prefix, key = f"count:{name}:", _counter_key(name, now)
+        prefix, key = f"count:{name}:", counter_key(name, now)
         with self._write, db.transaction(self._conn()) as conn:
             conn.execute("DELETE FROM meta WHERE key > ? AND key < ? AND key != ?", (prefix, prefix + "\uffff", key))
             ((count,),) = conn.execute(
@@ -303,13 +319,13 @@ class Outbox(AdminQueries):
         return int(count)
 
     def counter_today(self, name: str, now: float | None = None) -> int:
-        found = self.get_meta(_counter_key(name, now))
+        found = self.get_meta(counter_key(name, now))
         return int(found) if found else 0
 
     def close(self) -> None:
         self._db.close()
 
 
-def _counter_key(name: str, now: float | None) -> str:
+def counter_key(name: str, now: float | None) -> str:
     day = dt.datetime.fromtimestamp(time.time() if now is None else now, dt.UTC).date().isoformat()
     return f"count:{name}:{day}"

@@ -7,7 +7,7 @@ import sqlite3
 import threading
 import time
 
-from . import db
+from . import db, newest
 from .interfaces import Outbox, Summary
 
 __all__ = ["AdminQueries", "Summary", "summary", "for_client", "retry", "purge"]
@@ -90,7 +90,11 @@ class AdminQueries:
             "UPDATE events SET next_attempt_at = ? WHERE state = 'pending' AND next_attempt_at > ?", (now, now)
         ).rowcount
         if dead:
-            for (row_id,) in self._query("SELECT id FROM events WHERE state = 'dead' AND contact IS NOT NULL"):
+            found = self._query(
+                "SELECT id, email_key, created_at FROM events WHERE state = 'dead' AND contact IS NOT NULL"
+            )
+            for row_id, email_key, created_at in found:
+                self._renew_markers(email_key, created_at, now)
                 # via 'sending' so that retry_later can coalesce it with a newer pending row
                 self._exec(
                     "UPDATE events SET state = 'sending', created_at = ?, attempts = 0, outcome = NULL WHERE id = ?",
@@ -99,6 +103,14 @@ class AdminQueries:
                 self.retry_later(row_id, now, None)  # attempts stay 0: a fresh start
                 count += 1
         return count
+
+    def _renew_markers(self, email_key: str | None, created_at: float, now: float) -> None:
+        """The event markers of a revived row's own events move to ``now`` (see newest.renewed_markers)."""
+        with self._write, db.transaction(self._conn()) as conn:
+            found = conn.execute("SELECT contact FROM latest WHERE email_key = ?", (email_key,)).fetchall()
+            renewed = newest.renewed_markers(found[0][0], created_at, now) if found else None
+            if renewed is not None:
+                conn.execute("UPDATE latest SET contact = ? WHERE email_key = ?", (renewed, email_key))
 
     def purge(self, before: float) -> int:
         """Forget emails and names of rows finished before ``before``, and the newest known

@@ -25,6 +25,14 @@ def on_lead_converted(lead, client):
     """Called after a lead became a client; ``client`` is the new client record."""
 
 
+@hookspec
+def email_marketing_opt_outs(since):
+    """Optional, called by the host when it likes (its scheduler): the opt-outs the email
+    provider recorded after ``since``, as a list of dicts with ``client_id``, ``email``,
+    ``opted_out_at``, ``source`` and ``recorded_at`` (pass the newest ``recorded_at`` back as
+    the next ``since``). Never raises, never blocks; pluggy collects one list per plugin."""
+
+
 def make_plugin_manager(load_entry_points: bool = True) -> pluggy.PluginManager:
     """A plugin manager set up as RemixCRM sets one up: specs added, entry points loaded."""
     pm = pluggy.PluginManager(PROJECT_NAME)

@@ -16,6 +16,7 @@ from .ctct.token_manager import TokenManager
 from .delivery.governors import Governors
 from .delivery.housekeeping import Housekeeper
 from .delivery.mirror import Mirror
+from .delivery.optouts import OptOutPoller
 from .delivery.send import Delivery
 from .delivery.worker import Worker
 from .spawn import SenderStarter
@@ -49,7 +50,10 @@ class Runtime:
         self.governors = Governors(data_dir, None if self.store.kind == "sqlite" else self.store.budget)
         self.mirror = Mirror(self.store.suppressions)
         self.delivery = Delivery(self.outbox, self.tokens, self.governors, _watcher, mirror=self.mirror)
-        housekeeper = Housekeeper(self.outbox, _watcher, state_url=self.store.url)
+        self.optouts = OptOutPoller(
+            self.mirror, self.delivery.calls, _watcher, paused=lambda: self.delivery.shared_pause() is not None
+        )
+        housekeeper = Housekeeper(self.outbox, _watcher, state_url=self.store.url, optouts=self.optouts)
         self.worker = Worker(self.outbox, self.delivery, journal=self.journal, housekeeper=housekeeper)
 
 

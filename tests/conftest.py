@@ -4,7 +4,10 @@ import datetime as dt
 import logging
 import os
 import secrets
+import shutil
+import tempfile
 import time
+from pathlib import Path
 
 import pytest
 import responses
@@ -14,7 +17,7 @@ from remixcrm_plugin_ctct import runtime as dispatch
 from remixcrm_plugin_ctct.ctct import client as api_client
 from remixcrm_plugin_ctct.hookspecs import make_plugin_manager
 from remixcrm_plugin_ctct.record import Event
-from remixcrm_plugin_ctct.sandbox import SEEDED_LIST_ID
+from remixcrm_plugin_ctct.sandbox import SEEDED_LIST_ID, seen
 
 LIST_ID = SEEDED_LIST_ID
 ACCESS_TOKEN = "SECRET-access-0123456789"
@@ -23,6 +26,61 @@ CLIENT_SECRET = "SECRET-client-secret-0123"
 SECRETS = (ACCESS_TOKEN, REFRESH_TOKEN, CLIENT_SECRET)
 API = "https://api.cc.email/v3"
 SIGN_UP_URL = f"{API}/contacts/sign_up_form"
+
+
+# --- only reversible writes, ever: every request any sandbox saw in the suite is checked ---
+# Each sandbox (in this process, the demo's, gunicorn workers') appends its requests to a file in
+# this folder (sandbox/seen.py). After each test the lines it added are checked, so the failure
+# names the test; at the end of the session every file is checked once more in full (requests
+# that came after a test's teardown, from processes still running).
+
+
+def pytest_configure(config):
+    if not os.environ.get(seen.LOG_DIR_ENV):
+        folder = tempfile.mkdtemp(prefix="remixcrm-ctct-sandbox-log-")
+        os.environ[seen.LOG_DIR_ENV] = folder
+        config.stash[_OWN_LOG_DIR] = folder
+
+
+_OWN_LOG_DIR = pytest.StashKey[str]()
+
+
+def _sandbox_logs() -> dict[Path, int]:
+    folder = Path(os.environ[seen.LOG_DIR_ENV])
+    return {p: p.stat().st_size for p in folder.glob("*.jsonl")}
+
+
+def _irreversible_since(sizes: dict[Path, int]) -> list[str]:
+    found = []
+    for path in _sandbox_logs():
+        requests, _ = seen.read_file(path, sizes.get(path, 0))
+        found += seen.irreversible(requests)
+    return found
+
+
+@pytest.fixture(autouse=True)
+def reversible_writes_only():
+    """Fails the test (in its teardown) that made a write Constant Contact could not undo."""
+    before = _sandbox_logs()
+    yield
+    found = _irreversible_since(before)
+    if found:
+        pytest.fail("irreversible write(s) to Constant Contact:\n  " + "\n  ".join(found), pytrace=False)
+
+
+def pytest_sessionfinish(session, exitstatus):
+    if not os.environ.get(seen.LOG_DIR_ENV):
+        return
+    found = _irreversible_since({})
+    if found:
+        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+        text = "irreversible write(s) to Constant Contact seen by the sandbox:\n  " + "\n  ".join(found)
+        if reporter is not None:
+            reporter.write_line(text, red=True, bold=True)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+    own = session.config.stash.get(_OWN_LOG_DIR, None)
+    if own:
+        shutil.rmtree(own, ignore_errors=True)
 
 
 @pytest.fixture(autouse=True)

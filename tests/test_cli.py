@@ -34,7 +34,8 @@ def test_demo_runs_end_to_end_on_the_sandbox(tmp_path):
     assert "contacts in sandbox list (3):" in out
     for email in ("ada@example.com", "grace@example.org", "alan@example.net"):
         assert email in out
-    assert out.count("✓") == 8 and "✗" not in out
+    assert out.count("✓") == 9 and "✗" not in out
+    assert "✓ client 101's opt-out reached RemixCRM with its client id, by the person" in out
     assert "✓ custom field 'Plan' of ada@example.com: 'Gold' (sent as custom_field_id " in out
     assert "client 106  unsubscribed earlier         expected stays unsubscribed         got stays unsubscribed" in out
     assert "client 102  new client, consent unknown  expected implicit via import        got implicit via import" in out

@@ -182,6 +182,11 @@ NESTED = "\n[other]\ndeep = " + "[" * 3000 + "]" * 3000 + "\n"
         ({"requests_per_second": RAW("1e-300")}, "requests_per_second must be a number from 0.001 to"),
         ({"max_age_hours": RAW("nan")}, "max_age_hours must be a number above 0"),
         ({"retention_days": RAW("inf")}, "retention_days must be a number above 0"),
+        ({"optout_poll_minutes": RAW("0.5")}, "optout_poll_minutes must be 0 (off) or a number of minutes from 1"),
+        ({"optout_poll_minutes": RAW("-1")}, "optout_poll_minutes must be 0 (off) or a number of minutes from 1"),
+        ({"optout_poll_minutes": RAW("1441")}, "optout_poll_minutes must be 0 (off) or a number of minutes from 1"),
+        ({"optout_poll_minutes": "15"}, "optout_poll_minutes must be 0 (off) or a number of minutes from 1"),
+        ({"optout_poll_minutes": RAW("true")}, "optout_poll_minutes must be 0 (off) or a number of minutes from 1"),
         ({"token_expires_at": RAW("9999-12-31T23:59:59-01:00")}, "token_expires_at 9999-12-31T23:59:59-01:00 is not a"),
         ({"token_expires_at": RAW("0001-01-01T00:00:00+01:00")}, "token_expires_at 0001-01-01T00:00:00+01:00 is not a"),
         ({"list_id": RAW("{ id = 1 }")}, "list_id must be a quoted string (got {'id': 1})"),
@@ -198,6 +203,12 @@ def test_hostile_values_are_one_clear_problem_each(tmp_path, values, expected):
     assert expected in loaded.message
     assert loaded.message.count("email_marketing.constant_contact.") == 1  # one problem, not a cascade
     assert_no_secrets(loaded.message)
+
+
+@pytest.mark.parametrize("minutes, expected", [(None, 15.0), (0, 0), (1, 1), (1440, 1440), (2.5, 2.5)])
+def test_optout_poll_minutes_is_0_for_off_or_1_to_1440(tmp_path, minutes, expected):
+    loaded = load_text(tmp_path, render_config(optout_poll_minutes=RAW(str(minutes)) if minutes is not None else None))
+    assert loaded.status == config.ACTIVE and loaded.settings.optout_poll_minutes == expected
 
 
 def test_the_section_must_be_a_table_and_echoed_values_are_capped(tmp_path):

@@ -29,7 +29,11 @@ def documented_hooks() -> dict[str, list[str]]:
 
 
 def test_every_hook_is_documented_with_its_exact_signature():
-    assert declared_specs() == {"on_client_created": ["client"], "on_lead_converted": ["lead", "client"]}
+    assert declared_specs() == {
+        "on_client_created": ["client"],
+        "on_lead_converted": ["lead", "client"],
+        "email_marketing_opt_outs": ["since"],
+    }
     assert documented_hooks() == declared_specs()
 
 
@@ -56,6 +60,18 @@ def test_real_plugin_manager_loads_the_installed_plugin(pm):
     pm.check_pending()
     impls = {impl.plugin_name for impl in pm.hook.on_client_created.get_hookimpls()}
     assert "constant_contact" in impls
+
+
+def test_the_opt_outs_hook_is_optional_for_hosts_whose_specs_predate_it():
+    pm = pluggy.PluginManager(hookspecs.PROJECT_NAME)
+
+    class OldSpecs:  # a RemixCRM that only knows the two event hooks
+        on_client_created = hookspecs.on_client_created
+        on_lead_converted = hookspecs.on_lead_converted
+
+    pm.add_hookspecs(OldSpecs)
+    pm.register(hooks, name="constant_contact")
+    pm.check_pending()  # no PluginValidationError for email_marketing_opt_outs
 
 
 def test_check_pending_catches_a_plugin_that_breaks_the_contract():

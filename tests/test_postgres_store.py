@@ -308,3 +308,36 @@ def test_the_suppression_mirror_is_shared_and_the_newer_fact_wins(store):
     assert mirror_a.counts() == {}
     mirror_a.set_meta("optout_after", "2026-01-01")
     assert mirror_b.get_meta("optout_after") == "2026-01-01"
+
+
+def test_opt_outs_across_hosts_keep_a_cursor_that_misses_nothing(store):
+    from remixcrm_plugin_ctct.store.interfaces import Suppression
+    from remixcrm_plugin_ctct.store.postgres import PgSuppressions
+
+    a, _, _ = store("host-a")
+    b, _, _ = store("host-b")
+    mirror_a, mirror_b = PgSuppressions(a.db, a), PgSuppressions(b.db, b)
+    add_event(a, contact("ada@x.com", "7"), "client_created", now=100.0)
+    (row,) = a.claim_many("owner-a", 4)
+    a.delivered(row.id, "c7", "created")
+    add_event(a, contact("ada@x.com", "8", opt_in=False), "client_created", now=101.0)  # declined: not pushed
+    mirror_a.record([Suppression("ada@x.com", "unsubscribed", 2000.0, "Contact", "c7")], now=5000.0)
+    (first,) = mirror_b.opt_outs()
+    assert (first.email, first.client_id, first.opted_out_at, first.recorded_at) == ("ada@x.com", "7", 2000.0, 5000.0)
+    # another host, its clock behind, records an older opt-out late: stamped after, not lost
+    mirror_b.record([Suppression("old@x.com", "unsubscribed", 1000.0, "Account", None)], now=4000.0)
+    (late,) = mirror_a.opt_outs(first.recorded_at)
+    assert (late.email, late.client_id, late.source, late.recorded_at) == ("old@x.com", None, "Account", 5000.000001)
+    mirror_b.record([Suppression("ada@x.com", "unsubscribed", 2000.0, "Contact", "c7")])  # the same fact again
+    mirror_b.record([Suppression("gone@x.com", "deleted", 3000.0, "Account", None, 3000.0)])  # a deletion alone
+    assert mirror_a.opt_outs(late.recorded_at) == []
+    threads = [
+        threading.Thread(target=m.record, args=([Suppression(f"p{n}@x.com", "unsubscribed", 1.0, None, None)],))
+        for n, m in enumerate([mirror_a, mirror_b] * 5)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    stamps = [o.recorded_at for o in mirror_a.opt_outs(late.recorded_at)]
+    assert len(stamps) == 10 and len(set(stamps)) == 10 and stamps == sorted(stamps)

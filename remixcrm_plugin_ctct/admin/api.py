@@ -8,11 +8,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .. import config
+from ..ctct.client import ApiError
+from ..ctct.token_manager import NeedsReauth, TokenUnavailable
+from ..delivery.api_calls import QuotaUsedUp
 from ..delivery.mirror import Mirror
+from ..delivery.optouts import last_poll
 from ..delivery.pauses import Pause
 from ..delivery.send import QUOTA_KEY
+from ..delivery.suppression import MIRROR_MAX_AGE
 from ..runtime import runtime
 from ..store import outbox_admin
+from ..store.interfaces import OptOut
 from ..store.outbox import THROTTLED
 
 
@@ -33,6 +39,8 @@ class Status:
     governor_error: sqlite3.Error | OSError | None = None  # the governor's file cannot be read
     suppressed: dict[str, int] | None = None  # the suppression mirror's reason -> emails; None: never synced
     mirror_synced_at: float | None = None
+    optout_poll_minutes: float | None = None  # None without settings; 0: polls off
+    last_optout_poll: tuple[float, str | None] | None = None  # (when, error or None); None: never polled
 
 
 @dataclass
@@ -76,7 +84,9 @@ def status() -> Status:
     found.mirror_synced_at = mirror.synced_at()
     if found.mirror_synced_at is not None:
         found.suppressed = mirror.store.counts()
+    found.last_optout_poll = last_poll(mirror)
     if loaded.settings is not None:
+        found.optout_poll_minutes = loaded.settings.optout_poll_minutes
         governor = rt.governors.for_settings(loaded.settings)
         found.daily_quota, found.governor_path = loaded.settings.daily_quota, governor.path
         try:
@@ -84,6 +94,34 @@ def status() -> Status:
         except (sqlite3.Error, OSError) as e:
             found.governor_error = e
     return found
+
+
+@dataclass
+class OptOuts:
+    entries: list[OptOut]
+    synced_at: float | None  # the mirror's last complete pass (None: never)
+    sync_problem: str | None = None  # why it could not be brought up to date first (then: as of synced_at)
+
+
+def opt_outs(since: float | None, sync: bool = True) -> OptOuts:
+    """The opt-outs recorded after ``since`` (see ``opt_outs.py``), the mirror first brought up to
+    date (read-only requests, when its last pass is over a minute old) unless ``sync`` is off."""
+    rt = runtime()
+    problem = None
+    if sync:
+        loaded = config.load(config.config_path())
+        if loaded.settings is None:
+            problem = f"the config is {loaded.status} ({loaded.message})"
+        else:
+            try:
+                rt.mirror.refresh(rt.delivery.calls.caller(loaded.settings, "optouts"), max_age=MIRROR_MAX_AGE)
+            except (ApiError, TokenUnavailable) as e:
+                problem = f"Constant Contact did not answer as expected ({e})"
+            except NeedsReauth as e:
+                problem = f"Constant Contact needs re-authorisation ({e}; run `remixcrm-ctct login`)"
+            except QuotaUsedUp:
+                problem = "the daily quota counted here is used up (it resets at 00:00 UTC)"
+    return OptOuts(rt.mirror.store.opt_outs(since), rt.mirror.synced_at(), problem)
 
 
 def for_client(client_id: str) -> list[dict]:

@@ -20,7 +20,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="run the whole path on a built-in Constant Contact sandbox (no account, no config needed)",
         description="Start a local Constant Contact sandbox, load the plugin through its entry point, "
         "fire the hooks for sample clients (one bad email, one who declined, one who unsubscribed "
-        "earlier) and show what arrived, a token expiry and refresh, and a summary. Never touches your "
+        "earlier) and show what arrived, a token expiry and refresh, a summary, and one opt-out flowing back "
+        "to RemixCRM. Never touches your "
         "real config.",
     )
     demo.add_argument("--dry-run", action="store_true", help="dry_run = true: show what would be sent, write nothing")
@@ -30,7 +31,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Serve a local Constant Contact (API under /v3, authorization server under "
         "/oauth2/default/v1) on 127.0.0.1 until Ctrl-C: sign_up_form with the vendor schema's limits, contact "
         "lookups, lists, token refresh (rotating by default), device and PKCE logins, 4 requests/s and a "
-        "daily quota, fault injection (POST /sandbox/faults) and a read-only view (/sandbox/view). Prints a "
+        "daily quota, fault injection (POST /sandbox/faults), a person unsubscribing (POST /sandbox/unsubscribe) and a "
+        "read-only view (/sandbox/view). Prints a "
         "config.toml that points the plugin at it, with a fresh token pair. The sandbox's tokens are not secrets.",
     )
     sandbox.add_argument("--port", type=int, default=8910, help="loopback port (default 8910; 0 picks a free one)")
@@ -139,6 +141,24 @@ def build_parser() -> argparse.ArgumentParser:
     backfill.add_argument("--dry-run", action="store_true", help="count what would happen; write nothing")
     backfill.add_argument("--chunk", type=_positive, default=1000, help="rows recorded per transaction (default 1000)")
     backfill.add_argument("--timeout", type=float, help="stop watching after this many seconds (rows stay recorded)")
+    optouts = commands.add_parser(
+        "optouts",
+        help="who opted out in Constant Contact, with the RemixCRM client id (table, --json or --csv)",
+        description="Bring the suppression mirror up to date (read-only requests; skipped when it synced in the "
+        "last minute) and list the opt-outs it recorded, oldest recorded first: when the person opted out, the "
+        "email (in full: your own data, on your terminal), the RemixCRM client id we pushed with that email, who "
+        "opted them out (the person or the account) and recorded_at, the cursor to pass back as --since.",
+    )
+    optouts.add_argument(
+        "--since",
+        metavar="DATE",
+        help="only opt-outs recorded after this (exclusive): an ISO 8601 date or date-time (UTC unless it says) "
+        "or epoch seconds; pass the last recorded_at you processed",
+    )
+    optouts.add_argument("--offline", action="store_true", help="read the local mirror only, make no request")
+    form = optouts.add_mutually_exclusive_group()
+    form.add_argument("--json", action="store_true", help="a JSON array of objects")
+    form.add_argument("--csv", action="store_true", help="CSV with a header row")
     commands.add_parser(
         "purge",
         help="forget emails and names of events delivered longer ago than retention_days",
@@ -215,6 +235,11 @@ def _main(argv: list[str] | None) -> int:
 
         mirror = backfill_command.mirror_lookup() if args.dry_run else None  # a real run: the worker filters
         return backfill_command.run(args.file, args.dry_run, args.chunk, args.timeout, suppressed=mirror)
+    if args.command == "optouts":
+        from . import optouts
+
+        form = "json" if args.json else "csv" if args.csv else "table"
+        return optouts.run(lambda text: print(text, flush=True), args.since, form, sync=not args.offline)
     if args.command in ("status", "retry", "flush", "purge"):
         from ..store.interfaces import StoreUnavailable
         from . import commands

@@ -61,9 +61,18 @@ def status(say: Say, client_id: str | None = None) -> int:
     if found.suppressed is not None:
         unsubscribed, deleted = found.suppressed.get("unsubscribed", 0), found.suppressed.get("deleted", 0)
         say(f"suppressed: {unsubscribed} unsubscribed, {deleted} deleted (synced {_when(found.mirror_synced_at)})")
+    if found.optout_poll_minutes is not None:
+        say(_optout_poll(found.optout_poll_minutes, found.last_optout_poll))
     if found.last_error:
         say(f"last error ({_when(found.last_error_at)}): {found.last_error}")
     return code
+
+
+def _optout_poll(minutes: float, last: tuple[float, str | None] | None) -> str:
+    if not minutes:
+        return "opt-out poll: off (optout_poll_minutes = 0); sends still bring the mirror up to date"
+    shown = "never yet" if last is None else f"last {_when(last[0])}" + (f", failed: {last[1]}" if last[1] else "")
+    return f"opt-out poll: every {minutes:g} min, {shown} (`remixcrm-ctct optouts` lists them)"
 
 
 def _unreadable(what: str, path: str | Path | None, error: sqlite3.Error | OSError, loses: str) -> str:

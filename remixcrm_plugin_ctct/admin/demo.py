@@ -18,6 +18,7 @@ from ..config import config_toml
 from ..hookspecs import make_plugin_manager
 from ..sandbox import SANDBOX_CLIENT_ID, SEEDED_LIST_ID, Sandbox
 from ..store import outbox_admin
+from . import demo_opt_outs
 
 UNSUBSCRIBED = "lee@example.com"  # the sandbox knows this contact: it unsubscribed long ago
 
@@ -149,6 +150,7 @@ def _run(say, dry_run: bool) -> int:
         ok = drained & (_dry_run_report(say, sandbox) if dry_run else _summary(say, sandbox, members))
         if not dry_run:
             ok &= _custom_field_report(say, sandbox, plan)
+            ok &= demo_opt_outs.flows_back(say, sandbox, pm)
         # a dry run may need no request after the expiry (the import lane's dry run sends none)
         refreshed = sandbox.authz.token_calls in ((0, 1) if dry_run else (1,)) and sandbox.authz.invalid_grants == 0
         ok &= refreshed

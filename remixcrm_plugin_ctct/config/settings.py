@@ -50,6 +50,7 @@ class Settings:
     client_created_list_id: str | None = None
     lead_converted_list_id: str | None = None
     remove_from_list_ids: tuple[str, ...] = ()
+    optout_poll_minutes: float = 15.0  # how often the worker brings the suppression mirror up to date; 0: never
     sender: str = SENDERS[0]
 
 
@@ -76,7 +77,12 @@ def _defaults(*keys: str) -> dict[str, Any]:
 
 # the optional numeric and true/false keys; their defaults are the dataclass's, stated once
 NUMBERS: dict[str, float] = _defaults(
-    "max_age_hours", "retention_days", "requests_per_second", "daily_quota", "import_window_seconds"
+    "max_age_hours",
+    "retention_days",
+    "requests_per_second",
+    "daily_quota",
+    "import_window_seconds",
+    "optout_poll_minutes",
 )
 UNKNOWN_CONSENT = ("implicit", "skip", "explicit")
 SWITCHES: dict[str, bool] = _defaults("consent_guard", "restore_deleted", "dry_run")
@@ -152,6 +158,7 @@ def parse_section(table: dict[str, Any], problems: list[str], require_list: bool
         client_created_list_id=event_lists["client_created_list_id"],
         lead_converted_list_id=event_lists["lead_converted_list_id"],
         remove_from_list_ids=removals,
+        optout_poll_minutes=numbers["optout_poll_minutes"],
         sender=sender,
     )
 

@@ -22,6 +22,7 @@ _RANGES = {
     "requests_per_second": (0, 1e6, "a number from 0.001 to 1000000"),
     "daily_quota": (1, 10**12, "a whole number from 1 to 1000000000000"),
     "import_window_seconds": (-1, 300, "a number of seconds from 0 to 300"),
+    "optout_poll_minutes": (-1, 1440, "0 (off) or a number of minutes from 1 to 1440"),
 }
 # an expiry outside these years is not a real one (and years past 9999, or before 1 once
 # converted to UTC, crash every date-time conversion later)
@@ -81,6 +82,8 @@ def number(section: dict[str, Any], key: str, default: float, problems: list[str
         ok = value >= 0.001  # slower would mean hours between sends, and sleeps too long to schedule
     if ok and key == "import_window_seconds":
         ok = value >= 0
+    if ok and key == "optout_poll_minutes":
+        ok = value == 0 or value >= 1  # more often would spend a fifth of the daily quota on polls
     if ok and key == "daily_quota":
         ok = value >= 1 and float(value).is_integer()
     if not ok:

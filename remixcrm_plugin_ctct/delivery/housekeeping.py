@@ -1,6 +1,6 @@
 """Chores the worker does now and then between sends: a WAL checkpoint, the hourly purge of
-delivered events' personal data past the retention time, and one WARNING when the config names
-another state store than the one this process uses (a restart switches)."""
+delivered events' personal data past the retention time, the opt-out poll when it is due, and one
+WARNING when the config names another state store than the one this process uses (a restart switches)."""
 
 import logging
 import os
@@ -8,6 +8,7 @@ import os
 from .. import config
 from ..store import outbox_admin
 from ..store.interfaces import Outbox
+from .optouts import OptOutPoller
 
 log = logging.getLogger("remixcrm_plugin_ctct")
 
@@ -16,8 +17,14 @@ PURGE_EVERY = 3600.0
 
 
 class Housekeeper:
-    def __init__(self, outbox: Outbox, watcher: config.ConfigWatcher | None = None, state_url: str | None = None):
-        self.outbox, self.watcher = outbox, watcher
+    def __init__(
+        self,
+        outbox: Outbox,
+        watcher: config.ConfigWatcher | None = None,
+        state_url: str | None = None,
+        optouts: OptOutPoller | None = None,
+    ):
+        self.outbox, self.watcher, self.optouts = outbox, watcher, optouts
         self.state_url = state_url  # the store this process uses (None: SQLite)
         self._moved_said: object = None
         self._kept_at = 0.0
@@ -35,6 +42,8 @@ class Housekeeper:
         if settings is not None and now - self._purged_at >= PURGE_EVERY:
             self._purged_at = now
             outbox_admin.purge(self.outbox, settings.retention_days * 86400, now)
+        if self.optouts is not None:
+            self.optouts.run(now)
 
     def _store_moved(self, settings: config.Settings) -> None:
         """The store is chosen when a process starts; a config naming another one is said once."""

@@ -106,7 +106,9 @@ class Mirror:
 
     def _fresh(self, now: float, max_age: float) -> bool:
         synced = self.synced_at()
-        return synced is not None and self.watermark() is not None and 0 <= now - synced < max_age
+        # either side: a pass another thread finished just after our ``now`` was taken (we waited for
+        # it on the lock) is fresh; a time far ahead (a clock stepped back) is not trusted for ever
+        return synced is not None and self.watermark() is not None and abs(now - synced) < max_age
 
     def _pass(self, call: Call, params: dict) -> float | None:
         """Page through one query, applying each page as it comes; the first answer's server time."""

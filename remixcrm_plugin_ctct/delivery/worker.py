@@ -76,6 +76,7 @@ class Worker:
         self._flushing = 0  # callers waiting in flush(): fold at once for them
         self._exiting = False  # at exit: send what the outbox holds, fold nothing more
         self._unreadable_said = False
+        self._closed = False  # close() ran (runtime.reset: the demo, tests): the exit flush has nothing to do
 
     # --- called from the host's threads ---
     def wake(self) -> None:
@@ -171,6 +172,7 @@ class Worker:
             released = self.outbox.release(self.owner)
         except Exception:
             released = 0
+        self._closed = True  # its outbox may be closed and its data dir gone: nothing more at exit
         return released + self.memory_left()
 
     def memory_left(self) -> int:
@@ -284,7 +286,7 @@ class Worker:
             self._wake.clear()
 
     def _at_exit(self) -> None:
-        if self._pid != os.getpid() or (not self._threads and not self.memory_left()):
+        if self._pid != os.getpid() or self._closed or (not self._threads and not self.memory_left()):
             return
         # What is already in the outbox and due goes out within the budget, then whatever is still
         # leased is handed back; never more than the budget in total. The journal is *not* folded

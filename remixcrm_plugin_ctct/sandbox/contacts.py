@@ -169,13 +169,14 @@ class ContactsApi:
                 for f in contact.get("custom_fields", [])
             }
 
-    def unsubscribe(self, email: str) -> None:
-        """The person opts out (a link in a mail). Like Constant Contact, this does not move
-        ``updated_at``: only ``optout_after`` finds it, so a client watching updated_after alone misses it."""
+    def unsubscribe(self, email: str, source: str = "Contact") -> None:
+        """The person opts out (a link in a mail; ``source`` "Account": someone in the account did).
+        Like Constant Contact, this does not move ``updated_at``: only ``optout_after`` finds it, so
+        a client watching updated_after alone misses it."""
         with self.lock:
             contact = self.contacts[email.lower()]
             contact["permission_to_send"], contact["opt_out"] = "unsubscribed", self.clock()
-            contact["opt_out_source"] = "Contact"
+            contact["opt_out_source"] = source
 
     def delete(self, email: str) -> None:
         """The account deletes a contact. Per the spec a deleted contact's email_address carries

@@ -11,11 +11,13 @@ from email.utils import formatdate
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qsl, urlsplit
 
+from . import admin_calls
 from .activities import Imports
 from .authz import AuthServer
 from .contacts import ContactsApi
 from .faults import Faults
 from .list_activities import create_removal
+from .seen import RequestLog
 
 SEEDED_TOKEN = "sandbox-access-token"  # a static token that never expires (tests, benchmarks)
 OAUTH_PREFIX = "/oauth2/default/v1"
@@ -58,6 +60,7 @@ class Sandbox:
         self.hang = threading.Event()  # set: accept requests, never answer (until stop)
         self.unauthorized = 0  # 401s answered by the API
         self.calls: list[dict] = []  # every sign_up_form call: email, start, end, status (for overlap checks)
+        self.seen = RequestLog()  # every request, whatever its path or method (seen.py: reversible writes only)
         self._calls_lock = threading.Lock()
         self._stopping = threading.Event()
         self._server = ThreadingHTTPServer((host, port), _handler(self))
@@ -163,12 +166,15 @@ def _handler(sandbox: Sandbox) -> type[BaseHTTPRequestHandler]:
 
         def do_POST(self) -> None:
             raw = self._body()
+            sandbox.seen.add("POST", self.path, raw)
             if self._hanging():
                 return
             url = urlsplit(self.path)
             if url.path == "/sandbox/faults":  # the admin switch, for hosts in other processes
                 sandbox.faults.configure(json.loads(raw or b"{}"))
                 return self._reply(200, {"ok": True})
+            if url.path == "/sandbox/unsubscribe":  # the person clicks "unsubscribe" (other processes, scripts)
+                return self._reply(*admin_calls.unsubscribe(sandbox.api, raw))
             if url.path == "/sandbox/custom_fields":  # as an admin creates one in Settings → Custom Fields
                 wanted = json.loads(raw or b"{}")
                 return self._reply(
@@ -205,7 +211,24 @@ def _handler(sandbox: Sandbox) -> type[BaseHTTPRequestHandler]:
                 sandbox.calls.append({"email": email, "start": started, "end": time.monotonic(), "status": status})
             self._reply(status, answer)
 
+        def do_PUT(self) -> None:  # none of these is modelled: logged (seen.py judges them) and refused
+            self._unmodelled("PUT")
+
+        def do_PATCH(self) -> None:
+            self._unmodelled("PATCH")
+
+        def do_DELETE(self) -> None:
+            self._unmodelled("DELETE")
+
+        def _unmodelled(self, method: str) -> None:
+            sandbox.seen.add(method, self.path, self._body())
+            if not self._hanging():
+                self._reply(
+                    405, [{"error_key": "method.not.modelled", "error_message": f"the sandbox has no {method}"}]
+                )
+
         def do_GET(self) -> None:
+            sandbox.seen.add("GET", self.path)
             if self._hanging():
                 return
             url = urlsplit(self.path)

@@ -146,6 +146,16 @@ class Suppression(NamedTuple):
     opted_out_at: float | None = None  # the opt-out time, kept also when a deletion followed it
 
 
+class OptOut(NamedTuple):
+    """One opt-out as RemixCRM is told of it (see ``opt_outs.py`` and hookspecs.md)."""
+
+    email: str  # lower-cased
+    client_id: str | None  # the RemixCRM client we pushed with this email (the newest); None if never
+    opted_out_at: float  # epoch, Constant Contact's opt_out_date (when it is unknown: when we first saw it)
+    source: str | None  # "Contact" (the person) | "Account" (someone in the account); None if unknown
+    recorded_at: float  # epoch, this host's clock: when it was recorded here; the readers' cursor
+
+
 class Suppressions(Protocol):
     """The local mirror of Constant Contact's unsubscribed and deleted emails, shared by all
     processes, with the watermarks that keep it current (see delivery/mirror.py). A large
@@ -159,5 +169,8 @@ class Suppressions(Protocol):
     # updated the contact it now shows as active): a page read before an opt-out cannot undo it
     def clear_stale(self, active_since: Mapping[str, float]) -> None: ...
     def counts(self) -> dict[str, int]: ...  # reason -> emails
+    # opt-outs recorded after ``since`` (exclusive; None: all), oldest recorded first; each
+    # record() stamps strictly later than every earlier one, so "after the last one seen" misses none
+    def opt_outs(self, since: float | None = None) -> list[OptOut]: ...
     def get_meta(self, key: str) -> str | None: ...  # the mirror's watermarks
     def set_meta(self, key: str, value: str | None) -> None: ...

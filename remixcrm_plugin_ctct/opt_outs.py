@@ -12,7 +12,9 @@ new), nor one written by a slow process while the host was reading.
 import datetime as dt
 import logging
 import math
+import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 from . import config
@@ -94,6 +96,33 @@ def entry(found: OptOut) -> dict:
     }
 
 
+ANSWER_WITHIN = 0.5  # seconds the host's thread may wait for the store (PostgreSQL: busy or out of reach)
+
+
+def _within(seconds: float, read: Callable[[], list]) -> list:
+    """``read()`` on a helper thread, waited for at most ``seconds``: a hook never blocks the host
+    on a shared store that is slow, busy or out of reach (the 3 s connect timeout). Too late, it
+    raises StoreUnavailable (the answer is dropped; the host asks again with the same ``since``)."""
+    done = threading.Event()
+    box: list = []
+
+    def run() -> None:
+        try:
+            box.append(("ok", read()))
+        except BaseException as e:  # handed to the caller's thread
+            box.append(("error", e))
+        finally:
+            done.set()
+
+    threading.Thread(target=run, name="remixcrm-ctct-opt-outs-read", daemon=True).start()
+    if not done.wait(seconds):
+        raise StoreUnavailable(f"the store did not answer within {seconds:g} s")
+    kind, value = box[0]
+    if kind == "error":
+        raise value
+    return value
+
+
 def handle_hook(since: Any) -> list[dict]:
     """``email_marketing_opt_outs(since)``: the opt-outs recorded after ``since``, oldest recorded
     first; [] unless Constant Contact is the active provider, and [] with one WARNING for a
@@ -109,7 +138,7 @@ def handle_hook(since: Any) -> list[dict]:
         return []
     rt = runtime()
     try:
-        found = [entry(o) for o in rt.mirror.store.opt_outs(epoch)]
+        found = [entry(o) for o in _within(ANSWER_WITHIN, lambda: rt.mirror.store.opt_outs(epoch))]
     except StoreUnavailable as e:  # the shared store (state_url) is out of reach: like a full disk, not a bug
         log.warning("email_marketing_opt_outs: %s; answering [] (nothing is lost: ask again later)", e)
         return []

@@ -271,3 +271,15 @@ def test_the_client_id_is_the_newest_one_delivered_and_survives_the_purge(pm, co
     assert [o.client_id for o in rt.mirror.store.opt_outs()] == ["8"]
     outbox_admin.purge(rt.outbox, 0, time.time() + 1)  # emails forgotten in the outbox
     assert [o.client_id for o in rt.mirror.store.opt_outs()] == ["8"]
+
+
+def test_a_store_that_does_not_answer_never_holds_the_host(pm, configured, logs, monkeypatch):
+    """PostgreSQL busy or out of reach (a 3 s connect timeout): the host's thread gets [] at once."""
+    stuck = threading.Event()
+    rt = dispatch.runtime()
+    monkeypatch.setattr(rt.mirror.store, "opt_outs", lambda since=None: stuck.wait() and [])
+    try:
+        assert opt_outs(pm) == []  # returns although the read never does
+        assert "did not answer within" in logs.text and "nothing is lost" in logs.text
+    finally:
+        stuck.set()

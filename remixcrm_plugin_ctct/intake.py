@@ -36,6 +36,8 @@ def handle_event(event: str, client: object, lead: object | None = None) -> None
         # cancelled (the newest word on consent wins) and `status --client` can say why
         log.info("%s", payload.declined(contact.client_id))
     rt = runtime()
+    to_process = loaded.sender == "process"
+    rt.journal.hand_off = to_process  # this process never folds then: full journals are handed over
     try:
         rt.journal.append(journal.encode(contact, event, now))
     except OSError as e:  # disk full, read-only: keep it in memory (it moves to the outbox when it can)
@@ -51,7 +53,10 @@ def handle_event(event: str, client: object, lead: object | None = None) -> None
                 "kept in memory only" if kept else "dropped (memory is full)",
             )
         return
-    rt.worker.wake()
+    if to_process:
+        rt.starter.ensure()  # a look at the sender process's lock at most once a second
+    else:
+        rt.worker.wake()
 
 
 def reset() -> None:

@@ -128,7 +128,8 @@ def handle_hook(since: Any) -> list[dict]:
     first; [] unless Constant Contact is the active provider, and [] with one WARNING for a
     ``since`` that is not a time. Reads the local mirror and returns; when an opt-out poll is due
     it wakes the worker, which polls in the background (the next call sees what it found)."""
-    if watcher().current().status != config.ACTIVE:
+    loaded = watcher().current()
+    if loaded.status != config.ACTIVE:
         return []
     try:
         epoch = parse_since(since)
@@ -142,5 +143,8 @@ def handle_hook(since: Any) -> list[dict]:
         log.warning("email_marketing_opt_outs: %s; answering [] (nothing is lost: ask again later)", e)
         return []
     if rt.optouts.due(time.time()):
-        rt.worker.wake()
+        if loaded.sender == "process":
+            rt.starter.ensure()  # the sender process polls (it runs the worker); no thread here
+        else:
+            rt.worker.wake()
     return found

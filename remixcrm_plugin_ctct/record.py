@@ -13,6 +13,22 @@ from typing import Any, NamedTuple
 
 from . import payload
 
+# The journal line's JSON, built once: json.dumps with these options makes a new encoder on every
+# call, and the hook pays for it (several µs hot, tens cold). C's one-shot encoder without cycle
+# markers is reusable; it is CPython's own, with the plain encoder as the fallback.
+_PLAIN = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
+_make_encoder = getattr(json.encoder, "c_make_encoder", None)
+if _make_encoder is not None:
+    _c_encode = _make_encoder(None, _PLAIN.default, json.encoder.encode_basestring, None, ":", ",", False, False, True)
+
+    def _dumps(obj: dict) -> str:
+        return "".join(_c_encode(obj, 0))
+else:  # pragma: no cover - another interpreter
+
+    def _dumps(obj: dict) -> str:
+        return _PLAIN.encode(obj)
+
+
 # One counter per process: a forked child goes on counting from the parent's value, which keeps
 # its own events in order (events of different processes with equal ``at`` have no order to
 # keep), so no reset is needed.
@@ -64,7 +80,7 @@ class Event(NamedTuple):
     def encode(self) -> bytes:
         """One journal line: valid UTF-8 whatever the strings hold (payload already replaced lone
         surrogates; this is the last guard, since a line that cannot be encoded could not be kept)."""
-        text = json.dumps(self.to_record(), ensure_ascii=False, separators=(",", ":")) + "\n"
+        text = _dumps(self.to_record()) + "\n"
         try:
             return text.encode()
         except UnicodeEncodeError:

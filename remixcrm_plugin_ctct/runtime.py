@@ -19,8 +19,10 @@ from .delivery.mirror import Mirror
 from .delivery.optouts import OptOutPoller
 from .delivery.send import Delivery
 from .delivery.worker import Worker
+from .spawn import SenderStarter
 from .store import backends
 from .store.journal import Journal
+from .store.journal_watch import JournalWatcher
 from .store.outbox import FILE_NAME as OUTBOX_FILE
 
 log = logging.getLogger("remixcrm_plugin_ctct")
@@ -33,15 +35,17 @@ _runtime: "Runtime | None" = None
 class Runtime:
     """This process's outbox, journal, token manager, governors, delivery and worker, for one data
     dir, over the store ``where`` names (default: the one the environment and the config name, read
-    now; the SQLite files in the data dir when neither names one)."""
+    now; the SQLite files in the data dir when neither names one); and, for ``sender = "process"``,
+    what starts the sender process. ``journal``: the sender process's view of every journal."""
 
-    def __init__(self, data_dir: Path, where: config.StateLocation | None = None):
+    def __init__(self, data_dir: Path, where: config.StateLocation | None = None, journal: Journal | None = None):
         self.data_dir = data_dir
         if where is None:
             where = config.state_location(config.config_path())
         self.store = backends.open_store(data_dir, where)
         self.outbox = self.store.outbox
-        self.journal = Journal(data_dir, self.store.journals)
+        self.journal = journal if journal is not None else Journal(data_dir, self.store.journals)
+        self.starter = SenderStarter(data_dir)
         self.tokens = TokenManager(self.store.tokens)
         self.governors = Governors(data_dir, None if self.store.kind == "sqlite" else self.store.budget)
         self.mirror = Mirror(self.store.suppressions)
@@ -64,14 +68,26 @@ def runtime() -> Runtime:
     return _runtime
 
 
+def for_sender_process() -> Runtime:
+    """This process is the sender process (:mod:`.service`): its journal view folds every
+    host process's journal, and it never appends one of its own."""
+    global _runtime
+    with _lock:
+        if _runtime is None:
+            data_dir = config.data_dir()
+            _runtime = Runtime(data_dir, journal=JournalWatcher(data_dir))
+        return _runtime
+
+
 def resume_pending() -> None:
     """Called once when the hooks are loaded: if an earlier run left an outbox or journals in
-    the data dir, start the worker so pending work flows without waiting for a hook (a
-    restart, or a worker recycled after each request). Only two ``stat`` calls here: no file
-    is opened or created, and an empty data dir starts nothing; the worker reads the config in
-    its own thread and stops its threads again when nothing is pending. With the shared store
-    named in the environment (``REMIXCRM_CTCT_STATE_URL``), other hosts' work may be waiting:
-    the worker starts (it connects from its own thread)."""
+    the data dir, start the worker (or, with ``sender = "process"``, the sender process) so
+    pending work flows without waiting for a hook (a restart, or a worker recycled after each
+    request). Only two ``stat`` calls here: no file is opened or created, and an empty data dir
+    starts nothing; the config is read in a short-lived thread of its own, and sender threads
+    stop again when nothing is pending. With the shared store named in the environment
+    (``REMIXCRM_CTCT_STATE_URL``), other hosts' work may be waiting: the worker starts (it
+    connects from its own thread)."""
     try:
         base = config.data_dir()
         shared = bool(os.environ.get(config.ENV_URL, "").strip())
@@ -85,7 +101,10 @@ def resume_pending() -> None:
 
 def _resume() -> None:
     try:
-        runtime().worker.wake()
+        if _watcher.current().sender == "process":
+            runtime().starter.ensure()  # the sender process, not threads in the host, sends it
+        else:
+            runtime().worker.wake()
     except Exception:
         log.exception("could not start sending what an earlier run left; it goes out with the next event")
 

@@ -501,3 +501,18 @@ def test_load_for_tokens_reads_the_file_once(tmp_path, monkeypatch):
     settings, problem = config.load_for_tokens(path)
     assert problem == "" and settings.access_token == ACCESS_TOKEN and settings.list_id == ""
     assert reads == [path]
+
+
+def test_sender_is_thread_by_default_process_when_asked_and_a_wrong_one_is_named(tmp_path):
+    assert load_text(tmp_path, render_config()).sender == "thread"
+    loaded = load_text(tmp_path, render_config(sender="process"))
+    assert loaded.status == config.ACTIVE and loaded.sender == loaded.settings.sender == "process"
+    wrong = load_text(tmp_path, render_config(sender="processes"))
+    assert wrong.status == config.INVALID
+    assert 'sender must be one of "thread", "process" (got \'processes\'; default "thread")' in wrong.message
+
+
+def test_sender_is_read_even_when_another_key_is_broken(tmp_path):
+    # a host told to keep delivery out of its process must not start threads over a bad list id
+    loaded = load_text(tmp_path, render_config(sender="process", list_id="my-list"))
+    assert loaded.status == config.INVALID and loaded.sender == "process"

@@ -204,3 +204,52 @@ def test_status_copes_with_poison_and_overlong_lines(write_config, capsys, logs)
     assert cli.main(["status"]) == 0
     assert re.search(r"pending\s+2\n", capsys.readouterr().out)
     assert len(errors(logs)) == 2
+
+
+# --- sender = "process": the host hands full files over; the sender process folds them all ---
+
+
+def test_a_host_that_hands_off_closes_a_full_file_and_frees_its_lock(isolated, monkeypatch):
+    from remixcrm_plugin_ctct.store.journal_watch import JournalWatcher
+
+    monkeypatch.setattr(journal, "ROTATE_AT", 300)
+    data = isolated / "data"
+    host = Journal(data)
+    host.hand_off = True
+    sizes = []
+    for n in range(6):
+        host.append(encode(contact(n), "e", 1000.0 + n))
+        sizes.append(host.path)
+    handed = {p for p in sizes if p is not None and p != host.path}
+    assert handed, "no file was handed over"
+    for path in handed:  # closed and unlocked: anyone may take it, as a dead process's
+        lock = FileLock(str(path) + ".lock", timeout=0)
+        lock.acquire()
+        lock.release()
+    live = host.path
+    assert live is None or live.exists()
+
+    box = Outbox(data)
+    watcher = JournalWatcher(data)
+    assert watcher.grown()
+    assert watcher.fold_into(box) == 6
+    assert folded(box) == [str(n) for n in range(6)]
+    assert all(not p.exists() for p in handed)  # adopted and removed
+    assert not watcher.grown() and watcher.fold_into(box) == 0  # each line exactly once
+    host.append(encode(contact(6), "e", 1006.0))  # the host goes on writing its live file
+    assert watcher.grown() and watcher.fold_into(box) == 1
+    assert folded(box) == ["6"]  # only the new line became a row (the others are leased by the first look)
+
+
+def test_the_sender_process_folds_a_live_journal_but_leaves_it_to_its_writer(isolated):
+    from remixcrm_plugin_ctct.store.journal_watch import JournalWatcher
+
+    data = isolated / "data"
+    host = Journal(data)
+    host.append(encode(contact(1), "e", 1.0))
+    host.append(b'{"email":"c2@example.com","client_id":"2"')  # a line still being written
+    box = Outbox(data)
+    watcher = JournalWatcher(data)
+    assert watcher.fold_into(box) == 1
+    assert host.path.exists()  # its process is alive: never adopted, never removed
+    assert watcher.backlog(box.journal_offset)  # the unfinished line waits

@@ -373,3 +373,39 @@ def test_sigterm_stops_within_the_graceful_timeout_and_a_restart_delivers_withou
     emails = set(accepted)
     delivered = wait_until(lambda: all(is_member(sandbox, e) for e in emails), 15)
     assert delivered, "after a restart with no hook fired:\n" + missing_report(sandbox, emails, accepted)
+
+
+# --- sender = "process": the workers only append; one sender process outlives their recycling ---
+
+
+def test_with_a_sender_process_workers_run_no_thread_and_recycling_or_kill_9_loses_nothing(
+    sandbox, write_config, server
+):
+    from test_sender_process import sender_pids
+
+    write_config(api_base_url=sandbox.api_base_url, requests_per_second=RAW("1000"), sender="process")
+    srv = server("-w", "2", "--max-requests", "5")  # each worker recycled after 5 requests
+    try:
+        accepted = fire_all(srv, [client("p", i, opt_in=True) for i in range(12)], threads=2)
+        workers = srv.wait_workers(2)
+
+        def threads() -> dict:
+            return {pid: len(os.listdir(f"/proc/{pid}/task")) for pid in workers if os.path.exists(f"/proc/{pid}")}
+
+        # a recycled worker's load may run one short-lived thread (it reads the config, then starts
+        # the sender process if none runs): gone at once; no sender thread ever stays
+        assert wait_until(lambda: set(threads().values()) <= {1}, 5), f"a worker runs threads of ours: {threads()}"
+        os.kill(sorted(workers)[0], signal.SIGKILL)  # one dies with whatever its journal holds
+        accepted.update(fire_all(srv, [client("q", i, opt_in=True) for i in range(6)], threads=2))
+        emails = set(accepted)
+        delivered = wait_until(lambda: all(is_member(sandbox, e) for e in emails), 30)
+        assert delivered, missing_report(sandbox, emails, accepted)
+        # two workers may have started one each at once: the second waits for the lock a moment, then leaves
+        assert wait_until(lambda: len(sender_pids()) == 1, 10), f"sender processes: {sender_pids()}"
+        senders = sender_pids()
+        assert not set(senders) & srv.workers()
+        srv.stop()
+        assert sender_pids() == senders  # the server is gone; the sender process leaves when idle, not with it
+    finally:
+        for pid in sender_pids():
+            os.kill(pid, signal.SIGKILL)

@@ -6,6 +6,7 @@ import time
 
 import pytest
 from conftest import add_event
+from prefork_server import wait_until
 
 from remixcrm_plugin_ctct.delivery.pauses import Pause
 from remixcrm_plugin_ctct.delivery.worker import Worker
@@ -134,7 +135,9 @@ def test_threads_start_on_first_wake_only(tmp_path):
     sender = Worker(outbox, Stub(), workers=3)
     assert sender.running_threads == []
     sender.wake()
-    assert len(senders(sender)) == 3
+    # the hook's thread starts one (each start waits for the new thread); that one starts the rest
+    assert len(senders(sender)) == 1
+    assert wait_until(lambda: len(senders(sender)) == 3 and sender.leases.thread is not None, 5)
     sender.close(1)
 
 
@@ -215,7 +218,7 @@ def test_a_forked_child_gets_its_own_threads_and_identity(parts):
     if pid == 0:
         try:
             sender.wake()
-            ok = sender.owner != parent_owner and len(senders(sender)) == 2
+            ok = sender.owner != parent_owner and wait_until(lambda: len(senders(sender)) == 2, 5)
             os.write(w, b"ok" if ok else b"no")
         finally:
             os._exit(0)
@@ -327,8 +330,8 @@ def test_idle_threads_stop_and_the_next_event_starts_them_again(parts, monkeypat
     monkeypatch.setattr(worker_module, "IDLE_STOP", 0.2)
     monkeypatch.setattr(worker_module, "IDLE_POLL", 0.05)
     sender.wake()
+    assert wait_until(lambda: len(sender.running_threads) == 3, 5)  # two workers and the lease keeper
     started = sender.running_threads
-    assert len(started) == 3  # two workers and the lease keeper
     deadline = time.monotonic() + 5
     while any(t.is_alive() for t in started) and time.monotonic() < deadline:
         time.sleep(0.01)  # polling with a deadline: the threads leave on their own

@@ -101,6 +101,22 @@ def build_parser() -> argparse.ArgumentParser:
         "limit, showing progress; stops early when sending is paused and says why.",
     )
     flush.add_argument("--timeout", type=float, help="give up after this many seconds")
+    worker = commands.add_parser(
+        "worker",
+        help='run the sender process in the foreground (sender = "process"; a service: systemd, a container)',
+        description='Deliver what RemixCRM\'s processes record, from this process: with sender = "process" '
+        "the hooks only append to their journals and this process folds and sends them, within the rate "
+        "limit. One per data dir (a second one leaves at once). Runs until SIGTERM or Ctrl-C, then takes at "
+        "most 2 s; logs to stderr. Without a service, a hook starts one by itself when none runs.",
+    )
+    worker.add_argument(
+        "--exit-when-idle", type=float, metavar="SECONDS", help="leave after this long with nothing to do"
+    )
+    worker.add_argument("--log-file", help="log here (rotated at 1 MiB, 3 kept) instead of stderr")
+    worker.add_argument(
+        "--nice", type=int, default=0, help="lower the CPU priority by this much (a hook's sender process: 10)"
+    )
+    worker.add_argument("--lock-fd", type=int, help=argparse.SUPPRESS)  # the lock, taken by the hook that starts us
     migrate = commands.add_parser(
         "migrate-state",
         help="copy this host's local SQLite store into the shared PostgreSQL store (state_url)",
@@ -199,6 +215,11 @@ def _main(argv: list[str] | None) -> int:
             args.error_rate,
             args.latency,
         )
+    if args.command == "worker":
+        from .. import service
+
+        say = lambda text: print(text, flush=True)  # noqa: E731
+        return service.run(say, args.exit_when_idle, args.log_file, args.lock_fd, args.nice)
     if args.command in ("login", "refresh"):
         return _tokens_command(args)
     if args.command == "check":

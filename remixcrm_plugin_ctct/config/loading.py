@@ -69,9 +69,16 @@ def _judge(path: Path, doc: dict[str, Any]) -> LoadedConfig:
     told = tuple(f"{path}: {w}" for w in warnings)
     parsed = settings.parse_section(table, problems)
     if problems or parsed is None:
-        return LoadedConfig(INVALID, f"{path}: " + "; ".join(problems), path, fields=mapped, warnings=told)
+        return LoadedConfig(
+            INVALID,
+            f"{path}: " + "; ".join(problems),
+            path,
+            fields=mapped,
+            warnings=told,
+            sender=settings.sender_of(table),
+        )
     message = f"sending new clients to list {parsed.list_id} via {parsed.api_base_url}"
-    return LoadedConfig(ACTIVE, message, path, parsed, fields=mapped, warnings=told)
+    return LoadedConfig(ACTIVE, message, path, parsed, fields=mapped, warnings=told, sender=parsed.sender)
 
 
 def _unreadable(path: Path, e: OSError | reading.Unreadable) -> LoadedConfig:

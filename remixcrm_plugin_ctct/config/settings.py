@@ -16,6 +16,7 @@ DEFAULT_API_BASE_URL = "https://api.cc.email/v3"
 DEFAULT_TOKEN_URL = "https://authz.constantcontact.com/oauth2/default/v1/token"
 DEFAULT_STATE_SCHEMA = "remixcrm_ctct"
 ACTIVE, INACTIVE, INVALID = "active", "inactive", "invalid"
+SENDERS = ("thread", "process")  # where delivery runs: threads in the host's process, or one helper process
 _UUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
 
 
@@ -50,11 +51,14 @@ class Settings:
     lead_converted_list_id: str | None = None
     remove_from_list_ids: tuple[str, ...] = ()
     optout_poll_minutes: float = 15.0  # how often the worker brings the suppression mirror up to date; 0: never
+    sender: str = SENDERS[0]
 
 
 @dataclass(frozen=True)
 class LoadedConfig:
-    """One reading of the file: ``active`` with settings, ``inactive`` or ``invalid`` with why."""
+    """One reading of the file: ``active`` with settings, ``inactive`` or ``invalid`` with why.
+    ``sender`` is read even from an otherwise broken table: a host told to keep delivery out of
+    its process must never start sender threads because some other key is wrong."""
 
     status: str
     message: str
@@ -64,6 +68,7 @@ class LoadedConfig:
     # records events then, with their fields); its problems are ERRORs that pause nothing
     fields: FieldMap = ()
     warnings: tuple[str, ...] = ()
+    sender: str = Settings.sender
 
 
 def _defaults(*keys: str) -> dict[str, Any]:
@@ -129,6 +134,7 @@ def parse_section(table: dict[str, Any], problems: list[str], require_list: bool
     unknown_consent = values.choice(table, "unknown_consent", UNKNOWN_CONSENT, problems)
     event_lists = {key: _list_key(table, key, problems) for key in EVENT_LISTS}
     removals = _removals(table, problems, [found or list_id for found in event_lists.values()])
+    sender = sender_of(table, problems)
     if problems or list_id is None:
         return None
     return Settings(
@@ -153,6 +159,7 @@ def parse_section(table: dict[str, Any], problems: list[str], require_list: bool
         lead_converted_list_id=event_lists["lead_converted_list_id"],
         remove_from_list_ids=removals,
         optout_poll_minutes=numbers["optout_poll_minutes"],
+        sender=sender,
     )
 
 
@@ -200,3 +207,8 @@ def _removals(table: dict[str, Any], problems: list[str], joined: list[str | Non
         )
         return ()
     return tuple(ids)
+
+
+def sender_of(table: dict[str, Any], problems: list[str] | None = None) -> str:
+    """``sender``: "thread" (the default) or "process"; a wrong value is a problem and reads as the default."""
+    return values.choice(table, "sender", SENDERS, [] if problems is None else problems)

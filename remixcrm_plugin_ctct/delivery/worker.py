@@ -179,20 +179,29 @@ class Worker:
         return len(self.memory) + self.inflight.memory
 
     # --- the worker threads ---
-    def _start(self) -> None:
+    def _start(self, first_only: bool = True) -> None:
+        """From a hook: one thread (each start waits for the new thread to run, and the hook
+        should not wait three times); that one starts the others and the lease keeper."""
         with self._lock:
             if self.stopping.is_set():
                 return
-            for n in range(len(self._threads), self.workers):
+            wanted = min(self.workers, len(self._threads) + 1) if first_only and not self._threads else self.workers
+            for n in range(len(self._threads), wanted):
                 t = threading.Thread(target=self._run, name=f"remixcrm-ctct-sender-{n}", daemon=True)
                 self._threads.append(t)
                 t.start()
-            self.leases.start(self.owner)
+            if wanted == self.workers:
+                self.leases.start(self.owner)
             if not self._atexit_registered:
                 self._atexit_registered = True
                 atexit.register(self._at_exit)
 
     def _run(self) -> None:
+        if len(self._threads) < self.workers:
+            # a hook started this thread: let it return to its request first (this thread would
+            # otherwise hold the GIL while the hook waits for it), then start the rest
+            self.stopping.wait(FOLD_QUIET)
+            self._start(first_only=False)
         idle_since = time.monotonic()
         while not self.stopping.is_set():
             try:

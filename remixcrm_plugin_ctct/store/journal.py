@@ -26,11 +26,10 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from filelock import FileLock
-
 from .. import forksafe, payload
 from ..record import Event
 from . import journal_files
+from .flock import HeldLock
 from .interfaces import HostJournals, JournalSink
 from .neighbours import Neighbours
 
@@ -60,13 +59,16 @@ class Journal:
         self._fold_lock = threading.Lock()  # one folder at a time
         self._fd: int | None = None
         self._path: Path | None = None
-        self._owner_lock: FileLock | None = None
+        self._owner_lock: HeldLock | None = None
         self._pid: int | None = None
         self._size = 0  # bytes written to the current file (by this process: it is the only writer)
         self._torn = False  # a cut-short write could not be cut off: end it with a newline first
         self.last_append = 0.0  # monotonic time of the last hook write
         self._folded = 0  # bytes of the current file already folded (a cheap "anything new?")
         self._adopted_at = -ADOPT_EVERY
+        # sender = "process": this process never folds; it hands each full file over instead
+        # (closes it and frees its lock, so the sender process adopts it whole, as a dead one's)
+        self.hand_off = False
         forksafe.after_fork_in_child(self._after_fork)
 
     def _after_fork(self) -> None:
@@ -106,6 +108,17 @@ class Journal:
             self._size += written
             self._torn = False
             self.last_append = time.monotonic()
+            if self.hand_off and self._size >= ROTATE_AT:
+                self._hand_over()
+
+    def _hand_over(self) -> None:
+        """Close the full file and free its lock (every byte of it is written): whoever folds
+        adopts it as a finished journal; the next append opens a new one."""
+        fd, owner = self._fd, self._owner_lock
+        self._fd, self._path, self._owner_lock, self._pid = None, None, None, None
+        assert fd is not None and owner is not None
+        os.close(fd)
+        owner.release()
 
     def _cut_tail(self) -> None:
         """After a failed or short write, cut off what part of the line it left: else the next
@@ -121,12 +134,15 @@ class Journal:
             self._torn = True
 
     def _open(self) -> None:
-        self.directory.parent.mkdir(mode=0o700, parents=True, exist_ok=True)  # the plugin's own dir: 0700 too
-        self.directory.mkdir(mode=0o700, exist_ok=True)
         name = f"{os.getpid()}-{secrets.token_hex(4)}.jsonl"
         self._path = self.directory / name
         owner = journal_files.owner_lock(self._path)
-        owner.acquire()  # held for this process's life: tells other processes we are alive
+        try:
+            owner.acquire()  # held for this process's life: tells other processes we are alive
+        except FileNotFoundError:  # the first journal here: make the folders (the mkdirs cost a hook's first call)
+            self.directory.parent.mkdir(mode=0o700, parents=True, exist_ok=True)  # the plugin's own dir: 0700 too
+            self.directory.mkdir(mode=0o700, exist_ok=True)
+            owner.acquire()
         self._fd = os.open(self._path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         self._owner_lock, self._pid, self._size, self._folded, self._torn = owner, os.getpid(), 0, 0, False
 

@@ -10,18 +10,18 @@ once whoever folds it, and a folder that dies halfway leaves the rest to the nex
 deleted before its lock is let go: a process that takes the lock afterwards finds nothing.
 """
 
+import time
 from pathlib import Path
 from typing import Any
 
-from filelock import FileLock, Timeout
-
+from .flock import Busy, HeldLock
 from .interfaces import JournalSink
 from .journal_lines import CUT_SHORT, FOLD_CHUNK, KEPT, damaged, fold_block, skip_long_line
 
 
-def owner_lock(path: Path) -> FileLock:
-    """The lock a journal file's writer holds while it lives."""
-    return FileLock(str(path) + ".lock", timeout=0, mode=0o600, thread_local=False)
+def owner_lock(path: Path) -> HeldLock:
+    """The lock a journal file's writer holds while it lives (``acquire`` raises Busy if held)."""
+    return HeldLock(str(path) + ".lock")
 
 
 def fold_file(outbox: JournalSink, path: Path, final: bool = False) -> int:
@@ -53,6 +53,10 @@ def fold_file(outbox: JournalSink, path: Path, final: bool = False) -> int:
             if final and end < len(chunk):
                 damaged(path, start + end, chunk[end:], CUT_SHORT, KEPT)
             return count
+        # a backlog: between slices, let a host thread that waits for the GIL have it (with
+        # sender threads in the host, a fold of many slices would otherwise hold it for
+        # switch intervals of 5 ms each)
+        time.sleep(0)
 
 
 def forget(outbox: JournalSink, path: Path, lock: Any) -> None:
@@ -75,7 +79,7 @@ def adopt_dead(directory: Path, outbox: JournalSink, skip: Path | None = None) -
         lock = owner_lock(path)
         try:
             lock.acquire()
-        except Timeout:
+        except Busy:
             continue  # its process is alive and folds it itself
         count += fold_file(outbox, path, final=True)
         forget(outbox, path, lock)

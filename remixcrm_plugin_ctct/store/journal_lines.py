@@ -18,7 +18,7 @@ from .interfaces import JournalSink
 
 log = logging.getLogger("remixcrm_plugin_ctct")
 
-FOLD_CHUNK = 256 << 10  # bytes read and folded per transaction
+FOLD_CHUNK = 64 << 10  # bytes read and folded per transaction: a slice of ~300 records, a few ms of Python
 EVENT_MAX = 1024  # "lead_converted from lead <id as payload.shown gives it: at most 80 characters, escaped>"
 RECORD_START = b'{"email":'  # every record starts so (record.Event.to_record); inside a JSON string a '"' is escaped
 _CLIENT_ID = re.compile(rb'"client_id":(?:"((?:[^"\\]|\\.){1,256})|(-?\d{1,256}))')

@@ -185,6 +185,14 @@ def api_calls(mocked) -> list:
 
 
 @pytest.fixture
+def quick_polls(monkeypatch):
+    """An import's activity polled every 10 ms (the sandbox completes it on the 2nd poll)."""
+    from remixcrm_plugin_ctct.delivery import imports
+
+    monkeypatch.setattr(imports.Importer, "POLL_DELAYS", (0.01,))
+
+
+@pytest.fixture
 def logs(caplog):
     caplog.set_level(logging.DEBUG)
     return caplog

@@ -10,13 +10,9 @@ from conftest import ACCESS_TOKEN, RAW
 
 from remixcrm_plugin_ctct import config, fieldmap, flush, payload
 from remixcrm_plugin_ctct.admin import check, cli
-from remixcrm_plugin_ctct.delivery import imports
 from remixcrm_plugin_ctct.sandbox import Sandbox
 
-
-@pytest.fixture(autouse=True)
-def quick_polls(monkeypatch):
-    monkeypatch.setattr(imports.Importer, "POLL_DELAYS", (0.01,))  # the sandbox completes on the 2nd poll
+pytestmark = pytest.mark.usefixtures("quick_polls")
 
 
 @pytest.fixture

@@ -10,16 +10,13 @@ from conftest import ACCESS_TOKEN, RAW
 
 from remixcrm_plugin_ctct import flush, runtime
 from remixcrm_plugin_ctct.admin import cli
-from remixcrm_plugin_ctct.delivery import imports
 from remixcrm_plugin_ctct.sandbox import Sandbox
 
 API = "https://api.cc.email/v3"
 IMPORT_URL = f"{API}/activities/contacts_json_import"
 
 
-@pytest.fixture(autouse=True)
-def quick_polls(monkeypatch):
-    monkeypatch.setattr(imports.Importer, "POLL_DELAYS", (0.01,))  # the sandbox completes on the 2nd poll
+pytestmark = pytest.mark.usefixtures("quick_polls")
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ from conftest import ACCESS_TOKEN, LIST_ID
 
 from remixcrm_plugin_ctct import config, flush, runtime
 from remixcrm_plugin_ctct.admin import cli
-from remixcrm_plugin_ctct.delivery import imports, list_changes
+from remixcrm_plugin_ctct.delivery import list_changes
 from remixcrm_plugin_ctct.sandbox import Sandbox
 from remixcrm_plugin_ctct.store.outbox import Outbox
 
@@ -18,9 +18,7 @@ CLIENTS = "22222222-2222-4222-8222-222222222222"
 ONBOARDING = "33333333-3333-4333-8333-333333333333"
 
 
-@pytest.fixture(autouse=True)
-def quick_polls(monkeypatch):
-    monkeypatch.setattr(imports.Importer, "POLL_DELAYS", (0.01,))  # the sandbox completes on the 2nd poll
+pytestmark = pytest.mark.usefixtures("quick_polls")
 
 
 @pytest.fixture

@@ -222,3 +222,20 @@ def test_damage_is_told_apart_from_a_lock(tmp_path):
         db.connect(bad, SCHEMA)
     assert db.is_damaged(caught.value)
     assert not db.is_damaged(sqlite3.OperationalError("database is locked"))
+
+
+def test_a_new_thread_never_closes_the_main_threads_connection_at_exit(tmp_path, monkeypatch):
+    """At interpreter exit the main thread counts as stopped before the atexit handlers run, and
+    its exit flush still queries: a sender thread that opened its connection then closed the
+    main thread's under it (a segfault, seen once in ~10 runs of a host exiting)."""
+    import threading
+
+    from remixcrm_plugin_ctct.store import db as db_module
+
+    conns = db_module.Connections(tmp_path / "x.sqlite3", "CREATE TABLE IF NOT EXISTS t (x)")
+    main_conn = conns.get()
+    monkeypatch.setattr(threading.main_thread(), "is_alive", lambda: False)  # as during atexit
+    opened = threading.Thread(target=conns.get)
+    opened.start()
+    opened.join()
+    assert main_conn.execute("SELECT count(*) FROM t").fetchall() == [(0,)]  # still open

@@ -117,6 +117,13 @@ class _GatedConnection(sqlite3.Connection):
             super().close()
 
 
+def _ended(thread: threading.Thread) -> bool:
+    """Whether ``thread`` has finished, so its connection may be closed by another. Not the main
+    thread: at interpreter exit it counts as stopped before the atexit handlers run, and it still
+    queries (the worker's exit flush) — closing its connection under it crashed the process."""
+    return not thread.is_alive() and thread is not threading.main_thread()
+
+
 def _lock() -> threading.Lock:
     global _hooked
     if not _hooked:  # lazily: importing the plugin registers nothing. A double registration is harmless
@@ -245,8 +252,8 @@ class Connections:
         local.conn, local.file_id, local.checked_at = conn, file_id, time.monotonic()
         me = threading.current_thread()
         with self._lock:
-            gone = [c for t, c in self._open if not t.is_alive()]
-            self._open = [(t, c) for t, c in self._open if t.is_alive()] + [(me, conn)]
+            gone = [c for t, c in self._open if _ended(t)]
+            self._open = [(t, c) for t, c in self._open if not _ended(t)] + [(me, conn)]
         for old in gone:  # threads that ended (a thread per request in some hosts): same process, safe to close
             old.close()
         return conn
@@ -263,7 +270,7 @@ class Connections:
             return
         mine = getattr(self._local, "conn", None)
         with self._lock:
-            closing = [c for t, c in self._open if c is mine or not t.is_alive()]
+            closing = [c for t, c in self._open if c is mine or _ended(t)]
             self._open = []
         self._local = threading.local()
         for conn in closing:

@@ -35,7 +35,8 @@ DATE_KEYS = ("birthday_month", "birthday_day", "anniversary")
 # YYYY-M-D, M-D-YYYY, M-DD-YYYY
 # (re.ASCII: str's \d also matches Arabic-Indic and other digits, which Constant Contact does not read)
 _ANNIVERSARY = re.compile(r"\d{1,2}([/-])\d{1,2}\1\d{4}|\d{4}([/-])\d{1,2}\2\d{1,2}", re.ASCII)
-_MONTH_DAY = re.compile(r"(?:\d{4}|-)-(\d{1,2})-(\d{1,2})(?:[T ].*)?", re.ASCII)  # 1990-04-23, --04-23 (ISO without year)
+# 1990-04-23, --04-23 (ISO without year)
+_MONTH_DAY = re.compile(r"(?:\d{4}|-)-(\d{1,2})-(\d{1,2})(?:[T ].*)?", re.ASCII)
 _DAY_OR_MONTH = re.compile(r"\d{1,2}", re.ASCII)
 
 

@@ -33,8 +33,11 @@ IMPORT_ADDRESS = {"street": "street", "city": "city", "state": "state", "postal_
 DATE_KEYS = ("birthday_month", "birthday_day", "anniversary")
 # sign_up_form's accepted anniversary formats: MM/DD/YYYY, M/D/YYYY, YYYY/MM/DD, YYYY/M/D, YYYY-MM-DD,
 # YYYY-M-D, M-D-YYYY, M-DD-YYYY
-_ANNIVERSARY = re.compile(r"\d{1,2}([/-])\d{1,2}\1\d{4}|\d{4}([/-])\d{1,2}\2\d{1,2}")
-_MONTH_DAY = re.compile(r"(?:\d{4}|-)-(\d{1,2})-(\d{1,2})(?:[T ].*)?")  # 1990-04-23, --04-23 (ISO without year)
+# (re.ASCII: str's \d also matches Arabic-Indic and other digits, which Constant Contact does not read)
+_ANNIVERSARY = re.compile(r"\d{1,2}([/-])\d{1,2}\1\d{4}|\d{4}([/-])\d{1,2}\2\d{1,2}", re.ASCII)
+# 1990-04-23, --04-23 (ISO without year)
+_MONTH_DAY = re.compile(r"(?:\d{4}|-)-(\d{1,2})-(\d{1,2})(?:[T ].*)?", re.ASCII)
+_DAY_OR_MONTH = re.compile(r"\d{1,2}", re.ASCII)
 
 
 def mapped(get: Callable[[str], object], client_id: str, field_map: FieldMap, shown: Callable) -> dict:
@@ -71,7 +74,12 @@ def mapped(get: Callable[[str], object], client_id: str, field_map: FieldMap, sh
 
 
 def _absent(value: object) -> bool:
-    return value is None or (isinstance(value, str) and not value.strip()) or (value != value)  # NaN
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return True
+    try:
+        return bool(value != value)  # NaN
+    except Exception:  # pandas.NA (its truth raises), a numpy array: "no value" is the safe reading
+        return True
 
 
 def _text(value: object, said: str, limit: int) -> str | None:
@@ -154,7 +162,7 @@ def _birthday_part(target: str, value: object, said: str) -> dict:
     number = None
     if isinstance(value, int) and not isinstance(value, bool):
         number = value
-    elif isinstance(value, str) and value.strip().isdigit() and len(value.strip()) <= 2:
+    elif isinstance(value, str) and _DAY_OR_MONTH.fullmatch(value.strip()):  # (isdigit() takes "²", int() not)
         number = int(value.strip())
     if number is not None and 1 <= number <= top:
         return {target: number}

@@ -99,7 +99,7 @@ def entry(found: OptOut) -> dict:
 ANSWER_WITHIN = 0.5  # seconds the host's thread may wait for the store (PostgreSQL: busy or out of reach)
 
 
-def _within(seconds: float, read: Callable[[], list]) -> list:
+def _within(seconds: float, read: Callable[[], Any]) -> Any:
     """``read()`` on a helper thread, waited for at most ``seconds``: a hook never blocks the host
     on a shared store that is slow, busy or out of reach (the 3 s connect timeout). Too late, it
     raises StoreUnavailable (the answer is dropped; the host asks again with the same ``since``)."""
@@ -137,12 +137,18 @@ def handle_hook(since: Any) -> list[dict]:
         log.warning("email_marketing_opt_outs: %s; answering []", e)
         return []
     rt = runtime()
+
+    def read() -> tuple[list, bool]:
+        # whether a poll is due reads the store too (the shared time of the last pass): here as well
+        return rt.mirror.store.opt_outs(epoch), rt.optouts.due(time.time())
+
     try:
-        found = [entry(o) for o in _within(ANSWER_WITHIN, lambda: rt.mirror.store.opt_outs(epoch))]
+        rows, due = _within(ANSWER_WITHIN, read)
     except StoreUnavailable as e:  # the shared store (state_url) is out of reach: like a full disk, not a bug
         log.warning("email_marketing_opt_outs: %s; answering [] (nothing is lost: ask again later)", e)
         return []
-    if rt.optouts.due(time.time()):
+    found = [entry(o) for o in rows]
+    if due:
         if loaded.sender == "process":
             rt.starter.ensure()  # the sender process polls (it runs the worker); no thread here
         else:

@@ -294,3 +294,43 @@ def test_a_backfill_carries_the_mapped_columns(tmp_path, write_config, sandbox, 
     assert found["street"] == "1 Main St" and found["email_address"]["permission_to_send"] == "implicit"
     out = capsys.readouterr().out
     assert "plan" not in out.split("ignored")[-1] if "ignored" in out else True  # the mapped column is read
+
+
+class _Unanswerable:
+    """What pandas' NA does: ``x != x`` answers a value whose truth raises (TypeError)."""
+
+    def __ne__(self, other):
+        return self
+
+    def __eq__(self, other):
+        return self
+
+    def __bool__(self):
+        raise TypeError("boolean value of NA is ambiguous")
+
+    __hash__ = object.__hash__
+
+
+@pytest.mark.parametrize(
+    ("target", "value"),
+    [
+        ("birthday_month", "²"),  # str.isdigit() says yes, int() says no
+        ("custom:Plan", _Unanswerable()),  # pandas.NA
+        ("anniversary", "٢٠٠٦-١١-١٥"),  # digits, but not ones Constant Contact reads
+    ],
+)
+def test_a_hostile_mapped_value_costs_that_field_not_the_client(logs, target, value):
+    mapping = {"odd": target} | ({"day": "birthday_day"} if target == "birthday_month" else {})
+    found = contact({"odd": value, "first_name": "Ada", "day": "3"}, mapping)
+    assert found.fields["first_name"] == "Ada"
+    assert not {k for k in found.fields if not k.startswith("event:")} - set(payload.TEXT_FIELDS)
+
+
+def test_birthday_month_and_day_can_be_mapped_from_two_keys(write_config):
+    found = loaded(write_config, fields={"bmonth": "birthday_month", "bday": "birthday_day"})
+    assert found.warnings == ()
+    assert found.fields == (("bmonth", "birthday_month"), ("bday", "birthday_day"))
+    mapped = contact({"bmonth": 4, "bday": "23"}, {"bmonth": "birthday_month", "bday": "birthday_day"}).fields
+    assert (mapped["birthday_month"], mapped["birthday_day"]) == (4, 23)
+    clash = loaded(write_config, fields={"dob": "birthday", "bday": "birthday_day"})
+    assert clash.fields == (("dob", "birthday"),) and len(clash.warnings) == 1

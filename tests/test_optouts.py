@@ -283,3 +283,20 @@ def test_a_store_that_does_not_answer_never_holds_the_host(pm, configured, logs,
         assert "did not answer within" in logs.text and "nothing is lost" in logs.text
     finally:
         stuck.set()
+
+
+def test_the_hook_reads_the_store_only_off_the_hosts_thread(pm, configured, monkeypatch):
+    """Whether a poll is due is read from the store too (the shared time of the last pass): like
+    the opt-outs, never on the host's thread, which a busy PostgreSQL would hold for seconds."""
+    configured()
+    rt = dispatch.runtime()
+    readers = []
+    real = rt.mirror.store.get_meta
+
+    def get_meta(key):
+        readers.append(threading.current_thread())
+        return real(key)
+
+    monkeypatch.setattr(rt.mirror.store, "get_meta", get_meta)
+    assert opt_outs(pm) == []
+    assert readers and threading.current_thread() not in readers

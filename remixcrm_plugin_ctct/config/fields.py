@@ -116,9 +116,13 @@ def _clash(target: str, taken: dict[str, str]) -> str | None:
         return next((k for t, k in taken.items() if t.lower() == lowered), None)
     if target in taken:
         return taken[target]
-    birthday = ("birthday", "birthday_month", "birthday_day")
-    if target in birthday:
-        return next((taken[t] for t in birthday if t in taken), None)
+    # "birthday" fills both parts, so it clashes with either; the two parts fill different fields
+    # (mapped together from two keys is the way "map both" asks for)
+    parts = ("birthday_month", "birthday_day")
+    if target == "birthday":
+        return next((taken[t] for t in parts if t in taken), None)
+    if target in parts:
+        return taken.get("birthday")
     return None
 
 

@@ -20,6 +20,11 @@ from collections.abc import Callable
 
 from filelock import FileLock, Timeout
 
+try:
+    import fcntl
+except ImportError:  # not POSIX: the sender process is then started without a handed-over descriptor
+    fcntl = None  # type: ignore[assignment]
+
 from . import config, runtime
 from .spawn import LOCK_NAME
 from .store.journal_watch import JournalWatcher
@@ -50,6 +55,7 @@ def run(
     _log_to(log_file)
     data_dir = config.data_dir()
     data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    lock: FileLock | None = None
     if lock_fd is None:
         lock = FileLock(str(data_dir / LOCK_NAME), timeout=LOCK_WAIT, mode=0o600, thread_local=False)
         try:
@@ -77,6 +83,12 @@ def run(
         if _busy(rt):
             idle_since = now
         elif now - idle_since >= exit_when_idle:
+            rt.worker.folds_paused = True  # no fold while the lock is not ours
+            if leave_or_stay(_Lock(lock, lock_fd), lambda: journals.backlog(rt.outbox.journal_offset)):
+                rt.worker.folds_paused = False
+                idle_since = now
+                rt.worker.wake()
+                continue
             log.info(
                 "constant contact sender process %d: nothing to do for %.0f s, leaving", os.getpid(), exit_when_idle
             )
@@ -84,6 +96,47 @@ def run(
     # the worker's exit handler (atexit) sends what is due within its 2 s and hands back the
     # leases; the lock goes with the process
     return 0
+
+
+class _Lock:
+    """``sender.lock`` as this process holds it: a FileLock it took, or the descriptor a hook
+    took and handed over (an ``flock`` on that open file)."""
+
+    def __init__(self, lock: FileLock | None, fd: int | None):
+        self.lock, self.fd = lock, fd
+
+    def release(self) -> None:
+        if self.lock is not None:
+            self.lock.release()
+        elif self.fd is not None and fcntl is not None:
+            fcntl.flock(self.fd, fcntl.LOCK_UN)
+
+    def retake(self) -> bool:
+        if self.lock is not None:
+            try:
+                self.lock.acquire(timeout=0)
+            except Timeout:
+                return False
+            return True
+        if self.fd is not None and fcntl is not None:
+            try:
+                fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return False
+            return True
+        return False
+
+
+def leave_or_stay(lock, backlog: Callable[[], bool]) -> bool:
+    """Leaving when idle: the lock is let go *first*, then the journals are looked at once more.
+    A host that appended while we still held it saw it held and started nobody (and looks again
+    only at its next event, maybe hours later); its lines are in the journal before our look. So:
+    nothing new → leave (True is "stay"); something new → take the lock back and stay; unless
+    another sender took it meanwhile (a host appended after the release): then it does the work."""
+    lock.release()
+    if not backlog():
+        return False
+    return lock.retake()
 
 
 def _busy(rt: runtime.Runtime) -> bool:

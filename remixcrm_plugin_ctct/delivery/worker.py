@@ -75,6 +75,7 @@ class Worker:
         self._woken_at = -FOLD_QUIET
         self._flushing = 0  # callers waiting in flush(): fold at once for them
         self._exiting = False  # at exit: send what the outbox holds, fold nothing more
+        self.folds_paused = False  # set by the sender process while it hands its lock over (service.py)
         self._unreadable_said = False
         self._closed = False  # close() ran (runtime.reset: the demo, tests): the exit flush has nothing to do
 
@@ -244,7 +245,8 @@ class Worker:
             self._wait(FOLD_QUIET)  # nothing to send yet, and the hooks should have the CPU
             return True
         with self.inflight.step():  # before the claim, so flush() never sees a row in between
-            if self.pacer is not None and not self._exiting and self.pacer.fold(self.outbox, bool(self._flushing)):
+            folding = self.pacer is not None and not self._exiting and not self.folds_paused
+            if folding and self.pacer is not None and self.pacer.fold(self.outbox, bool(self._flushing)):
                 self._next_due = now
             policy = self.sender.import_policy()  # None (config inactive): any row, to meet the pause
             unknown = policy[0] if policy else "implicit"

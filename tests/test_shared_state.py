@@ -189,3 +189,25 @@ def test_migrate_state_without_a_state_url_says_what_to_set(command, write_confi
     write_config()
     assert cli.main(command) == 1
     assert "no state_url" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql://remix@db/crm?password=pw-secret",  # libpq takes the password from the query too
+        "postgresql://remix@db/crm?sslmode=require&sslpassword=pw-secret",
+        "host=db user=remix password=pw-secret dbname=crm",  # a key=value conninfo, as the environment may hold
+        "host=db password = 'pw-secret' dbname=crm",
+        "postgresql://remix:pw@secret@db/crm",  # an '@' the user forgot to encode
+    ],
+)
+def test_every_form_of_password_libpq_accepts_is_masked(url):
+    from remixcrm_plugin_ctct.store.backends import Store
+    from remixcrm_plugin_ctct.store.postgres.connect import Database, _first_line
+
+    secret = "pw@secret" if "pw@secret" in url else "pw-secret"
+    assert secret not in config.mask_url(url) and "***" in config.mask_url(url)
+    echoed = _first_line(Exception(f'connection to "{url}" failed: password {secret} rejected'), url)
+    assert "secret" not in echoed, echoed
+    assert "secret" not in repr(Database(url, "s"))
+    assert "secret" not in repr(Store(None, None, None, None, "postgresql", url))  # type: ignore[arg-type]

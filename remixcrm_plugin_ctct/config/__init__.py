@@ -29,7 +29,7 @@ from .settings import (
     LoadedConfig,
     Settings,
 )
-from .state import ENV_URL, StateLocation, mask_url
+from .state import ENV_URL, StateLocation, mask_url, url_secrets
 from .state import location as state_location
 from .toml import Raw, config_toml
 from .watcher import ConfigWatcher
@@ -63,4 +63,5 @@ __all__ = [
     "load_for_tokens",
     "mask_url",
     "state_location",
+    "url_secrets",
 ]

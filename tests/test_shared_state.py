@@ -211,3 +211,27 @@ def test_every_form_of_password_libpq_accepts_is_masked(url):
     assert "secret" not in echoed, echoed
     assert "secret" not in repr(Database(url, "s"))
     assert "secret" not in repr(Store(None, None, None, None, "postgresql", url))  # type: ignore[arg-type]
+
+
+def test_exit_takes_at_most_about_two_seconds_while_postgresql_hangs(shared_state):
+    """A server that takes the connection and never answers (a firewall, a frozen VM): the exit
+    handler must not wait out libpq's connect timeout, nor a worker stuck in it."""
+    import socket
+
+    url, name, write = shared_state
+    with Sandbox() as sandbox, socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(64)  # the kernel completes the handshakes; nobody ever answers
+        write(api_base_url=sandbox.api_base_url, access_token=sandbox.static_token)
+        rt = runtime.runtime()
+        pm = make_plugin_manager()
+        pm.hook.on_client_created(client={"id": "0", "email": "first@example.com"})
+        assert flush(30) and len(sandbox.members()) == 1
+        rt.outbox.db.url = f"postgresql://postgres@127.0.0.1:{silent.getsockname()[1]}/postgres"
+        rt.outbox.db._drop()
+        for i in range(1, 20):
+            pm.hook.on_client_created(client={"id": str(i), "email": f"u{i}@example.com"})
+        start = time.monotonic()
+        rt.worker._at_exit()
+        took = time.monotonic() - start
+        assert took < 2.5, took

@@ -29,9 +29,10 @@ from .settings import (
     LoadedConfig,
     Settings,
 )
-from .state import ENV_URL, StateLocation, mask_url, url_secrets
+from .state import ENV_URL, StateLocation, mask_url
 from .state import location as state_location
 from .toml import Raw, config_toml
+from .values import url_secrets
 from .watcher import ConfigWatcher
 
 __all__ = [

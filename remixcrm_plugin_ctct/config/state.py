@@ -12,7 +12,7 @@ from typing import Any, NamedTuple
 
 from . import reading
 from .settings import DEFAULT_STATE_SCHEMA
-from .values import mask_url, state_schema, state_url, url_secrets
+from .values import mask_url, state_schema, state_url
 
 ENV_URL = "REMIXCRM_CTCT_STATE_URL"
 

@@ -189,3 +189,49 @@ def test_migrate_state_without_a_state_url_says_what_to_set(command, write_confi
     write_config()
     assert cli.main(command) == 1
     assert "no state_url" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql://remix@db/crm?password=pw-secret",  # libpq takes the password from the query too
+        "postgresql://remix@db/crm?sslmode=require&sslpassword=pw-secret",
+        "host=db user=remix password=pw-secret dbname=crm",  # a key=value conninfo, as the environment may hold
+        "host=db password = 'pw-secret' dbname=crm",
+        "postgresql://remix:pw@secret@db/crm",  # an '@' the user forgot to encode
+    ],
+)
+def test_every_form_of_password_libpq_accepts_is_masked(url):
+    from remixcrm_plugin_ctct.store.backends import Store
+    from remixcrm_plugin_ctct.store.postgres.connect import Database, _first_line
+
+    secret = "pw@secret" if "pw@secret" in url else "pw-secret"
+    assert secret not in config.mask_url(url) and "***" in config.mask_url(url)
+    echoed = _first_line(Exception(f'connection to "{url}" failed: password {secret} rejected'), url)
+    assert "secret" not in echoed, echoed
+    assert "secret" not in repr(Database(url, "s"))
+    assert "secret" not in repr(Store(None, None, None, None, "postgresql", url))  # type: ignore[arg-type]
+
+
+def test_exit_takes_at_most_about_two_seconds_while_postgresql_hangs(shared_state):
+    """A server that takes the connection and never answers (a firewall, a frozen VM): the exit
+    handler must not wait out libpq's connect timeout, nor a worker stuck in it."""
+    import socket
+
+    url, name, write = shared_state
+    with Sandbox() as sandbox, socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(64)  # the kernel completes the handshakes; nobody ever answers
+        write(api_base_url=sandbox.api_base_url, access_token=sandbox.static_token)
+        rt = runtime.runtime()
+        pm = make_plugin_manager()
+        pm.hook.on_client_created(client={"id": "0", "email": "first@example.com"})
+        assert flush(30) and len(sandbox.members()) == 1
+        rt.outbox.db.url = f"postgresql://postgres@127.0.0.1:{silent.getsockname()[1]}/postgres"
+        rt.outbox.db._drop()
+        for i in range(1, 20):
+            pm.hook.on_client_created(client={"id": str(i), "email": f"u{i}@example.com"})
+        start = time.monotonic()
+        rt.worker._at_exit()
+        took = time.monotonic() - start
+        assert took < 2.5, took

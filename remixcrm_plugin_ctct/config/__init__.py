@@ -32,6 +32,7 @@ from .settings import (
 from .state import ENV_URL, StateLocation, mask_url
 from .state import location as state_location
 from .toml import Raw, config_toml
+from .values import url_secrets
 from .watcher import ConfigWatcher
 
 __all__ = [
@@ -63,4 +64,5 @@ __all__ = [
     "load_for_tokens",
     "mask_url",
     "state_location",
+    "url_secrets",
 ]

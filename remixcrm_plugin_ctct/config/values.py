@@ -6,7 +6,7 @@ import ipaddress
 import math
 import re
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 from .messages import SECTION, SETTINGS_PATH, show
 
@@ -188,11 +188,34 @@ def state_schema(table: dict[str, Any], default: str, problems: list[str]) -> st
 
 
 def mask_url(url: str) -> str:
-    """``url`` with its password replaced by ``***`` (for logs, ``check`` and errors)."""
+    """``url`` with its password replaced by ``***`` (for logs, ``check`` and errors): in the
+    user part, in the query (``?password=``, ``?sslpassword=``: libpq reads both) and in a
+    ``key=value`` conninfo, which the environment variable may hold."""
     try:
+        if "://" not in url:
+            return _CONNINFO_PASSWORD.sub(r"\1***", url)
         parts = urlsplit(url)
-        if parts.password is None:
-            return url
-        return urlunsplit(parts._replace(netloc=f"{parts.username or ''}:***@{parts.netloc.rsplit('@', 1)[1]}"))
+        netloc = parts.netloc
+        if parts.password is not None:
+            netloc = f"{parts.username or ''}:***@{netloc.rsplit('@', 1)[1]}"
+        return urlunsplit(parts._replace(netloc=netloc, query=_QUERY_PASSWORD.sub(r"\1***", parts.query)))
     except ValueError:
         return "<a URL that cannot be parsed>"
+
+
+def url_secrets(url: str) -> list[str]:
+    """The passwords ``url`` holds, as written and decoded (a driver may echo either)."""
+    found: list[str] = []
+    try:
+        if "://" not in url:
+            found = [m.group(2).strip("'") for m in _CONNINFO_PASSWORD.finditer(url)]
+        else:
+            parts = urlsplit(url)
+            found = [parts.password or ""] + [m.group(2) for m in _QUERY_PASSWORD.finditer(parts.query)]
+    except ValueError:
+        pass
+    return sorted({v for s in found if s for v in (s, unquote(s))}, key=len, reverse=True)
+
+
+_CONNINFO_PASSWORD = re.compile(r"(\b\w*password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)", re.IGNORECASE)
+_QUERY_PASSWORD = re.compile(r"((?:^|&)[^&=]*password=)([^&]*)", re.IGNORECASE)

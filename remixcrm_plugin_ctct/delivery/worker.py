@@ -35,6 +35,7 @@ log = logging.getLogger("remixcrm_plugin_ctct")
 IDLE_POLL = 2.0  # seconds: also notices rows other processes left (retries, expired leases)
 CLAIM_BATCH = 4  # rows leased per claim: one transaction for several sends
 IMPORT_CLAIM = 40_000  # rows leased per claim of the import lane: one import request's worth
+EXIT_GRACE = 0.3  # seconds past exit_budget for handing back leases, at most
 IDLE_STOP = 60.0  # seconds with nothing pending anywhere before the threads stop (an event restarts them)
 
 
@@ -290,6 +291,26 @@ class Worker:
     def _at_exit(self) -> None:
         if self._pid != os.getpid() or self._closed or (not self._threads and not self.memory_left()):
             return
+        # The work below bounds its own waits, but not the store's: a server that takes the
+        # connection and never answers holds a call for libpq's whole connect timeout (or a
+        # worker thread holds the connection meanwhile). So it runs on a thread of its own and
+        # exit waits for it no longer than the budget; leases left behind expire within seconds.
+        try:
+            work = threading.Thread(target=self._exit_work, name="remixcrm-ctct-exit", daemon=True)
+            work.start()
+        except RuntimeError:  # no new threads at this stage of interpreter shutdown
+            self._exit_work()
+            return
+        work.join(self.exit_budget + EXIT_GRACE)
+        if work.is_alive():
+            log.warning(
+                "exiting: the outbox at %s did not answer within %.0f s; unsent events stay recorded and "
+                "go out from another process once their lease expires",
+                self.outbox.location,
+                self.exit_budget,
+            )
+
+    def _exit_work(self) -> None:
         # What is already in the outbox and due goes out within the budget, then whatever is still
         # leased is handed back; never more than the budget in total. The journal is *not* folded
         # now: a newer event for the same person (a decline, say) may sit in another process's

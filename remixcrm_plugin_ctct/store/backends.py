@@ -7,7 +7,7 @@ never touches the network.
 from pathlib import Path
 from typing import NamedTuple
 
-from ..config import StateLocation
+from ..config import StateLocation, mask_url
 from .budget import SqliteBudget
 from .interfaces import Budget, HostJournals, Outbox, Suppressions, TokenStore
 from .outbox import Outbox as SqliteOutbox
@@ -23,6 +23,9 @@ class Store(NamedTuple):
     kind: str  # "sqlite" or "postgresql"
     url: str | None  # the state_url in force (None: SQLite)
     journals: HostJournals | None = None  # where every host's journal lies (shared store only)
+
+    def __repr__(self) -> str:  # the URL may hold a password
+        return f"Store({self.kind}, {mask_url(self.url) if self.url else None!r})"
 
 
 def open_store(data_dir: Path, where: StateLocation) -> Store:

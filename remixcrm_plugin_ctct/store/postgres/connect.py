@@ -22,7 +22,7 @@ from contextlib import contextmanager
 from typing import Any, TypeVar
 
 from ... import forksafe
-from ...config import mask_url
+from ...config import mask_url, url_secrets
 from ..interfaces import StoreUnavailable
 from . import schema
 
@@ -192,10 +192,7 @@ def _driver(db: Database) -> Any:
 def _first_line(e: BaseException, url: str) -> str:
     """The driver's message, one line, with the URL's password (if echoed) masked."""
     text = (str(e).strip().splitlines() or [type(e).__name__])[0]
-    masked = mask_url(url)
-    if masked and masked != url:
-        text = text.replace(url, masked)
-        password = url.split("://", 1)[-1].split("@", 1)[0].partition(":")[2]
-        if password:
-            text = text.replace(password, "***")
+    text = text.replace(url, mask_url(url))
+    for secret in url_secrets(url):  # longest first: one that holds another is masked whole
+        text = text.replace(secret, "***")
     return text[:300]

@@ -341,3 +341,20 @@ def test_opt_outs_across_hosts_keep_a_cursor_that_misses_nothing(store):
         t.join()
     stamps = [o.recorded_at for o in mirror_a.opt_outs(late.recorded_at)]
     assert len(stamps) == 10 and len(set(stamps)) == 10 and stamps == sorted(stamps)
+
+
+def test_a_transaction_never_waits_long_for_a_frozen_hosts_locks(store, pg_schema, monkeypatch):
+    """A host frozen mid-transaction holds its locks until TCP gives up (hours): every other
+    host's transaction bounds its wait (lock_timeout) and reports the store unavailable instead."""
+    import psycopg
+
+    from remixcrm_plugin_ctct.store.postgres import connect
+
+    monkeypatch.setattr(connect, "LOCK_TIMEOUT", "200ms")
+    url, name = pg_schema
+    box = store()[0]
+    box.add_records([])  # connected, schema made
+    with psycopg.connect(url) as frozen:  # holds a lock on every outbox row, then never commits
+        frozen.execute(f"LOCK TABLE {name}.events IN ACCESS EXCLUSIVE MODE")
+        with pytest.raises(StoreUnavailable):
+            box.claim_many("host-b", 4)

@@ -30,6 +30,14 @@ log = logging.getLogger("remixcrm_plugin_ctct")
 
 T = TypeVar("T")
 CONNECT_TIMEOUT = 3  # seconds: the worker, never the hook, waits for it
+# Every transaction bounds its own waits (transaction-local, so PgBouncer's transaction pooling
+# is fine): a host that froze or lost its network mid-transaction would otherwise hold its locks
+# until TCP keepalive gives up (about 2 h by default) and stall every other host's folds and claims.
+LOCK_TIMEOUT = "15s"  # waiting for another transaction's lock: then StoreUnavailable, tried again later
+IDLE_IN_TRANSACTION_TIMEOUT = "60s"  # the server ends a session that sits idle inside a transaction
+GUARDS = "SELECT set_config('lock_timeout', %s, true), set_config('idle_in_transaction_session_timeout', %s, true)"
+# a dead peer is noticed by the socket itself within about a minute, not two hours
+KEEPALIVE = {"keepalives": 1, "keepalives_idle": 30, "keepalives_interval": 10, "keepalives_count": 3}
 RECONNECT_PAUSE = 1.0  # seconds after a failed connection before the next try (callers loop)
 ERROR_EVERY = 60.0  # seconds between "cannot reach" ERRORs
 APPLICATION_NAME = "remixcrm-ctct"  # and the schema, in pg_stat_activity: what an admin (or a test) sees
@@ -71,6 +79,7 @@ class Database:
                 conn = self._connection(psycopg)
                 try:
                     with conn.transaction():
+                        conn.execute(GUARDS, (LOCK_TIMEOUT, IDLE_IN_TRANSACTION_TIMEOUT))
                         return work(conn)
                 except (psycopg.OperationalError, psycopg.InterfaceError) as e:
                     if not conn.closed and not conn.broken:
@@ -89,6 +98,7 @@ class Database:
                 self.url,
                 autocommit=True,
                 connect_timeout=CONNECT_TIMEOUT,
+                **KEEPALIVE,
                 prepare_threshold=None,  # no prepared statements: PgBouncer's transaction pooling
                 application_name=f"{APPLICATION_NAME} {self.schema}"[:63],
             )

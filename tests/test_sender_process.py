@@ -163,3 +163,31 @@ def test_a_sender_process_that_fails_as_it_starts_is_not_restarted_in_a_tight_lo
     said = [r.getMessage() for r in logs.records if "exited at once" in r.getMessage()]
     assert len(said) == 1 and "Starting it again in 5 s" in said[0]
     assert (config.data_dir() / "journal").exists()  # the events wait in the journal
+
+
+@pytest.mark.parametrize(
+    "new_lines, taken_meanwhile, stays", [(False, False, False), (True, False, True), (True, True, False)]
+)
+def test_a_leaving_sender_lets_the_lock_go_first_then_looks_once_more(tmp_path, new_lines, taken_meanwhile, stays):
+    """A host that appended while the idle sender still held the lock saw it held and started
+    nobody: the sender lets go, looks again, and stays for those lines (unless a new sender took
+    the lock in between: that one does the work)."""
+    from filelock import FileLock
+
+    from remixcrm_plugin_ctct import service
+
+    path = str(tmp_path / "sender.lock")
+    mine = FileLock(path, timeout=0, thread_local=False)
+    mine.acquire()
+    other = FileLock(path, timeout=0, thread_local=False)
+
+    def backlog():
+        assert not mine.is_locked  # looked at only once the lock is let go
+        if taken_meanwhile:
+            other.acquire()
+        return new_lines
+
+    assert service.leave_or_stay(service._Lock(mine, None), backlog) is stays
+    assert mine.is_locked is stays
+    if not stays and not taken_meanwhile:
+        other.acquire()  # free for the next sender

@@ -409,3 +409,30 @@ def test_with_a_sender_process_workers_run_no_thread_and_recycling_or_kill_9_los
     finally:
         for pid in sender_pids():
             os.kill(pid, signal.SIGKILL)
+
+
+# --- the default lanes (unknown consent → bulk import) in a real prefork server ---
+
+
+def test_default_lanes_in_prefork_import_everyone_unknown_and_never_re_subscribe(sandbox, write_config, server):
+    """The shipped default (unknown_consent left out): with --preload and a worker killed mid-way,
+    every unknown-consent client arrives by import as implicit, none by sign_up_form; recorded
+    consent goes by sign_up_form; an unsubscribed contact stays unsubscribed."""
+    write_config(api_base_url=sandbox.api_base_url, unknown_consent=None, requests_per_second=RAW("1000"))
+    sandbox.api.seed_contact("gone0@example.com", permission_to_send="unsubscribed")
+    srv = server("-w", "3", "--preload")
+    srv.wait_workers(3)
+    unknown = [client("u", i) for i in range(30)] + [client("gone", 0)]
+    accepted = fire_all(srv, unknown + [client("yes", i, opt_in=True) for i in range(3)])
+    victim = Counter(p for ps in accepted.values() for p in ps).most_common(1)[0][0]
+    os.kill(victim, signal.SIGKILL)
+    accepted.update(fire_all(srv, [client("u", i) for i in range(30, 40)]))  # the workers that remain
+    expected = [f"u{i}@example.com" for i in range(40)] + [f"yes{i}@example.com" for i in range(3)]
+    delivered = wait_until(lambda: all(is_member(sandbox, e) for e in expected), 30)
+    assert delivered, missing_report(sandbox, set(expected), accepted)
+    srv.stop()
+    signed_up = {c["email"] for c in sandbox.calls}
+    assert signed_up == {f"yes{i}@example.com" for i in range(3)}, signed_up  # never sign_up_form for unknown
+    permissions = {e: contact(sandbox, e)["email_address"]["permission_to_send"] for e in expected}
+    assert {permissions[f"u{i}@example.com"] for i in range(40)} == {"implicit"}
+    assert contact(sandbox, "gone0@example.com")["email_address"]["permission_to_send"] == "unsubscribed"

@@ -387,3 +387,14 @@ def test_memory_events_of_one_email_go_out_once_as_its_newest_state():
     moved = []
     lane.put_back(eve, when=0.0)
     assert lane.move_to(moved.extend) == 3 and len(moved) == 3  # the outbox gets every event, merged there
+
+
+def test_flush_is_not_settled_while_a_claim_whose_answer_was_lost_holds_rows(parts):
+    """A shared store retries a claim on a new connection when the old one died after the commit:
+    the first claim's rows are leased to us, and no step of ours works on them. flush() must not
+    call that settled (it did: they were neither due nor in flight here)."""
+    outbox, recorder, sender = parts
+    add_event(outbox, contact(1), "client_created")
+    assert outbox.claim_many(sender.owner, 4, lease=60)  # leased to this process; the answer "lost"
+    assert sender.flush(0.3) is False
+    assert recorder.rows == []

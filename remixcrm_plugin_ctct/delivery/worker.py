@@ -145,6 +145,11 @@ class Worker:
             due = self.outbox.due_count(until)
             if not due and not self._exiting and self.pacer is not None and self.pacer.backlog(self.outbox):
                 due = 1  # written by a hook, not yet folded into the outbox
+            if not due and self.outbox.in_flight_count(self.owner):
+                # leased to us while none of our steps runs: a claim whose answer was lost with its
+                # connection (a shared store retries it on a new one); they come back when the
+                # lease runs out, and are sent then
+                due = 1
         except StoreUnavailable:
             return None  # a server out of reach (for now): what it holds is still there, wait on
         except Exception as e:

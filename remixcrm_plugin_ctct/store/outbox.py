@@ -290,9 +290,11 @@ class Outbox(AdminQueries):
         """Fold the WAL into the database without blocking writers (the sender calls this)."""
         self._conn().execute("PRAGMA wal_checkpoint(PASSIVE)")
 
-    def in_flight_count(self) -> int:
-        """Rows leased to a process right now (any process)."""
-        return self._query("SELECT count(*) FROM events WHERE state = 'sending'")[0][0]
+    def in_flight_count(self, owner: str | None = None) -> int:
+        """Rows leased right now: to any process, or to ``owner``."""
+        if owner is None:
+            return self._query("SELECT count(*) FROM events WHERE state = 'sending'")[0][0]
+        return self._query("SELECT count(*) FROM events WHERE state = 'sending' AND lease_owner = ?", (owner,))[0][0]
 
     # --- shared switches (quota pause) and counters ---
     def get_meta(self, key: str) -> str | None:

@@ -268,8 +268,10 @@ class PgOutbox(AdminQueries):
     def pending_count(self) -> int:
         return self._q("SELECT count(*) FROM {s}.events WHERE state IN ('pending', 'sending')")[0][0]
 
-    def in_flight_count(self) -> int:
-        return self._q("SELECT count(*) FROM {s}.events WHERE state = 'sending'")[0][0]
+    def in_flight_count(self, owner: str | None = None) -> int:
+        if owner is None:
+            return self._q("SELECT count(*) FROM {s}.events WHERE state = 'sending'")[0][0]
+        return self._q("SELECT count(*) FROM {s}.events WHERE state = 'sending' AND lease_owner = %s", (owner,))[0][0]
 
     def first_due_import(self, unknown_consent: str, now: float | None = None) -> float | None:
         """Since when the longest-waiting due row of the import lane has been due (None: none is)."""

@@ -5,21 +5,14 @@ bytes that are not UTF-8 named by the line that holds them."""
 import io
 import os
 import re
-import stat
 from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
+from ..config.reading import OPEN_FLAGS, kind_of
+
 MAX_LINE = 1 << 20  # characters of one line; a client is a few hundred
 RAW_BYTE = re.compile("[\udc80-\udcff]")  # what surrogateescape makes of a byte that is not UTF-8
-_OPEN_FLAGS = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0) | getattr(os, "O_CLOEXEC", 0)
-_KINDS = (
-    (stat.S_ISDIR, "a directory"),
-    (stat.S_ISFIFO, "a FIFO (named pipe)"),
-    (stat.S_ISCHR, "a character device"),
-    (stat.S_ISBLK, "a block device"),
-    (stat.S_ISSOCK, "a socket"),
-)
 
 
 class Refused(Exception):
@@ -31,7 +24,7 @@ def open_regular(path: Path) -> BinaryIO:
     comes, ``/dev/zero`` would never end."""
     try:
         check_regular(path, os.stat(path))
-        fd = os.open(path, _OPEN_FLAGS)  # O_NONBLOCK: should the path become a FIFO meanwhile, this returns
+        fd = os.open(path, OPEN_FLAGS)  # O_NONBLOCK: should the path become a FIFO meanwhile, this returns
     except FileNotFoundError:
         raise Refused(f"{path}: no such file") from None
     except OSError as e:
@@ -46,8 +39,7 @@ def open_regular(path: Path) -> BinaryIO:
 
 
 def check_regular(path: Path, st: os.stat_result) -> None:
-    if not stat.S_ISREG(st.st_mode):
-        kind = next((name for test, name in _KINDS if test(st.st_mode)), "not a regular file")
+    if (kind := kind_of(st)) is not None:
         raise Refused(f"{path} is {kind}, not a regular file; save the export to a file and pass its path")
 
 

@@ -17,7 +17,8 @@ from .messages import SETTINGS_PATH, show
 MAX_CONFIG_BYTES = 1 << 20  # RemixCRM's config is a few KiB; much more is not a config, and would slow every change
 _UTF8_BOM = b"\xef\xbb\xbf"  # what Windows Notepad puts in front of "UTF-8": harmless, skipped
 # O_NONBLOCK: should the path become a FIFO between our stat and our open, the open still returns
-_OPEN_FLAGS = (
+# (also what `remixcrm-ctct backfill` opens its export with: admin/safe_read.py)
+OPEN_FLAGS = (
     os.O_RDONLY
     | getattr(os, "O_NONBLOCK", 0)
     | getattr(os, "O_NOCTTY", 0)
@@ -71,7 +72,7 @@ def _read_bytes(path: Path) -> bytes:
     """At most MAX_CONFIG_BYTES of a regular file. Anything else would hang the host's thread
     (a FIFO without a writer), never end (``/dev/zero``) or take seconds per change."""
     _check_regular(path, os.stat(path))  # before opening: opening a device may have effects of its own
-    fd = os.open(path, _OPEN_FLAGS)
+    fd = os.open(path, OPEN_FLAGS)
     try:
         st = os.fstat(fd)  # what was opened, not what was stat-ed: the path may have been replaced meanwhile
         _check_regular(path, st)
@@ -98,9 +99,15 @@ _KINDS = (
 )
 
 
+def kind_of(st: os.stat_result) -> str | None:
+    """What a file that is not a regular one is ("a FIFO (named pipe)", …); None for a regular file."""
+    if stat.S_ISREG(st.st_mode):
+        return None
+    return next((name for test, name in _KINDS if test(st.st_mode)), "not a regular file")
+
+
 def _check_regular(path: Path, st: os.stat_result) -> None:
-    if not stat.S_ISREG(st.st_mode):
-        kind = next((name for test, name in _KINDS if test(st.st_mode)), "not a regular file")
+    if (kind := kind_of(st)) is not None:
         raise Unreadable(
             f"{path} is {kind}, not a regular file; point REMIXCRM_CONFIG at RemixCRM's config.toml "
             "(or unset it to use the default location)"

@@ -12,6 +12,7 @@ import json
 import logging
 import math
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 from .. import config, fieldmap, payload
 from ..ctct.client import ApiError
@@ -27,6 +28,21 @@ log = logging.getLogger("remixcrm_plugin_ctct")
 IMPORTED = "imported"
 _SPLIT = (400, 413)  # about the request's content: some contact in it, or its size
 NARROWING_SLACK = 8  # narrowing requests beyond two per halving level (two bad contacts found in full)
+
+
+@dataclass
+class _Send:
+    """One :meth:`Importing.send`: what its imports (and the narrowing down of a refusal) share."""
+
+    contacts: Sequence[payload.Contact]
+    results: list  # Result | None per contact, filled in as the answers come
+    call: Callable
+    wait: Callable[[float], bool]
+    names: dict  # custom field names as the account spells them
+    narrowing_left: int  # requests the narrowing down of refusals may still spend (see _halves)
+
+    def items(self, keys: list[int]) -> list[tuple[int, dict]]:
+        return [(n, import_batches.import_contact(self.contacts[n]._asdict(), self.names)) for n in keys]
 
 
 class Importing:
@@ -74,12 +90,12 @@ class Importing:
         for n in todo:
             groups.setdefault(tuple(targets[n][0]), []).append(n)
         failure: Result | None = None
-        left = [2 * math.ceil(math.log2(len(todo) + 1)) + NARROWING_SLACK]  # see _halves
+        budget = 2 * math.ceil(math.log2(len(todo) + 1)) + NARROWING_SLACK  # see _halves
+        one = _Send(contacts, results, call, wait, names, budget)
         for lists, members in groups.items():
-            items = [(n, import_batches.import_contact(contacts[n]._asdict(), names)) for n in members]
-            for keys, body in import_batches.batches(items, lists):
+            for keys, body in import_batches.batches(one.items(members), lists):
                 if failure is None:
-                    failure = self._import(keys, body, lists, contacts, results, call, wait, left, names)
+                    failure = self._import(one, keys, body, lists)
                 if failure is not None:  # the API is down or refuses us: the rest need not try
                     for n in keys:
                         results[n] = results[n] or failure  # (a half that got through keeps its result)
@@ -131,22 +147,12 @@ class Importing:
             for n in members:
                 results[n] = results[n]._replace(outcome=f"{results[n].outcome}; {said}")
 
-    def _import(
-        self,
-        keys: list[int],
-        body: bytes,
-        list_ids: tuple[str, ...],
-        contacts,
-        results: list,
-        call,
-        wait,
-        left: list[int],
-        names: dict,
-    ) -> Result | None:
-        """Fill in ``results`` for ``keys``; a failure of the request as a whole is also returned."""
-        emails = [contacts[n].email for n in keys]
+    def _import(self, one: _Send, keys: list[int], body: bytes, list_ids: tuple[str, ...]) -> Result | None:
+        """Fill in ``one.results`` for ``keys``; a failure of the request as a whole is also returned."""
+        results = one.results
+        emails = [one.contacts[n].email for n in keys]
         try:
-            done = Importer(wait, self.clock).run(body, emails, call)
+            done = Importer(one.wait, self.clock).run(body, emails, one.call)
         except ImportFailed as e:
             return Result("failed", error=ApiError(None, "import_failed", str(e)))
         except ApiError as e:
@@ -155,7 +161,7 @@ class Importing:
             if len(keys) == 1:
                 results[keys[0]] = Result("failed", error=e)
                 return None
-            return self._halves(keys, list_ids, contacts, results, call, wait, left, e, names)
+            return self._halves(one, keys, list_ids, e)
         unnamed = [n for i, n in enumerate(keys) if i not in done.errors]
         for i, n in enumerate(keys):
             if i in done.errors:
@@ -168,7 +174,7 @@ class Importing:
             # only an import of one contact says for sure (a count may be of errors, not contacts)
             log.info("import activity %s: %d not imported, not named: narrowing down", done.activity_id, not_imported)
             counted = ApiError(400, "import.row_rejected", f"activity {done.activity_id} counted it as not imported")
-            return self._halves(unnamed, list_ids, contacts, results, call, wait, left, counted, names)
+            return self._halves(one, unnamed, list_ids, counted)
         for n in unnamed:
             if not_imported > 0:
                 why = f"activity {done.activity_id} counted it as not imported (invalid email address or data)"
@@ -186,34 +192,22 @@ class Importing:
         )
         return None
 
-    def _halves(
-        self,
-        keys: list[int],
-        list_ids: tuple[str, ...],
-        contacts,
-        results: list,
-        call,
-        wait,
-        left: list[int],
-        why: ApiError,
-        names: dict,
-    ) -> Result | None:
+    def _halves(self, one: _Send, keys: list[int], list_ids: tuple[str, ...], why: ApiError) -> Result | None:
         """``keys`` imported again in two requests (one, for a single contact): :meth:`_import` each.
-        ``left[0]``: narrowing requests this send may still spend. A refusal that holds for every
+        ``one.narrowing_left``: narrowing requests this send may still spend. A refusal that holds for every
         part (a field the account lacks, say) would otherwise cost two requests per contact — 80,000
         for one import, eight days of quota: once spent, what is not narrowed down ends dead with
         Constant Contact's words (`remixcrm-ctct retry --dead` after the fix)."""
         half = max(1, len(keys) // 2)
         for part in (keys[:half], keys[half:]):
-            items = [(n, import_batches.import_contact(contacts[n]._asdict(), names)) for n in part]
-            for sub_keys, sub_body in import_batches.batches(items, list_ids):
-                if left[0] <= 0:
+            for sub_keys, sub_body in import_batches.batches(one.items(part), list_ids):
+                if one.narrowing_left <= 0:
                     gave_up = ApiError(why.status, why.error_key, f"{why.error_message} (not narrowed down further)")
                     for n in sub_keys:
-                        results[n] = results[n] or Result("failed", error=gave_up)
+                        one.results[n] = one.results[n] or Result("failed", error=gave_up)
                     continue
-                left[0] -= 1
-                failure = self._import(sub_keys, sub_body, list_ids, contacts, results, call, wait, left, names)
+                one.narrowing_left -= 1
+                failure = self._import(one, sub_keys, sub_body, list_ids)
                 if failure is not None:
                     return failure
         return None

@@ -32,7 +32,7 @@ _BY_HAND = (
     "fix the address in RemixCRM, then add the client to the list in Constant Contact by hand: "
     "editing a client fires no hook"
 )
-_EMAIL = re.compile(r"^[^@\s]+@[^@\s.]+(\.[^@\s.]+)+$")
+EMAIL_PATTERN = re.compile(r"^[^@\s]+@[^@\s.]+(\.[^@\s.]+)+$")
 # email_opt_in as hosts spell it (SQLite-backed hosts store booleans as 0/1); compared stripped, lower-case
 _OPT_IN_WORDS = {
     **dict.fromkeys(("1", "true", "yes", "y", "on", "t"), True),
@@ -223,7 +223,7 @@ def contact_from_client(client, field_map: FieldMap = ()) -> Contact | Skipped:
         )
     raw_email = get("email")
     email = str.strip(raw_email) if isinstance(raw_email, str) else ""  # str's own: a subclass may override
-    valid = email and len(email) <= EMAIL_MAX and _EMAIL.match(email) and _encodable(email)
+    valid = email and len(email) <= EMAIL_MAX and EMAIL_PATTERN.match(email) and _encodable(email)
     if opt_in is False and not valid:
         return Skipped(client_id, declined(client_id), logging.INFO)
     if not email:

@@ -11,7 +11,7 @@ import itertools
 import json
 from typing import Any, NamedTuple
 
-from . import payload
+from . import fieldmap, payload
 
 # The journal line's JSON, built once: json.dumps with these options makes a new encoder on every
 # call, and the hook pays for it (several µs hot, tens cold). C's one-shot encoder without cycle
@@ -94,3 +94,54 @@ def to_contact(client_id: str, state: dict[str, Any]) -> payload.Contact:
     """The contact to push from an outbox row: its client and the newest known state of its
     email (``{"email", "fields", "email_opt_in"}``, as the fold merged it)."""
     return payload.Contact(client_id, state["email"], state.get("fields", {}), state.get("email_opt_in"))
+
+
+# --- the hook's fast path -------------------------------------------------------------------
+# Most clients are a plain dict of short ASCII strings with a yes, a no-opinion (None) or no
+# email_opt_in at all. For them the hook writes its line straight from the dict: no Contact, no
+# Event, no record dict; about half the Python work of the general path, which matters because
+# the hook runs in the host's request with its caches cold (bench/prefork.py). Anything else
+# (another type, non-ASCII text, a value to cut, a "no", a field map, a lead) answers None and
+# takes the general path, which also says what was wrong. tests/test_record.py proves both
+# write the same bytes.
+_encode_text = json.encoder.encode_basestring  # what _dumps uses for a str with ensure_ascii=False
+_is_email = payload.EMAIL_PATTERN.match
+_TEXT = tuple((f'"{body}":', key, limit) for body, (key, limit) in payload.TEXT_FIELDS.items())
+_INT_BOUND = 1 << 63  # an int id this small is shown by str() as the general path shows it
+
+
+def plain_line(event: str, client: object, at: float) -> bytes | None:
+    """The journal line of ``event`` (a hook's own name) for ``client`` at ``at``, exactly as
+    ``Event.of(payload.contact_from_client(client), ...).encode()`` writes it (with the event
+    marker in the fields), or None when ``client`` is not the plain case."""
+    if type(client) is not dict:
+        return None
+    get = client.get
+    client_id, email, opt_in = get("id"), get("email"), get("email_opt_in")
+    if not (opt_in is None or opt_in is True) or type(email) is not str:
+        return None
+    if type(client_id) is int and -_INT_BOUND < client_id < _INT_BOUND:
+        client_id = str(client_id)
+    elif type(client_id) is not str or len(client_id) > payload.ID_MAX or not client_id.isascii():
+        return None
+    email = email.strip()
+    if not email or len(email) > payload.EMAIL_MAX or not email.isascii() or not _is_email(email):
+        return None
+    fields = []
+    for field, key, limit in _TEXT:
+        value = get(key)
+        if value is None:
+            continue
+        if type(value) is not str:
+            return None
+        value = value.strip()
+        if not value:
+            continue
+        if len(value) > limit or not value.isascii():
+            return None
+        fields.append(field + _encode_text(value))
+    stamp = repr(at)
+    fields.append(f'"{fieldmap.EVENT}{event}":{stamp}')
+    consent = "" if opt_in is None else ',"email_opt_in":true'
+    head = f'{{"email":{_encode_text(email)},"client_id":{_encode_text(client_id)},"event":"{event}","fields":{{'
+    return f'{head}{",".join(fields)}}},"at":{stamp},"seq":{next(_seq)}{consent}}}\n'.encode()

@@ -10,6 +10,7 @@ import logging
 import os
 import threading
 from pathlib import Path
+from typing import NamedTuple
 
 from . import config, forksafe
 from .ctct.token_manager import TokenManager
@@ -30,6 +31,7 @@ log = logging.getLogger("remixcrm_plugin_ctct")
 _watcher = config.ConfigWatcher()
 _lock = threading.Lock()
 _runtime: "Runtime | None" = None
+_host: "HostSide | None" = None
 
 
 class Runtime:
@@ -38,14 +40,25 @@ class Runtime:
     now; the SQLite files in the data dir when neither names one); and, for ``sender = "process"``,
     what starts the sender process. ``journal``: the sender process's view of every journal."""
 
-    def __init__(self, data_dir: Path, where: config.StateLocation | None = None, journal: Journal | None = None):
+    def __init__(
+        self,
+        data_dir: Path,
+        where: config.StateLocation | None = None,
+        journal: Journal | None = None,
+        host: "HostSide | None" = None,
+    ):
+        """``host``: what this process's hooks already used in ``sender = "process"`` mode (its
+        journal and starter are taken over: one journal per process)."""
         self.data_dir = data_dir
         if where is None:
             where = config.state_location(config.config_path())
         self.store = backends.open_store(data_dir, where)
         self.outbox = self.store.outbox
+        if host is not None:
+            journal = host.journal
+            journal.fold_also_for(self.store.journals)
         self.journal = journal if journal is not None else Journal(data_dir, self.store.journals)
-        self.starter = SenderStarter(data_dir)
+        self.starter = host.starter if host is not None else SenderStarter(data_dir)
         self.tokens = TokenManager(self.store.tokens)
         self.governors = Governors(data_dir, None if self.store.kind == "sqlite" else self.store.budget)
         self.mirror = Mirror(self.store.suppressions)
@@ -57,6 +70,15 @@ class Runtime:
         self.worker = Worker(self.outbox, self.delivery, journal=self.journal, housekeeper=housekeeper)
 
 
+class HostSide(NamedTuple):
+    """All a host process needs with ``sender = "process"``: its journal and what starts the
+    sender process. No store is opened (no SQLite file, no PostgreSQL connection) and no thread
+    started: the first hook call of each worker stays cheap."""
+
+    journal: Journal
+    starter: SenderStarter
+
+
 def runtime() -> Runtime:
     """The machinery for the data dir in force when it was first needed (created lazily:
     importing the plugin starts nothing)."""
@@ -64,8 +86,23 @@ def runtime() -> Runtime:
     if _runtime is None:
         with _lock:
             if _runtime is None:
-                _runtime = Runtime(config.data_dir())
+                _runtime = Runtime(config.data_dir(), host=_host)
     return _runtime
+
+
+def host_side() -> HostSide:
+    """The hook's view with ``sender = "process"`` (the full runtime's parts once it exists)."""
+    global _host
+    if _host is None:
+        with _lock:
+            if _host is None:
+                rt = _runtime
+                if rt is not None:
+                    _host = HostSide(rt.journal, rt.starter)
+                else:
+                    data_dir = config.data_dir()
+                    _host = HostSide(Journal(data_dir), SenderStarter(data_dir))
+    return _host
 
 
 def for_sender_process() -> Runtime:
@@ -142,9 +179,9 @@ forksafe.after_fork_in_child(_after_fork)  # registers an at-fork hook only: not
 
 def reset(timeout: float = 5.0) -> None:
     """Stop and forget the worker, the outbox connection, tokens and config cache (tests, demo)."""
-    global _runtime
+    global _runtime, _host
     with _lock:
-        rt, _runtime = _runtime, None
+        rt, _runtime, _host = _runtime, None, None
     if rt is not None:
         rt.worker.close(timeout)
         rt.outbox.close()

@@ -4,12 +4,16 @@ fate reaches each client's row."""
 
 import json
 import re
+import threading
+import time
 
 import pytest
 from conftest import ACCESS_TOKEN, RAW
+from prefork_server import wait_until
 
 from remixcrm_plugin_ctct import flush, runtime
 from remixcrm_plugin_ctct.admin import cli
+from remixcrm_plugin_ctct.delivery.worker import WINDOW_ROUND_EVERY
 from remixcrm_plugin_ctct.sandbox import Sandbox
 
 API = "https://api.cc.email/v3"
@@ -226,3 +230,23 @@ def test_a_refusal_of_every_part_costs_a_bounded_number_of_requests(pm, write_co
     assert len(posts) <= 1 + 2 * 8 + 8  # the import, then at most 2 per halving level + slack (200 rows)
     states = {r["state"] for r in runtime.runtime().outbox.rows()}
     assert states == {"dead"}  # every row: `remixcrm-ctct retry --dead` sends them again after the fix
+
+
+def test_while_rows_wait_for_the_import_window_a_hooks_wake_is_no_round(pm, write_config, sandbox, monkeypatch):
+    """A round (fold, claims, due times) per event was most of the sender threads' CPU in a
+    prefork host; while only the import window is awaited, rounds come at most every 0.25 s."""
+    default_lanes(write_config, sandbox, import_window_seconds=60)
+    pm.hook.on_client_created(client={"id": 0, "email": "first@example.com"})
+    rt = runtime.runtime()
+    assert wait_until(lambda: rt.worker._window_until is not None, 10)
+    claims = []
+    claim_many = rt.outbox.claim_many
+    monkeypatch.setattr(rt.outbox, "claim_many", lambda *a, **k: claims.append(1) or claim_many(*a, **k))
+    started = time.monotonic()
+    for n in range(1, 41):
+        pm.hook.on_client_created(client={"id": n, "email": f"p{n}@example.com"})
+        threading.Event().wait(0.01)  # pacing the hooks (40 wakes over >= 0.4 s), not synchronisation
+    rounds_allowed = (time.monotonic() - started) / WINDOW_ROUND_EVERY + 1
+    assert len(claims) <= rounds_allowed, f"{len(claims)} claims for 40 wakes"
+    assert flush(30, retries=True)  # someone waiting in flush() does not wait for the window
+    assert {m["email_address"] for m in sandbox.members()} >= {f"p{n}@example.com" for n in range(1, 41)}

@@ -33,7 +33,10 @@ from remixcrm_plugin_ctct.hookspecs import make_plugin_manager
 pm = make_plugin_manager()
 for i in range(int(sys.argv[1])):
     pm.hook.on_client_created(client={"id": f"h{i}", "email": f"h{i}@example.com", "first_name": "Host"})
-print(json.dumps({"threads": [t.name for t in threading.enumerate()], "sockets": opened}), flush=True)
+fds = [os.readlink(f"/proc/self/fd/{fd}") for fd in os.listdir("/proc/self/fd") if os.path.exists(f"/proc/self/fd/{fd}")]
+stores = [path for path in fds if "sqlite" in path]
+threads = [t.name for t in threading.enumerate()]
+print(json.dumps({"threads": threads, "sockets": opened, "stores": stores}), flush=True)
 os.kill(os.getpid(), signal.SIGKILL)
 """
 
@@ -89,7 +92,7 @@ def test_the_host_starts_no_thread_and_opens_no_socket_and_the_sender_process_de
     host = subprocess.run([sys.executable, "-c", HOST, "30"], capture_output=True, text=True, timeout=60, check=False)
     assert host.returncode == -signal.SIGKILL, host.stderr
     seen = json.loads(host.stdout)
-    assert seen == {"threads": ["MainThread"], "sockets": []}, host.stderr
+    assert seen == {"threads": ["MainThread"], "sockets": [], "stores": []}, host.stderr  # nor opens the outbox
     wanted = {f"h{i}@example.com" for i in range(30)}
     assert wait_until(lambda: wanted <= members(sandbox), 30), f"missing: {sorted(wanted - members(sandbox))}"
     assert len(sender_pids()) == 1

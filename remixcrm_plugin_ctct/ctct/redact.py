@@ -18,7 +18,7 @@ from ..payload import mask_email
 
 LIMIT = 300  # characters of upstream text kept
 
-# as loose as the hook's own check (payload._EMAIL): any address we may send can be masked,
+# as loose as the hook's own check (payload.EMAIL_PATTERN): any address we may send can be masked,
 # also with non-ASCII or URL-encoded (%C3%AB) characters and RFC's ! ' # $ & * in its local part
 _EMAIL = re.compile(
     r"([^\s@\"<>()\[\],;:/?=]+?)(@|%40)([^\s@\"'<>()\[\],;:/?=&.]+(?:\.[^\s@\"'<>()\[\],;:/?=&.]+)+)", re.IGNORECASE

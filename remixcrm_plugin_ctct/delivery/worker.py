@@ -36,6 +36,11 @@ IDLE_POLL = 2.0  # seconds: also notices rows other processes left (retries, exp
 CLAIM_BATCH = 4  # rows leased per claim: one transaction for several sends
 IMPORT_CLAIM = 40_000  # rows leased per claim of the import lane: one import request's worth
 EXIT_GRACE = 0.3  # seconds past exit_budget for handing back leases, at most
+# While the rows due wait only for the import window, a hook's wake costs no round (a fold and
+# three outbox queries): rounds run this often then. At 50 events/s a round per event was most
+# of the sender threads' CPU in a prefork host (bench/prefork.py, py-spy), and every round is
+# a few more GIL handovers that the host's requests wait through.
+WINDOW_ROUND_EVERY = 0.25  # seconds; a consented (sign_up_form) event waits at most this long more
 IDLE_STOP = 60.0  # seconds with nothing pending anywhere before the threads stop (an event restarts them)
 
 
@@ -76,6 +81,8 @@ class Worker:
         self._woken_at = -FOLD_QUIET
         self._flushing = 0  # callers waiting in flush(): fold at once for them
         self._exiting = False  # at exit: send what the outbox holds, fold nothing more
+        self._window_until: float | None = None  # the rows due wait for the import window until then
+        self._round_at = 0.0  # when the last round began (epoch seconds)
         self.folds_paused = False  # set by the sender process while it hands its lock over (service.py)
         self._unreadable_said = False
         self._closed = False  # close() ran (runtime.reset: the demo, tests): the exit flush has nothing to do
@@ -250,6 +257,12 @@ class Worker:
         if self.pacer is not None and self.pacer.hooks_writing(self._next_due, now, urgent=bool(self._flushing)):
             self._wait(FOLD_QUIET)  # nothing to send yet, and the hooks should have the CPU
             return True
+        if self._window_until is not None and not self._flushing and not self._exiting:
+            wait = min(self._window_until - now, WINDOW_ROUND_EVERY - (now - self._round_at))
+            if wait > 0:  # only the import window is awaited: a hook's wake is no reason for a round
+                self._wait(wait)
+                return True
+        self._round_at, self._window_until = now, None
         with self.inflight.step():  # before the claim, so flush() never sees a row in between
             folding = self.pacer is not None and not self._exiting and not self.folds_paused
             if folding and self.pacer is not None and self.pacer.fold(self.outbox, bool(self._flushing)):
@@ -274,6 +287,7 @@ class Worker:
         due = self._next_due = self.outbox.next_due_at()
         if import_at is not None and due is not None and due <= now:
             due = import_at  # what is due waits for the import window (the one-by-one lane had nothing)
+            self._window_until = import_at
         if self.pacer is not None and self.pacer.backlog(self.outbox):
             due = now + FOLD_QUIET  # hooks wrote more: come back when they pause
         self._wait(self.memory.wait_for(IDLE_POLL if due is None else min(IDLE_POLL, max(0.01, due - now))))

@@ -71,6 +71,12 @@ class Journal:
         self.hand_off = False
         forksafe.after_fork_in_child(self._after_fork)
 
+    def fold_also_for(self, hosts: HostJournals | None) -> None:
+        """A journal made before the store was known (a host process's, ``sender = "process"``)
+        that this process now folds itself: also fold what hosts killed on this machine left."""
+        if hosts is not None and self.neighbours is None:
+            self.neighbours = Neighbours(hosts, self.directory)
+
     def _after_fork(self) -> None:
         """The child writes its own file (append() opens one, as the pid differs); the parent's
         file, fd and owner lock stay the parent's: the lock object is parked, never released

@@ -33,7 +33,8 @@ from remixcrm_plugin_ctct.hookspecs import make_plugin_manager
 pm = make_plugin_manager()
 for i in range(int(sys.argv[1])):
     pm.hook.on_client_created(client={"id": f"h{i}", "email": f"h{i}@example.com", "first_name": "Host"})
-fds = [os.readlink(f"/proc/self/fd/{fd}") for fd in os.listdir("/proc/self/fd") if os.path.exists(f"/proc/self/fd/{fd}")]
+fds = [f"/proc/self/fd/{fd}" for fd in os.listdir("/proc/self/fd")]
+fds = [os.readlink(fd) for fd in fds if os.path.exists(fd)]
 stores = [path for path in fds if "sqlite" in path]
 threads = [t.name for t in threading.enumerate()]
 print(json.dumps({"threads": threads, "sockets": opened, "stores": stores}), flush=True)

@@ -48,10 +48,7 @@ def handle_event(event: str, client: object, lead: object | None = None) -> None
     except OSError as e:  # disk full, read-only: keep it in memory (it moves to the outbox when it can)
         _keep_in_memory(line, e, side.journal.directory)
         return
-    if to_process:
-        side.starter.ensure()  # a look at the sender process's lock at most once a second
-    else:
-        side.worker.wake()
+    side.wake_sender()
 
 
 def _keep_in_memory(line: bytes, error: OSError, directory) -> None:

@@ -69,6 +69,10 @@ class Runtime:
         housekeeper = Housekeeper(self.outbox, _watcher, state_url=self.store.url, optouts=self.optouts)
         self.worker = Worker(self.outbox, self.delivery, journal=self.journal, housekeeper=housekeeper)
 
+    def wake_sender(self) -> None:
+        """After a hook's append: the sender threads of this process fold and send it."""
+        self.worker.wake()
+
 
 class HostSide(NamedTuple):
     """All a host process needs with ``sender = "process"``: its journal and what starts the
@@ -77,6 +81,10 @@ class HostSide(NamedTuple):
 
     journal: Journal
     starter: SenderStarter
+
+    def wake_sender(self) -> None:
+        """After a hook's append: a look at the sender process's lock at most once a second."""
+        self.starter.ensure()
 
 
 def runtime() -> Runtime:

@@ -166,7 +166,9 @@ class Journal:
             count = 0
             if self.neighbours is not None:
                 self.neighbours.register()  # first: a host killed before its first fold is still found
-            if self._path is not None and self._pid == os.getpid() and self._size > self._folded:
+            # hand_off (sender = "process"): the sender process folds our live file, never us too
+            # (a host's in-memory fallback starts threads here when the disk fails)
+            if not self.hand_off and self._path is not None and self._pid == os.getpid() and self._size > self._folded:
                 size = self._size  # only this process appends to its file
                 count += journal_files.fold_file(outbox, self._path)
                 self._folded = size

@@ -250,3 +250,14 @@ def test_while_rows_wait_for_the_import_window_a_hooks_wake_is_no_round(pm, writ
     assert len(claims) <= rounds_allowed, f"{len(claims)} claims for 40 wakes"
     assert flush(30, retries=True)  # someone waiting in flush() does not wait for the window
     assert {m["email_address"] for m in sandbox.members()} >= {f"p{n}@example.com" for n in range(1, 41)}
+
+
+def test_a_consented_client_does_not_wait_for_the_import_window(pm, write_config, sandbox):
+    default_lanes(write_config, sandbox, import_window_seconds=300)
+    pm.hook.on_client_created(client={"id": 0, "email": "unknown@example.com"})
+    rt = runtime.runtime()
+    assert wait_until(lambda: rt.worker._window_until is not None, 10)
+    pm.hook.on_client_created(client={"id": 1, "email": "yes@example.com", "email_opt_in": True})
+    # no flush(): the worker's own rounds take it, within WINDOW_ROUND_EVERY, not after 300 s
+    assert wait_until(lambda: [c["email"] for c in sandbox.calls] == ["yes@example.com"], 10)
+    assert not sandbox.imports.activities  # the unknown one still waits for its window

@@ -37,7 +37,7 @@ CLAIM_BATCH = 4  # rows leased per claim: one transaction for several sends
 IMPORT_CLAIM = 40_000  # rows leased per claim of the import lane: one import request's worth
 EXIT_GRACE = 0.3  # seconds past exit_budget for handing back leases, at most
 # While the rows due wait only for the import window, a hook's wake costs no round (a fold and
-# three outbox queries): rounds run this often then. At 50 events/s a round per event was most
+# three outbox queries) and wakes no thread: rounds run this often then, by themselves. At 50 events/s a round per event was most
 # of the sender threads' CPU in a prefork host (bench/prefork.py, py-spy), and every round is
 # a few more GIL handovers that the host's requests wait through.
 WINDOW_ROUND_EVERY = 0.25  # seconds; a consented (sign_up_form) event waits at most this long more
@@ -94,6 +94,8 @@ class Worker:
         if len(self._threads) < self.workers:
             self._wake.set()  # before the start: a worker about to stop for idleness sees it
             self._start()
+        elif self._window_until is not None:
+            return  # rows wait for the import window: the worker comes round within WINDOW_ROUND_EVERY by itself
         elif now - self._woken_at >= FOLD_QUIET:
             # at most one wake per quiet period: a worker woken on every hook call during a
             # burst would steal the GIL from the hooks; it looks again after FOLD_QUIET anyway
@@ -286,7 +288,7 @@ class Worker:
         self.housekeeper.run(now)
         due = self._next_due = self.outbox.next_due_at()
         if import_at is not None and due is not None and due <= now:
-            due = import_at  # what is due waits for the import window (the one-by-one lane had nothing)
+            due = min(import_at, now + WINDOW_ROUND_EVERY)  # the window, and a look at new events meanwhile
             self._window_until = import_at
         if self.pacer is not None and self.pacer.backlog(self.outbox):
             due = now + FOLD_QUIET  # hooks wrote more: come back when they pause

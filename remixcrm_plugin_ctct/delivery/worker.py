@@ -37,9 +37,9 @@ CLAIM_BATCH = 4  # rows leased per claim: one transaction for several sends
 IMPORT_CLAIM = 40_000  # rows leased per claim of the import lane: one import request's worth
 EXIT_GRACE = 0.3  # seconds past exit_budget for handing back leases, at most
 # While the rows due wait only for the import window, a hook's wake costs no round (a fold and
-# three outbox queries) and wakes no thread: rounds run this often then, by themselves. At 50 events/s a round per event was most
-# of the sender threads' CPU in a prefork host (bench/prefork.py, py-spy), and every round is
-# a few more GIL handovers that the host's requests wait through.
+# three outbox queries) and wakes no thread: rounds run this often then, by themselves. At 50
+# events/s a round per event was most of the sender threads' CPU in a prefork host
+# (bench/prefork.py, py-spy), and every wake a GIL handover that the host's request waits through.
 WINDOW_ROUND_EVERY = 0.25  # seconds; a consented (sign_up_form) event waits at most this long more
 IDLE_STOP = 60.0  # seconds with nothing pending anywhere before the threads stop (an event restarts them)
 

@@ -227,4 +227,5 @@ def test_after_a_disk_fallback_the_host_threads_do_not_spin_on_lines_that_are_th
     claim_many = rt.outbox.claim_many
     monkeypatch.setattr(rt.outbox, "claim_many", lambda *a, **k: claims.append(1) or claim_many(*a, **k))
     time.sleep(1.0)
-    assert len(claims) <= 4, f"{len(claims)} rounds in 1 s of nothing the host's threads could do"
+    # a few rounds for the memory event's retries (no API here); a spin makes ~50 per thread
+    assert len(claims) <= 20, f"{len(claims)} rounds in 1 s of nothing the host's threads could do"

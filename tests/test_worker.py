@@ -414,9 +414,7 @@ class _SteppedClock:
         return getattr(time, name)
 
 
-def test_a_wall_clock_step_back_while_rows_wait_for_the_import_window_does_not_hold_a_sign_up(
-    tmp_path, monkeypatch
-):
+def test_a_wall_clock_step_back_while_rows_wait_for_the_import_window_does_not_hold_a_sign_up(tmp_path, monkeypatch):
     """The window gate (WINDOW_ROUND_EVERY) measures "since the last round" on the wall clock: a
     step back of an hour made a consented event wait an hour (before the gate: IDLE_POLL)."""
     from remixcrm_plugin_ctct.delivery import worker as worker_module

@@ -195,3 +195,37 @@ def test_a_leaving_sender_lets_the_lock_go_first_then_looks_once_more(tmp_path, 
     assert mine.is_locked is stays
     if not stays and not taken_meanwhile:
         other.acquire()  # free for the next sender
+
+
+def test_after_a_disk_fallback_the_host_threads_do_not_spin_on_lines_that_are_the_sender_processes(
+    pm, write_config, senders, monkeypatch
+):
+    """sender = "process" and one failed journal write: the memory fallback builds the full
+    runtime and starts sender threads in the host. The host never folds its own live journal
+    then (hand_off), so its unfolded lines are no backlog of *these* threads: counting them as
+    one made every round come back after FOLD_QUIET (20 ms), a round (fold, claims, due times)
+    50 times a second in the host's process for as long as the sender process had not folded
+    them (forever, while it cannot start)."""
+    from remixcrm_plugin_ctct.store.journal import Journal
+
+    write_config(sender="process")
+    monkeypatch.setattr(spawn.SenderStarter, "ensure", lambda self: None)  # no sender process comes
+    real_append, failed = Journal.append, []
+
+    def append_failing_once(self, data):
+        if not failed:
+            failed.append(1)
+            raise OSError(28, "No space left on device")
+        return real_append(self, data)
+
+    monkeypatch.setattr(Journal, "append", append_failing_once)
+    fire(pm, "m", 1)  # kept in memory: the host's threads start
+    rt = dispatch.runtime()
+    assert rt.worker.running_threads
+    fire(pm, "j", 3)  # the disk is back: journal lines, the sender process's to fold
+    claims = []
+    claim_many = rt.outbox.claim_many
+    monkeypatch.setattr(rt.outbox, "claim_many", lambda *a, **k: claims.append(1) or claim_many(*a, **k))
+    time.sleep(1.0)
+    # a few rounds for the memory event's retries (no API here); a spin makes ~50 per thread
+    assert len(claims) <= 20, f"{len(claims)} rounds in 1 s of nothing the host's threads could do"

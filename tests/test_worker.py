@@ -398,3 +398,38 @@ def test_flush_is_not_settled_while_a_claim_whose_answer_was_lost_holds_rows(par
     assert outbox.claim_many(sender.owner, 4, lease=60)  # leased to this process; the answer "lost"
     assert sender.flush(0.3) is False
     assert recorder.rows == []
+
+
+class _SteppedClock:
+    """``time`` as the worker module sees it, with the wall clock stepped back (NTP, a VM
+    restored from a snapshot) while monotonic time goes on."""
+
+    def __init__(self, back: float):
+        self.back = back
+
+    def time(self):
+        return time.time() - self.back
+
+    def __getattr__(self, name):
+        return getattr(time, name)
+
+
+def test_a_wall_clock_step_back_while_rows_wait_for_the_import_window_does_not_hold_a_sign_up(tmp_path, monkeypatch):
+    """The window gate (WINDOW_ROUND_EVERY) measures "since the last round" on the wall clock: a
+    step back of an hour made a consented event wait an hour (before the gate: IDLE_POLL)."""
+    from remixcrm_plugin_ctct.delivery import worker as worker_module
+
+    outbox = Outbox(tmp_path / "data")
+    recorder = Recorder(outbox)
+    recorder.import_policy = lambda: ("implicit", 60.0)  # unknown consent waits a minute for company
+    sender = Worker(outbox, recorder, workers=1)
+    try:
+        add_event(outbox, Contact("1", "unknown@example.com", {}), "client_created")  # the import lane
+        sender.wake()
+        assert wait_until(lambda: sender._window_until is not None, 10)
+        monkeypatch.setattr(worker_module, "time", _SteppedClock(3600.0))
+        add_event(outbox, Contact("2", "yes@example.com", {}, True), "client_created")  # sign_up_form
+        sender.wake()
+        assert wait_until(lambda: recorder.rows, 5), "the consented event waits for the clock to catch up"
+    finally:
+        sender.close(2)

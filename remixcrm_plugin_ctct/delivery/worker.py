@@ -82,7 +82,7 @@ class Worker:
         self._flushing = 0  # callers waiting in flush(): fold at once for them
         self._exiting = False  # at exit: send what the outbox holds, fold nothing more
         self._window_until: float | None = None  # the rows due wait for the import window until then
-        self._round_at = 0.0  # when the last round began (epoch seconds)
+        self._round_at = float("-inf")  # when the last round began (monotonic: a wall-clock step holds no round back)
         self.folds_paused = False  # set by the sender process while it hands its lock over (service.py)
         self._unreadable_said = False
         self._closed = False  # close() ran (runtime.reset: the demo, tests): the exit flush has nothing to do
@@ -260,11 +260,11 @@ class Worker:
             self._wait(FOLD_QUIET)  # nothing to send yet, and the hooks should have the CPU
             return True
         if self._window_until is not None and not self._flushing and not self._exiting:
-            wait = min(self._window_until - now, WINDOW_ROUND_EVERY - (now - self._round_at))
+            wait = min(self._window_until - now, WINDOW_ROUND_EVERY - (time.monotonic() - self._round_at))
             if wait > 0:  # only the import window is awaited: a hook's wake is no reason for a round
                 self._wait(wait)
                 return True
-        self._round_at, self._window_until = now, None
+        self._round_at, self._window_until = time.monotonic(), None
         with self.inflight.step():  # before the claim, so flush() never sees a row in between
             folding = self.pacer is not None and not self._exiting and not self.folds_paused
             if folding and self.pacer is not None and self.pacer.fold(self.outbox, bool(self._flushing)):

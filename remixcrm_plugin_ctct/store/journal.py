@@ -154,8 +154,11 @@ class Journal:
 
     # --- the sender's path ---
     def backlog(self, folded_offset: Callable[[str], int]) -> bool:
-        """True when this process wrote lines that are not in the outbox yet."""
+        """True when this process wrote lines that are not in the outbox yet and folds them
+        itself (with ``hand_off`` they are the sender process's: no reason for our rounds)."""
         path = self._path
+        if self.hand_off:
+            return False
         return path is not None and self._pid == os.getpid() and self._size > folded_offset(path.name)
 
     def fold_into(self, outbox: JournalSink) -> int:

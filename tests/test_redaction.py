@@ -83,7 +83,7 @@ def test_a_consent_lookup_logs_no_email_even_at_debug(pm, write_config, logs):
         ("jwt eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.abcDEF123456", "jwt <redacted>"),
         ("list 4a0d4fd2-1c3b-11ee-a2d3-fa163e3d2cf3 not found", "list 4a0d4fd2-1c3b-11ee-a2d3-fa163e3d2cf3 not found"),
         ("line one\r\nline two", "line one line two"),
-        # addresses the hook accepts (payload._EMAIL is loose): non-ASCII, URL-encoded, RFC punctuation
+        # addresses the hook accepts (payload.EMAIL_PATTERN is loose): non-ASCII, URL-encoded, RFC punctuation
         ("zoë@exämple.de is invalid", "z***@exämple.de is invalid"),
         ("/contacts?email=zo%C3%AB%40m%C3%BCnchen.de&status=all", "/contacts?email=z***%40m%C3%BCnchen.de&status=all"),
         ("o'brien@example.com, a!b@example.org", "o***@example.com, a***@example.org"),

@@ -516,3 +516,21 @@ def test_sender_is_read_even_when_another_key_is_broken(tmp_path):
     # a host told to keep delivery out of its process must not start threads over a bad list id
     loaded = load_text(tmp_path, render_config(sender="process", list_id="my-list"))
     assert loaded.status == config.INVALID and loaded.sender == "process"
+
+
+@pytest.mark.parametrize("value", [None, "", "/etc/remixcrm/a.toml", "relative.toml", "/tmp/\udcff-not-utf8.toml"])
+def test_the_hooks_reading_of_remixcrm_config_is_os_environ_get(monkeypatch, value):
+    """config_file() reads os.environ's own dict on the hot path: it must say what os.environ.get says."""
+    from remixcrm_plugin_ctct.config.locate import _default_config_file, config_file
+
+    for first in ("/somewhere/else.toml", None):  # whatever was read before (the decoded value is kept)
+        if first is None:
+            monkeypatch.delenv("REMIXCRM_CONFIG", raising=False)
+        else:
+            monkeypatch.setenv("REMIXCRM_CONFIG", first)
+        config_file()
+        if value is None:
+            monkeypatch.delenv("REMIXCRM_CONFIG", raising=False)
+        else:
+            monkeypatch.setenv("REMIXCRM_CONFIG", value)
+        assert config_file() == (os.environ.get("REMIXCRM_CONFIG") or _default_config_file())

@@ -15,9 +15,28 @@ def _default_config_file() -> str:
     return os.path.join(platformdirs.user_config_dir(APP_NAME, appauthor=False), "config.toml")
 
 
+# The hook reads REMIXCRM_CONFIG on every call, with the host's caches cold: os.environ.get is
+# four Python calls (Mapping.get, __getitem__, encodekey, decodevalue), several microseconds
+# there. CPython's os.environ keeps the encoded variables in a dict of its own (``_data``, which
+# every ``os.environ[...] = ...`` and ``del`` updates): one lookup in it, and the decoded value
+# kept while the stored one is the same object, give what os.environ.get gives.
+_ENVIRON = getattr(os.environ, "_data", None)
+_ENV_KEY = os.environ.encodekey("REMIXCRM_CONFIG") if _ENVIRON is not None else None
+_decoded: tuple[object, str] = (None, "")
+
+
 def config_file() -> str:
     """:func:`config_path` as a str: this is on the hook's hot path, and Path() costs microseconds."""
-    return os.environ.get("REMIXCRM_CONFIG") or _default_config_file()
+    global _decoded
+    if _ENVIRON is None:  # pragma: no cover - an os.environ without CPython's dict
+        return os.environ.get("REMIXCRM_CONFIG") or _default_config_file()
+    raw = _ENVIRON.get(_ENV_KEY)
+    if raw is None:
+        return _default_config_file()
+    known = _decoded  # read once: another thread may replace it meanwhile
+    if raw is not known[0]:
+        known = _decoded = (raw, os.environ.decodevalue(raw))
+    return known[1] or _default_config_file()
 
 
 def config_path() -> Path:

@@ -37,6 +37,9 @@ class ConfigWatcher:
         self._generation = 0  # forget() bumps it: a reading begun before then is not kept
 
     def current(self) -> LoadedConfig:
+        snapshot = self._snapshot  # the hook's path: one stat, no further call when unchanged
+        if snapshot is not None and snapshot[0] == _stat_key(config_file()):
+            return snapshot[1]
         return self._current()[1]
 
     def _current(self) -> tuple[tuple, LoadedConfig]:

@@ -261,3 +261,36 @@ def test_a_consented_client_does_not_wait_for_the_import_window(pm, write_config
     # no flush(): the worker's own rounds take it, within WINDOW_ROUND_EVERY, not after 300 s
     assert wait_until(lambda: [c["email"] for c in sandbox.calls] == ["yes@example.com"], 10)
     assert not sandbox.imports.activities  # the unknown one still waits for its window
+
+
+def test_a_hooks_wake_reaches_a_worker_held_by_a_pause_while_rows_wait_for_the_window(pm, write_config, sandbox):
+    """A pause taken while rows wait for the import window (here by hand; in life another process's
+    quota pause, or a refused token found by a concurrent round) must not leave the window's "a
+    wake is no reason for a round" in force: the hook that follows the fix is what lifts it."""
+    from remixcrm_plugin_ctct.delivery.pauses import Pause
+
+    default_lanes(write_config, sandbox, import_window_seconds=300)
+    pm.hook.on_client_created(client={"id": 0, "email": "unknown@example.com"})
+    rt = runtime.runtime()
+    assert wait_until(lambda: rt.worker._window_until is not None, 10)
+    fixed = threading.Event()
+    held: list[tuple[threading.Thread, float]] = []
+    holds = rt.worker.pauses.holds
+
+    def watched_holds(now):
+        answer = holds(now)
+        if answer:
+            held.append((threading.current_thread(), time.monotonic()))
+        return answer
+
+    rt.worker.pauses.holds = watched_holds
+    rt.worker.pauses.hold(Pause("test: the cause needs a fix", changed=fixed.is_set))
+    assert wait_until(lambda: len({t for t, _ in held}) == len(rt.worker._threads), 10)
+    aligned = time.monotonic()
+    rt.worker._wake.set()  # every thread looks at the pause once more now, and waits its second from here
+    assert wait_until(lambda: len({t for t, at in held if at >= aligned}) == len(rt.worker._threads), 10)
+    fixed.set()
+    started = time.monotonic()
+    pm.hook.on_client_created(client={"id": 1, "email": "yes@example.com", "email_opt_in": True})
+    assert wait_until(lambda: [c["email"] for c in sandbox.calls] == ["yes@example.com"], 10, interval=0.01)
+    assert time.monotonic() - started < 0.5, "the hook's wake was ignored: the pause lifted only on its 1 s look"

@@ -250,6 +250,9 @@ class Worker:
         now = time.time()
         self.memory.move_if_due(self.outbox.add_records)  # even while paused: durable is better than memory
         if self.pauses.holds(now):
+            # the rows wait for the pause now, not only for the window: a hook's wake (the one after
+            # the fix) looks at the pause again at once, as it did before the window's gate
+            self._window_until = None
             self._wait(1.0)
             return True
         if len(self.memory) and (item := self.memory.take(now)) is not None:

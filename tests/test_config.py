@@ -534,3 +534,11 @@ def test_the_hooks_reading_of_remixcrm_config_is_os_environ_get(monkeypatch, val
         else:
             monkeypatch.setenv("REMIXCRM_CONFIG", value)
         assert config_file() == (os.environ.get("REMIXCRM_CONFIG") or _default_config_file())
+
+
+def test_a_replaced_os_environ_is_read_as_os_environ_get_reads_it(monkeypatch):
+    from remixcrm_plugin_ctct.config.locate import config_file
+
+    monkeypatch.setenv("REMIXCRM_CONFIG", "/the/real/environ.toml")
+    monkeypatch.setattr(os, "environ", {**os.environ, "REMIXCRM_CONFIG": "/a/replaced/mapping.toml"})
+    assert config_file() == "/a/replaced/mapping.toml"

@@ -20,6 +20,7 @@ def _default_config_file() -> str:
 # there. CPython's os.environ keeps the encoded variables in a dict of its own (``_data``, which
 # every ``os.environ[...] = ...`` and ``del`` updates): one lookup in it, and the decoded value
 # kept while the stored one is the same object, give what os.environ.get gives.
+_ENVIRON_MAPPING = os.environ  # the dict is read only while os.environ is still this object (a test may replace it)
 _ENVIRON = getattr(os.environ, "_data", None)
 _ENV_KEY = os.environ.encodekey("REMIXCRM_CONFIG") if _ENVIRON is not None else None
 _decoded: tuple[object, str] = (None, "")
@@ -28,7 +29,7 @@ _decoded: tuple[object, str] = (None, "")
 def config_file() -> str:
     """:func:`config_path` as a str: this is on the hook's hot path, and Path() costs microseconds."""
     global _decoded
-    if _ENVIRON is None:  # pragma: no cover - an os.environ without CPython's dict
+    if _ENVIRON is None or os.environ is not _ENVIRON_MAPPING:  # not CPython's dict, or os.environ replaced
         return os.environ.get("REMIXCRM_CONFIG") or _default_config_file()
     raw = _ENVIRON.get(_ENV_KEY)
     if raw is None:

@@ -159,7 +159,14 @@ class Journal:
         path = self._path
         if self.hand_off:
             return False
-        return path is not None and self._pid == os.getpid() and self._size > folded_offset(path.name)
+        if path is None or self._pid != os.getpid():
+            return False
+        folded = folded_offset(path.name)
+        if not self._torn:
+            return self._size > folded
+        # a tail that could not be cut off: only the lines before it are a backlog (the next
+        # append ends it with a newline)
+        return journal_files.whole_line_after(path, folded, self._size)
 
     def fold_into(self, outbox: JournalSink) -> int:
         """Move new lines (ours, and any dead process's) into the outbox. Returns how many."""

@@ -59,6 +59,25 @@ def fold_file(outbox: JournalSink, path: Path, final: bool = False) -> int:
         time.sleep(0)
 
 
+def whole_line_after(path: Path, start: int, size: int) -> bool:
+    """Bytes ``start``..``size`` of ``path`` hold a line to fold. A tail without its newline does
+    not: it is a write that failed halfway (the hook's writes are whole lines), which only its
+    writer's next write (or the writer's death, then adoption) settles — no reason for rounds
+    until then. Reads at most one chunk (a longer line is the fold's to report)."""
+    if size <= start:
+        return False
+    if size - start > FOLD_CHUNK:
+        return True
+    try:
+        with open(path, "rb") as f:
+            f.seek(start)
+            return b"\n" in f.read(size - start)
+    except FileNotFoundError:
+        return False
+    except OSError:  # cannot tell: the fold will look, and say what is wrong
+        return True
+
+
 def forget(outbox: JournalSink, path: Path, lock: Any) -> None:
     """``path`` is folded to its end: delete it (before letting its lock go) and its offset."""
     path.unlink(missing_ok=True)

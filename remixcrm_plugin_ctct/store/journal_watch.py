@@ -43,11 +43,17 @@ class JournalWatcher(Journal):
         return found
 
     def grown(self) -> bool:
-        """Some journal holds bytes not folded yet (cheap: no SQLite)."""
-        return any(size > self._known.get(name, -1) for name, size in self.sizes().items())
+        """Some journal holds a line not folded yet (cheap: no SQLite; a file is read only when
+        its size passed what was folded)."""
+        return any(self._unfolded(name, size, self._known.get(name, 0)) for name, size in self.sizes().items())
 
     def backlog(self, folded_offset) -> bool:
-        return any(size > folded_offset(name) for name, size in self.sizes().items())
+        return any(self._unfolded(name, size, folded_offset(name)) for name, size in self.sizes().items())
+
+    def _unfolded(self, name: str, size: int, folded: int) -> bool:
+        # a tail cut short by a failed write is no line to fold: it must not keep us going round
+        # (every 20 ms, never leaving when idle) until its writer writes again
+        return size > folded and journal_files.whole_line_after(self.directory / name, folded, size)
 
     def fold_into(self, outbox: JournalSink) -> int:
         """Fold what every journal gained since the last look; adopt the finished ones."""

@@ -18,6 +18,7 @@ from remixcrm_plugin_ctct.ctct import client as api_client
 from remixcrm_plugin_ctct.hookspecs import make_plugin_manager
 from remixcrm_plugin_ctct.record import Event
 from remixcrm_plugin_ctct.sandbox import SEEDED_LIST_ID, seen
+from remixcrm_plugin_ctct.store import journal_map
 
 LIST_ID = SEEDED_LIST_ID
 ACCESS_TOKEN = "SECRET-access-0123456789"
@@ -97,6 +98,13 @@ def isolated(tmp_path, monkeypatch):
     yield tmp_path
     dispatch.reset(timeout=5)
     api_client.reset_session()
+
+
+@pytest.fixture
+def plain_journal(monkeypatch):
+    """Journals written with os.write, never through a map (store/journal_map.py): tests that
+    make that write fail, or that fake the file system."""
+    monkeypatch.setenv(journal_map.ENV, "0")
 
 
 def render_config(provider: str | None = "constant_contact", **values: config.toml.Value) -> str:

@@ -85,7 +85,7 @@ def _short_once(monkeypatch, jr):
     monkeypatch.setattr(journal.os, "write", write)
 
 
-def test_a_short_write_is_cut_off_and_the_next_record_is_kept(tmp_path, monkeypatch, logs):
+def test_a_short_write_is_cut_off_and_the_next_record_is_kept(tmp_path, monkeypatch, logs, plain_journal):
     jr, box = Journal(tmp_path), Outbox(tmp_path)
     jr.append(encode(contact(1), "e", 1.0))
     _short_once(monkeypatch, jr)
@@ -98,7 +98,7 @@ def test_a_short_write_is_cut_off_and_the_next_record_is_kept(tmp_path, monkeypa
     assert not jr.backlog(box.journal_offset)
 
 
-def test_a_tail_that_cannot_be_cut_becomes_a_line_of_its_own(tmp_path, monkeypatch, logs):
+def test_a_tail_that_cannot_be_cut_becomes_a_line_of_its_own(tmp_path, monkeypatch, logs, plain_journal):
     jr, box = Journal(tmp_path), Outbox(tmp_path)
     jr.append(encode(contact(1), "e", 1.0))
     _short_once(monkeypatch, jr)

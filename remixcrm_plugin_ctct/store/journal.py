@@ -1,8 +1,9 @@
 """The outbox's front door: a per-process append-only journal, so the hook's durable write is
-one ``os.write`` (a few microseconds) instead of a SQLite transaction (tens, with a long tail).
+one copy into a mapped page (:mod:`.journal_map`; one ``os.write`` where mapping is not safe), a
+few microseconds, instead of a SQLite transaction (tens, with a long tail).
 
-Why this is as safe as a SQLite commit in WAL mode with ``synchronous=NORMAL``: once ``write``
-returns, the bytes are in the operating system's page cache, so ``kill -9`` of RemixCRM loses
+Why this is as safe as a SQLite commit in WAL mode with ``synchronous=NORMAL``: once the copy or
+``write`` returns, the bytes are in the operating system's page cache, so ``kill -9`` of RemixCRM loses
 nothing (a power cut can lose the last moments, as with SQLite). The sender moves journal lines
 into the SQLite outbox in batches; the offset it reached is stored *in the same transaction*,
 so every line is taken exactly once. Each process writes only its own file (no interleaving
@@ -28,7 +29,7 @@ from pathlib import Path
 
 from .. import forksafe, payload
 from ..record import Event
-from . import journal_files
+from . import journal_files, journal_map
 from .flock import HeldLock
 from .interfaces import HostJournals, JournalSink
 from .neighbours import Neighbours
@@ -36,6 +37,9 @@ from .neighbours import Neighbours
 log = logging.getLogger("remixcrm_plugin_ctct")
 
 ROTATE_AT = 1 << 20  # bytes: start a new file once this much has been folded into the outbox
+# bytes of a file written through a map: room past ROTATE_AT for what comes while the fold that
+# rotates is under way; a file that fills it (the fold stuck) is handed over, the next one mapped
+MAPPED = ROTATE_AT + (512 << 10)
 ADOPT_EVERY = 10.0  # seconds between looks for journals of processes that died
 
 
@@ -58,6 +62,7 @@ class Journal:
         self._append_lock = threading.Lock()  # threads of this process take turns writing
         self._fold_lock = threading.Lock()  # one folder at a time
         self._fd: int | None = None
+        self._map: journal_map.MappedFile | None = None  # the file's reserved first MAPPED bytes, when safe
         self._path: Path | None = None
         self._owner_lock: HeldLock | None = None
         self._pid: int | None = None
@@ -84,6 +89,8 @@ class Journal:
         self._append_lock = threading.Lock()  # a parent thread may have held either at fork time
         self._fold_lock = threading.Lock()
         forksafe.keep(self._owner_lock)
+        forksafe.keep(self._map)  # the parent's pages: never written (nor unmapped) here
+        self._map = None
         self._fd, self._path, self._owner_lock, self._pid, self._size, self._folded = None, None, None, None, 0, 0
 
     @property
@@ -101,6 +108,16 @@ class Journal:
             if self._pid != os.getpid() or self._fd is None:
                 self._open()
             assert self._fd is not None
+            mapped = self._map
+            if mapped is not None:
+                if mapped.write(self._size, data):
+                    self._appended(len(data))
+                    return
+                self._hand_over()  # full (its fold is stuck): the file goes as a finished one, the next is mapped
+                self._open()
+                if self._map is not None and self._map.write(0, data):
+                    self._appended(len(data))
+                    return
             if self._torn:
                 data = b"\n" + data
             try:
@@ -111,11 +128,14 @@ class Journal:
             if written != len(data):  # a short write on a regular file means the disk is full
                 self._cut_tail()
                 raise OSError(28, "short write to the outbox journal")
-            self._size += written
             self._torn = False
-            self.last_append = time.monotonic()
-            if self.hand_off and self._size >= ROTATE_AT:
-                self._hand_over()
+            self._appended(written)
+
+    def _appended(self, written: int) -> None:
+        self._size += written
+        self.last_append = time.monotonic()
+        if self.hand_off and self._size >= ROTATE_AT:
+            self._hand_over()
 
     def _hand_over(self) -> None:
         """Close the full file and free its lock (every byte of it is written): whoever folds
@@ -123,8 +143,19 @@ class Journal:
         fd, owner = self._fd, self._owner_lock
         self._fd, self._path, self._owner_lock, self._pid = None, None, None, None
         assert fd is not None and owner is not None
+        self._unmap(fd)
         os.close(fd)
         owner.release()
+
+    def _unmap(self, fd: int) -> None:
+        """Before a file is closed: cut a mapped file to its lines (a failed cut leaves NULs the
+        fold skips)."""
+        mapped, self._map = self._map, None
+        if mapped is not None:
+            try:
+                mapped.close(fd, self._size)
+            except OSError as e:
+                log.warning("could not cut the unused end off an outbox journal (%s); it is folded all the same", e)
 
     def _cut_tail(self) -> None:
         """After a failed or short write, cut off what part of the line it left: else the next
@@ -149,7 +180,9 @@ class Journal:
             self.directory.parent.mkdir(mode=0o700, parents=True, exist_ok=True)  # the plugin's own dir: 0700 too
             self.directory.mkdir(mode=0o700, exist_ok=True)
             owner.acquire()
-        self._fd = os.open(self._path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        # read and write: a map needs both; O_APPEND for the plain write, where there is no map
+        self._fd = os.open(self._path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o600)
+        self._map = journal_map.MappedFile.open(self._fd, self.directory, MAPPED)
         self._owner_lock, self._pid, self._size, self._folded, self._torn = owner, os.getpid(), 0, 0, False
 
     # --- the sender's path ---
@@ -197,8 +230,9 @@ class Journal:
     def _rotate(self, outbox: JournalSink) -> int:
         with self._append_lock:  # no hook writes to the old file after this
             old_fd, old_path, old_owner = self._fd, self._path, self._owner_lock
+            assert old_fd is not None and old_path is not None  # rotation follows appends to this file
+            self._unmap(old_fd)
             self._open()
-        assert old_fd is not None and old_path is not None  # rotation follows appends to this file
         os.close(old_fd)
         count = journal_files.fold_file(outbox, old_path, final=True)
         journal_files.forget(outbox, old_path, old_owner)

@@ -25,6 +25,7 @@ _CLIENT_ID = re.compile(rb'"client_id":(?:"((?:[^"\\]|\\.){1,256})|(-?\d{1,256})
 BY_HAND = "that event is not sent: add the client to the list in Constant Contact by hand if they should be there"
 CUT_SHORT = "the last record was cut short by a write that failed (disk full?)"
 KEPT = "the hook was told the write failed and kept that event in memory"
+DIED_WRITING = "its process died while the hook was writing it (that hook call never returned)"
 
 
 def fold_block(outbox: JournalSink, path: Path, start: int, block: bytes) -> int:

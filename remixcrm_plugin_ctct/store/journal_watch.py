@@ -7,8 +7,10 @@ still being written waits for the next look), and the offset reached is stored i
 transaction as the records, exactly as for our own journal. Host processes in this mode never
 fold, so the sender process (single instance, by its lock) is the only one reading a live file.
 
-Noticing new work costs one ``stat`` per journal per look (a directory listing and the sizes),
-no SQLite query: the sizes already folded are remembered here.
+Noticing new work costs one ``stat`` per journal per look (a directory listing and the sizes), and
+a read of the bytes after what was folded when a file is longer than that (a mapped file always
+is: its size is its capacity, its data ends at the first NUL), no SQLite query: the offsets
+already folded are remembered here.
 """
 
 import os
@@ -69,8 +71,8 @@ class JournalWatcher(Journal):
             for name in [n for n in self._known if n not in sizes]:
                 del self._known[name]  # adopted and removed (by us or another process)
             for name, size in sizes.items():
-                if size <= self._known.get(name, -1) and not adopt_all:
-                    continue
+                if not adopt_all and not self._unfolded(name, size, self._known.get(name, 0)):
+                    continue  # a mapped file's size is its capacity: only a whole new line counts
                 path = self.directory / name
                 lock = journal_files.owner_lock(path)
                 try:

@@ -7,7 +7,7 @@ import logging
 import time
 
 from . import config, fieldmap, payload, record
-from .runtime import host_side, runtime, watcher
+from .runtime import host_side, runtime, wake_threads, watcher
 from .store import journal
 
 log = logging.getLogger("remixcrm_plugin_ctct")
@@ -40,15 +40,18 @@ def handle_event(event: str, client: object, lead: object | None = None) -> None
             log.info("%s", payload.declined(contact.client_id))
         line = journal.encode(contact, event, now)
     to_process = loaded.sender == "process"
-    # sender = "process": only the journal and the sender's starter (no store, no threads here)
-    side = host_side() if to_process else runtime()
+    # only the journal and the sender's starter here: no store is opened in the host's request
+    side = host_side()
     side.journal.hand_off = to_process  # this process never folds then: full journals are handed over
     try:
         side.journal.append(line)
     except OSError as e:  # disk full, read-only: keep it in memory (it moves to the outbox when it can)
         _keep_in_memory(line, e, side.journal.directory)
         return
-    side.wake_sender()
+    if to_process:
+        side.starter.ensure()  # the sender process: a look at its lock at most once a second
+    else:
+        wake_threads()
 
 
 def _keep_in_memory(line: bytes, error: OSError, directory) -> None:

@@ -9,6 +9,7 @@ The path of a client: hooks → intake (validate, map, append to the journal, wa
 import logging
 import os
 import threading
+import time
 from pathlib import Path
 from typing import NamedTuple
 
@@ -32,6 +33,9 @@ _watcher = config.ConfigWatcher()
 _lock = threading.Lock()
 _runtime: "Runtime | None" = None
 _host: "HostSide | None" = None
+_builder: threading.Thread | None = None  # sender = "thread": builds the runtime off the host's request
+_generation = 0  # reset() bumps it: a builder started before then builds nothing
+BUILD_AFTER = 0.02  # seconds the builder lets the hook's request finish before it takes the GIL
 
 
 class Runtime:
@@ -69,22 +73,52 @@ class Runtime:
         housekeeper = Housekeeper(self.outbox, _watcher, state_url=self.store.url, optouts=self.optouts)
         self.worker = Worker(self.outbox, self.delivery, journal=self.journal, housekeeper=housekeeper)
 
-    def wake_sender(self) -> None:
-        """After a hook's append: the sender threads of this process fold and send it."""
-        self.worker.wake()
-
 
 class HostSide(NamedTuple):
-    """All a host process needs with ``sender = "process"``: its journal and what starts the
-    sender process. No store is opened (no SQLite file, no PostgreSQL connection) and no thread
-    started: the first hook call of each worker stays cheap."""
+    """All a hook needs: its journal and what starts the sender process. No store is opened (no
+    SQLite file, no PostgreSQL connection): the first hook call of each worker stays cheap. With
+    ``sender = "process"`` that is all a host process ever holds; with ``"thread"`` the sender
+    threads build the rest in the background (:func:`wake_threads`)."""
 
     journal: Journal
     starter: SenderStarter
 
-    def wake_sender(self) -> None:
-        """After a hook's append: a look at the sender process's lock at most once a second."""
-        self.starter.ensure()
+
+def wake_threads() -> None:
+    """After a hook's append with ``sender = "thread"``: wake this process's sender threads. The
+    first time, a thread of ours builds them (opening the store, starting the workers takes
+    milliseconds, and a store another process is writing may make it wait): never the host's
+    request, whose hook has already recorded the event in the journal."""
+    global _builder
+    rt = _runtime
+    if rt is not None:
+        rt.worker.wake()
+        return
+    with _lock:
+        if _runtime is None and _builder is None:
+            _builder = threading.Thread(target=_build, args=(_generation,), name="remixcrm-ctct-start", daemon=True)
+            _builder.start()
+    rt = _runtime
+    if rt is not None:  # built meanwhile
+        rt.worker.wake()
+
+
+def _build(generation: int) -> None:
+    global _builder
+    try:
+        # let the request that started us return first: this thread would otherwise hold the GIL
+        # while the hook waits for it
+        time.sleep(BUILD_AFTER)
+        with _lock:
+            current = generation == _generation
+        if current:
+            runtime().worker.wake()
+    except Exception:  # the event is in the journal: the next hook, flush() or restart goes on
+        log.exception("could not start the constant contact sender threads; events wait in the journal")
+    finally:
+        with _lock:
+            if generation == _generation:
+                _builder = None
 
 
 def runtime() -> Runtime:
@@ -174,12 +208,19 @@ def tokens() -> TokenManager:
 def flush(timeout: float = 5.0, retries: bool = False) -> bool:
     """Wait until nothing is in flight and nothing due can be sent (with ``retries``: nor
     scheduled for a retry); False after ``timeout``."""
-    return _runtime.worker.flush(timeout, retries) if _runtime is not None else True
+    rt = _runtime
+    if rt is None:
+        host = _host
+        if host is None or host.journal.hand_off or host.journal.path is None:
+            return True  # no event of ours waits here (with "process", the sender process sends)
+        rt = runtime()  # "thread": the builder may not have run yet
+    return rt.worker.flush(timeout, retries)
 
 
 def _after_fork() -> None:
-    global _lock
+    global _lock, _builder
     _lock = threading.Lock()  # a parent thread may have held it while making the runtime
+    _builder = None  # the parent's builder thread does not exist here: the child's next hook starts its own
 
 
 forksafe.after_fork_in_child(_after_fork)  # registers an at-fork hook only: nothing starts
@@ -187,10 +228,17 @@ forksafe.after_fork_in_child(_after_fork)  # registers an at-fork hook only: not
 
 def reset(timeout: float = 5.0) -> None:
     """Stop and forget the worker, the outbox connection, tokens and config cache (tests, demo)."""
-    global _runtime, _host
+    global _runtime, _host, _builder, _generation
     with _lock:
         rt, _runtime, _host = _runtime, None, None
-    if rt is not None:
-        rt.worker.close(timeout)
-        rt.outbox.close()
+        builder, _builder = _builder, None
+        _generation += 1
+    if builder is not None:
+        builder.join(timeout)
+    with _lock:  # a builder already past its look at the generation may have built one meanwhile
+        late, _runtime = _runtime, None
+    for one in (rt, late):
+        if one is not None:
+            one.worker.close(timeout)
+            one.outbox.close()
     _watcher.forget()

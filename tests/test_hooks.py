@@ -333,3 +333,34 @@ def test_a_write_cut_short_by_a_full_disk_keeps_that_event_and_the_next(pm, writ
     sent = sorted(b["email_address"] for b in sent_bodies(mocked))
     assert sent == ["c0@example.com", "c1@example.com", "c2@example.com"]
     assert "damaged" not in logs.text
+
+
+def test_the_hook_opens_no_store_in_the_hosts_thread_its_sender_threads_do(pm, write_config, mocked, monkeypatch):
+    """sender = "thread" (the default): the first hook of a process writes the journal and starts
+    one thread of ours; the store is opened and the workers built there, never in the request."""
+    write_config()
+    mocked.post(SIGN_UP_URL, status=201, json=CREATED)
+    built_in = []
+    real = dispatch.Runtime
+
+    class Spy(real):  # type: ignore[misc, valid-type]
+        def __init__(self, *args, **kwargs):
+            built_in.append(threading.current_thread().name)
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(dispatch, "Runtime", Spy)
+    pm.hook.on_client_created(client=ADA)
+    builder = dispatch._builder
+    assert builder is not None and builder.name == "remixcrm-ctct-start"
+    builder.join(5)
+    assert built_in == ["remixcrm-ctct-start"]
+    assert flush(5)
+    assert [b["email_address"] for b in sent_bodies(mocked)] == ["ada@example.com"]
+
+
+def test_flush_right_after_the_first_hook_delivers_even_before_the_sender_threads_exist(pm, write_config, mocked):
+    write_config()
+    mocked.post(SIGN_UP_URL, status=201, json=CREATED)
+    pm.hook.on_client_created(client=ADA)
+    assert flush(5)  # builds them itself when the builder has not yet
+    assert [b["email_address"] for b in sent_bodies(mocked)] == ["ada@example.com"]

@@ -38,7 +38,8 @@ log = logging.getLogger("remixcrm_plugin_ctct")
 
 ROTATE_AT = 1 << 20  # bytes: start a new file once this much has been folded into the outbox
 # bytes of a file written through a map: room past ROTATE_AT for what comes while the fold that
-# rotates is under way; a file that fills it (the fold stuck) is handed over, the next one mapped
+# rotates is under way. A file that fills it (the fold behind) is cut to its lines and written on
+# with os.write until it rotates (sender = "process": it is handed over, the next one mapped)
 MAPPED = ROTATE_AT + (512 << 10)
 ADOPT_EVERY = 10.0  # seconds between looks for journals of processes that died
 
@@ -63,6 +64,7 @@ class Journal:
         self._fold_lock = threading.Lock()  # one folder at a time
         self._fd: int | None = None
         self._map: journal_map.MappedFile | None = None  # the file's reserved first MAPPED bytes, when safe
+        self._uncut = False  # a map was closed but its NUL tail could not be cut off yet
         self._path: Path | None = None
         self._owner_lock: HeldLock | None = None
         self._pid: int | None = None
@@ -113,11 +115,18 @@ class Journal:
                 if mapped.write(self._size, data):
                     self._appended(len(data))
                     return
-                self._hand_over()  # full (its fold is stuck): the file goes as a finished one, the next is mapped
-                self._open()
-                if self._map is not None and self._map.write(0, data):
-                    self._appended(len(data))
-                    return
+                # full. Never handed over here with our own threads folding: a fold of this file
+                # may be under way, and a file let go of mid-fold would be adopted and folded twice
+                if self.hand_off:
+                    self._hand_over()
+                    self._open()
+                    if self._map is not None and self._map.write(0, data):
+                        self._appended(len(data))
+                        return
+                self._unmap(self._fd)
+            if self._uncut:  # a map's NULs still end the file: a write after them would be lost behind them
+                os.ftruncate(self._fd, self._size)  # raises on failure: the caller's fallback keeps the event
+                self._uncut = False
             if self._torn:
                 data = b"\n" + data
             try:
@@ -147,14 +156,16 @@ class Journal:
         os.close(fd)
         owner.release()
 
-    def _unmap(self, fd: int) -> None:
-        """Before a file is closed: cut a mapped file to its lines (a failed cut leaves NULs the
-        fold skips)."""
+    def _unmap(self, fd: int | None) -> None:
+        """Before a file is closed or written on with os.write: cut a mapped file to its lines (if
+        the cut fails, a closed file's NULs are skipped by the fold; an open one is cut again
+        before its next write)."""
         mapped, self._map = self._map, None
-        if mapped is not None:
+        if mapped is not None and fd is not None:
             try:
                 mapped.close(fd, self._size)
             except OSError as e:
+                self._uncut = True
                 log.warning("could not cut the unused end off an outbox journal (%s); it is folded all the same", e)
 
     def _cut_tail(self) -> None:
@@ -182,8 +193,9 @@ class Journal:
             owner.acquire()
         # read and write: a map needs both; O_APPEND for the plain write, where there is no map
         self._fd = os.open(self._path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o600)
-        self._map = journal_map.MappedFile.open(self._fd, self.directory, MAPPED)
+        self._map = journal_map.MappedFile.open(self._fd, MAPPED)
         self._owner_lock, self._pid, self._size, self._folded, self._torn = owner, os.getpid(), 0, 0, False
+        self._uncut = False
 
     # --- the sender's path ---
     def backlog(self, folded_offset: Callable[[str], int]) -> bool:
@@ -211,10 +223,11 @@ class Journal:
                 self.neighbours.register()  # first: a host killed before its first fold is still found
             # hand_off (sender = "process"): the sender process folds our live file, never us too
             # (a host's in-memory fallback starts threads here when the disk fails)
-            if not self.hand_off and self._path is not None and self._pid == os.getpid() and self._size > self._folded:
-                size = self._size  # only this process appends to its file
-                count += journal_files.fold_file(outbox, self._path)
-                self._folded = size
+            path, size = self._path, self._size  # only this process appends to its file
+            if not self.hand_off and path is not None and self._pid == os.getpid() and size > self._folded:
+                count += journal_files.fold_file(outbox, path)
+                if self._path is path:  # not moved to a new file meanwhile (sender mode changed)
+                    self._folded = size
                 if self._size >= ROTATE_AT:
                     count += self._rotate(outbox)
             now = time.monotonic()

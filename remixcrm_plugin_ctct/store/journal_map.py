@@ -11,7 +11,7 @@ system cannot back the page (a full disk under a copy-on-write file system such 
 or a sparse file), the kernel kills the whole process with SIGBUS: the host, not just the event.
 So the file's blocks are reserved first (``posix_fallocate``: it fails cleanly, ENOSPC, and the
 plain ``write`` is used instead), and a map is only made where that reservation is a promise:
-ext2/3/4, XFS and tmpfs, read from ``/proc/self/mountinfo``. Anywhere else (other file systems,
+ext2/3/4, XFS and tmpfs, told by the file's own device in ``/proc/self/mountinfo``. Anywhere else (other file systems,
 overlayfs, other systems), when the reservation fails, or with ``REMIXCRM_CTCT_JOURNAL_MAP=0``,
 the journal is written with ``write``, as before.
 
@@ -25,61 +25,43 @@ the unused tail off; a writer that was killed leaves it, and the fold of a dead 
 
 import mmap
 import os
-from pathlib import Path
 
 ENV = "REMIXCRM_CTCT_JOURNAL_MAP"  # "0": always the plain write (a file system we cannot see through)
 RESERVING = frozenset({"ext2", "ext3", "ext4", "xfs", "tmpfs"})  # fallocate'd blocks are kept for the map
 MOUNTINFO = "/proc/self/mountinfo"
 
-_kinds: dict[str, str | None] = {}  # directory -> its file system's type (the mount table is read once per directory)
+_kinds: dict[int, str | None] = {}  # device -> its file system's type (the mount table is read once per device)
 
 
 def enabled() -> bool:
     return os.environ.get(ENV, "").strip() != "0" and hasattr(os, "posix_fallocate")
 
 
-def mappable(directory: Path) -> bool:
-    """Journals in ``directory`` may be mapped: its file system keeps fallocate'd blocks."""
+def mappable(fd: int) -> bool:
+    """The open file ``fd`` may be mapped: its file system keeps fallocate'd blocks."""
     if not enabled():
         return False
-    key = str(directory)
-    if key not in _kinds:
-        _kinds[key] = fs_type(key)
-    return _kinds[key] in RESERVING
+    device = os.fstat(fd).st_dev
+    if device not in _kinds:
+        _kinds[device] = fs_type(device)
+    return _kinds[device] in RESERVING
 
 
-def fs_type(directory: str, mountinfo: str = MOUNTINFO) -> str | None:
-    """The type of the file system holding ``directory`` (the last mount on the longest prefix of
-    its real path), or None when it cannot be told."""
+def fs_type(device: int, mountinfo: str = MOUNTINFO) -> str | None:
+    """The type of the file system on ``device`` (a ``st_dev``), from the mount table's
+    ``major:minor`` column: the file's own device, whatever is mounted over which path; None
+    when no mount names it (btrfs subvolumes, say) or the table cannot be read."""
+    wanted = f"{os.major(device)}:{os.minor(device)}".encode()
+    found = set()
     try:
-        real = os.path.realpath(directory)
-        best, kind = "", None
         with open(mountinfo, "rb") as f:
             for raw in f:
                 mine, _, theirs = raw.partition(b" - ")  # optional fields end at the separator
-                point = _unescape(mine.split(b" ")[4])
-                inside = real == point or real.startswith(point.rstrip("/") + "/")
-                if inside and len(point) >= len(best):  # a later mount on the same point hides the earlier
-                    best, kind = point, theirs.split(b" ")[0].decode("ascii", "replace")
-        return kind
-    except (OSError, IndexError, ValueError):
+                if mine.split(b" ")[2] == wanted:
+                    found.add(theirs.split(b" ")[0].decode("ascii", "replace"))
+    except (OSError, IndexError):
         return None
-
-
-def _unescape(field: bytes) -> str:
-    """mountinfo writes a space as ``\\040`` (and tab, newline, backslash likewise)."""
-    text = field.decode("utf-8", "surrogateescape")
-    if "\\" not in text:
-        return text
-    out, i = [], 0
-    while i < len(text):
-        if text[i] == "\\" and text[i + 1 : i + 4].isdigit() and len(text[i + 1 : i + 4]) == 3:
-            out.append(chr(int(text[i + 1 : i + 4], 8)))
-            i += 4
-        else:
-            out.append(text[i])
-            i += 1
-    return "".join(out)
+    return found.pop() if len(found) == 1 else None  # bind mounts repeat one file system; two types: unsure
 
 
 class MappedFile:
@@ -92,10 +74,10 @@ class MappedFile:
         self._map = mmap.mmap(fd, capacity)  # shared: the page cache's own pages
 
     @classmethod
-    def open(cls, fd: int, directory: Path, capacity: int) -> "MappedFile | None":
-        if not mappable(directory):
-            return None
+    def open(cls, fd: int, capacity: int) -> "MappedFile | None":
         try:
+            if not mappable(fd):
+                return None
             return cls(fd, capacity)
         except (OSError, ValueError):  # no room, a file system that will not: the plain write
             try:

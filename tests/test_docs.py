@@ -55,7 +55,7 @@ def test_every_module_and_room_is_in_the_how_it_works_tree():
 
 # sections that quote what the plugin logs (or shows in `status`); other sections quote config and commands
 LOG_SECTIONS = ("## Tokens", "## Delivery", "## Consent", "## Logging", "## Troubleshooting")
-NOT_LOG_TEXT = re.compile(r"^(remixcrm-ctct|status |retry |kill |python|hatch|GET |POST )|=")
+NOT_LOG_TEXT = re.compile(r"^(remixcrm-ctct|status |retry |kill |pkill |systemctl |python|hatch|GET |POST )|=")
 HOLE = "\x00"  # a placeholder in the code (%s, {value}) or an ellipsis in the README: any text
 PERCENT = re.compile(r"%[-#0 +]*\d*(?:\.\d+)?[sdrifgeoxX]")
 

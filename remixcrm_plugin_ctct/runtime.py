@@ -30,7 +30,8 @@ from .store.outbox import FILE_NAME as OUTBOX_FILE
 log = logging.getLogger("remixcrm_plugin_ctct")
 
 _watcher = config.ConfigWatcher()
-_lock = threading.Lock()
+_lock = threading.Lock()  # short critical sections only: a hook may take it
+_build_lock = threading.Lock()  # held while a Runtime is built (milliseconds): never by a hook
 _runtime: "Runtime | None" = None
 _host: "HostSide | None" = None
 _builder: threading.Thread | None = None  # sender = "thread": builds the runtime off the host's request
@@ -96,8 +97,9 @@ def wake_threads() -> None:
         return
     with _lock:
         if _runtime is None and _builder is None:
-            _builder = threading.Thread(target=_build, args=(_generation,), name="remixcrm-ctct-start", daemon=True)
-            _builder.start()
+            builder = threading.Thread(target=_build, args=(_generation,), name="remixcrm-ctct-start", daemon=True)
+            builder.start()  # may raise (no thread to be had): then the next hook tries again
+            _builder = builder
     rt = _runtime
     if rt is not None:  # built meanwhile
         rt.worker.wake()
@@ -111,7 +113,7 @@ def _build(generation: int) -> None:
         time.sleep(BUILD_AFTER)
         with _lock:
             current = generation == _generation
-        if current:
+        if current and _watcher.current().sender == "thread":  # not switched to the sender process meanwhile
             runtime().worker.wake()
     except Exception:  # the event is in the journal: the next hook, flush() or restart goes on
         log.exception("could not start the constant contact sender threads; events wait in the journal")
@@ -125,10 +127,15 @@ def runtime() -> Runtime:
     """The machinery for the data dir in force when it was first needed (created lazily:
     importing the plugin starts nothing)."""
     global _runtime
-    if _runtime is None:
-        with _lock:
-            if _runtime is None:
-                _runtime = Runtime(config.data_dir(), host=_host)
+    rt = _runtime
+    if rt is not None:
+        return rt
+    with _build_lock:  # never held by a hook: a hook meanwhile writes through the host side
+        if _runtime is None:
+            host = host_side()  # one journal per process, whoever made it first
+            built = Runtime(config.data_dir(), host=host)
+            with _lock:
+                _runtime = built
     return _runtime
 
 
@@ -151,7 +158,7 @@ def for_sender_process() -> Runtime:
     """This process is the sender process (:mod:`.service`): its journal view folds every
     host process's journal, and it never appends one of its own."""
     global _runtime
-    with _lock:
+    with _build_lock:
         if _runtime is None:
             data_dir = config.data_dir()
             _runtime = Runtime(data_dir, journal=JournalWatcher(data_dir))
@@ -218,8 +225,8 @@ def flush(timeout: float = 5.0, retries: bool = False) -> bool:
 
 
 def _after_fork() -> None:
-    global _lock, _builder
-    _lock = threading.Lock()  # a parent thread may have held it while making the runtime
+    global _lock, _builder, _build_lock
+    _lock, _build_lock = threading.Lock(), threading.Lock()  # a parent thread may have held it while making the runtime
     _builder = None  # the parent's builder thread does not exist here: the child's next hook starts its own
 
 
@@ -235,7 +242,7 @@ def reset(timeout: float = 5.0) -> None:
         _generation += 1
     if builder is not None:
         builder.join(timeout)
-    with _lock:  # a builder already past its look at the generation may have built one meanwhile
+    with _build_lock, _lock:  # a builder (or flush) already past its look may have built one meanwhile
         late, _runtime = _runtime, None
     for one in (rt, late):
         if one is not None:

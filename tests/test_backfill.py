@@ -237,15 +237,15 @@ def spy_on_chunks(monkeypatch, kill_after: int | None = None) -> list:
     recorded: list[dict] = []
     real = Outbox.add_records
 
-    def add_records(self, records, journal=None, offset=0):
+    def add_records(self, records, journal=None, offset=0, start=None):
         if journal and journal.startswith("backfill-"):
             if kill_after is not None and len([r for r in recorded if r is None]) >= kill_after:
                 raise Killed()
-            real(self, records, journal, offset)
+            real(self, records, journal, offset, start)
             recorded.extend(records)
             recorded.append(None)  # a chunk's end
-        else:
-            real(self, records, journal, offset)
+            return True
+        return real(self, records, journal, offset, start)
 
     monkeypatch.setattr(Outbox, "add_records", add_records)
     return recorded
@@ -283,12 +283,13 @@ import os, signal, sys
 from remixcrm_plugin_ctct.admin import cli
 from remixcrm_plugin_ctct.store.outbox import Outbox
 real, chunks = Outbox.add_records, []
-def add_records(self, records, journal=None, offset=0):
-    real(self, records, journal, offset)
+def add_records(self, records, journal=None, offset=0, start=None):
+    done = real(self, records, journal, offset, start)
     if journal and journal.startswith("backfill-"):
         chunks.append(offset)
         if len(chunks) == 2:
             os.kill(os.getpid(), signal.SIGKILL)  # no finally, no atexit: the real thing
+    return done
 Outbox.add_records = add_records
 sys.exit(cli.main(["backfill", sys.argv[1], "--chunk", "10"]))
 """

@@ -182,17 +182,17 @@ def test_a_file_handed_over_mid_fold_is_not_folded_twice(tmp_path, monkeypatch):
     taken: list[str] = []
     ours, theirs = box.add_records, sibling.add_records
 
-    def sibling_add(records, name=None, offset=0):
+    def sibling_add(records, name=None, offset=0, start=None):
         taken.extend(r["client_id"] for r in records)
-        return theirs(records, name, offset)
+        return theirs(records, name, offset, start)
 
-    def our_add(records, name=None, offset=0):
+    def our_add(records, name=None, offset=0, start=None):
         if records and not taken:  # we read our chunk; before we commit ...
             for n in range(1, 6):
                 jr.append(encode(contact(n), "e", 1.0 + n))  # the hook fills the map: hand-over
             journal_files.adopt_dead(tmp_path / "journal", sibling)  # a sibling worker's scan
         taken.extend(r["client_id"] for r in records)
-        return ours(records, name, offset)
+        return ours(records, name, offset, start)
 
     monkeypatch.setattr(sibling, "add_records", sibling_add)
     monkeypatch.setattr(box, "add_records", our_add)
@@ -284,5 +284,6 @@ def test_an_unreadable_mount_table_means_no_map(tmp_path):
     assert read_mount_table(device, mountinfo="/dev/null") is None
 
 
+@pytest.mark.skipif(not os.path.exists(journal_map.MOUNTINFO), reason="no /proc/self/mountinfo (not Linux)")
 def test_this_machines_own_mount_table_is_read():
     assert read_mount_table(os.stat("/proc").st_dev) == "proc"

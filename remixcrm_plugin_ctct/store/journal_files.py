@@ -49,7 +49,7 @@ def fold_file(outbox: JournalSink, path: Path, final: bool = False) -> int:
         if end == 0 and gap < 0 and len(chunk) == FOLD_CHUNK:  # one line longer than a chunk: never written by our hook
             after = skip_long_line(path, start, chunk, final)
             if after is not None:
-                outbox.add_records([], path.name, after)
+                outbox.add_records([], path.name, after, start)
                 continue
             return count
         if end:
@@ -66,7 +66,7 @@ def fold_file(outbox: JournalSink, path: Path, final: bool = False) -> int:
             damaged(path, start + end, chunk[end:], why, fate)
         if resume is None:
             return count
-        outbox.add_records([], path.name, resume)  # lines after a run of NULs (a power cut's hole)
+        outbox.add_records([], path.name, resume, start + end)  # lines after a run of NULs (a power cut's hole)
 
 
 def _past_nuls(f: BinaryIO, at: int) -> int | None:

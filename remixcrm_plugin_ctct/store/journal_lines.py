@@ -40,16 +40,17 @@ def fold_block(outbox: JournalSink, path: Path, start: int, block: bytes) -> int
             if rec is not None:
                 found.append((rec, after))
         at = after
+    # start=: only if nobody took these lines meanwhile (then 0: the fold reads the offset again)
     try:
-        outbox.add_records([rec for rec, _ in found], path.name, start + len(block))
-        return len(found)
+        return len(found) if outbox.add_records([rec for rec, _ in found], path.name, start + len(block), start) else 0
     except (ValueError, TypeError, KeyError, OverflowError):  # not a disk or lock problem: a record the outbox refused
         pass
-    count = 0
+    count, at = 0, start  # at: the offset the outbox holds
     for rec, after in found:  # one at a time, so that the one it refuses does not hold back the others
         try:
-            outbox.add_records([rec], path.name, after)
-            count += 1
+            if not outbox.add_records([rec], path.name, after, at):
+                return count
+            count, at = count + 1, after
         except (ValueError, TypeError, KeyError, OverflowError) as e:
             log.error(
                 "outbox journal %s: the outbox refused the event of client %s (%s); %s",
@@ -58,7 +59,7 @@ def fold_block(outbox: JournalSink, path: Path, start: int, block: bytes) -> int
                 type(e).__name__,
                 BY_HAND,
             )
-    outbox.add_records([], path.name, start + len(block))
+    outbox.add_records([], path.name, start + len(block), at)
     return count
 
 

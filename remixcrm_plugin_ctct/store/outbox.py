@@ -96,15 +96,25 @@ class Outbox(AdminQueries):
         return self._conn().execute(sql, args).fetchall()
 
     # --- the fold (journal -> outbox) ---
-    def add_records(self, records: list[dict], journal: str | None = None, offset: int = 0) -> None:
+    def add_records(
+        self, records: list[dict], journal: str | None = None, offset: int = 0, start: int | None = None
+    ) -> bool:
         """Fold journal records (:meth:`record.Event.to_record`) into the outbox and note how far
         we got, in one transaction: each line is taken exactly once, even if this process dies
-        halfway. See :mod:`.outbox_fold`."""
+        halfway. ``start``: where they were read from; if another folder moved the offset on
+        meanwhile (a host and the sender process both folding one live journal after a switch of
+        ``sender``), nothing is written: False. See :mod:`.outbox_fold`."""
         now = time.time()
+        key = None if journal is None else f"journal:{journal}"
         with self._write, db.transaction(self._conn()) as conn:
+            if key is not None and start is not None:
+                found = conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+                if (int(found[0]) if found and found[0] else 0) != start:
+                    return False
             outbox_fold.fold(conn, records, now)
-            if journal is not None:
-                conn.execute(SET_META, (f"journal:{journal}", str(offset)))
+            if key is not None:
+                conn.execute(SET_META, (key, str(offset)))
+        return True
 
     def journal_offset(self, journal: str) -> int:
         found = self.get_meta(f"journal:{journal}")

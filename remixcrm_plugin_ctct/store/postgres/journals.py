@@ -66,8 +66,10 @@ class OffsetsOf:
     def __init__(self, outbox: PgOutbox, prefix: str):
         self.outbox, self.prefix = outbox, prefix
 
-    def add_records(self, records: list[dict], journal: str | None = None, offset: int = 0) -> None:
-        self.outbox.fold_records(records, None if journal is None else self.prefix + journal, offset)
+    def add_records(
+        self, records: list[dict], journal: str | None = None, offset: int = 0, start: int | None = None
+    ) -> bool:
+        return self.outbox.fold_records(records, None if journal is None else self.prefix + journal, offset, start)
 
     def journal_offset(self, journal: str) -> int:
         found = self.outbox.get_meta(self.prefix + journal)

@@ -70,21 +70,29 @@ class PgOutbox(AdminQueries):
         return self.db.run(lambda c: c.execute(statement.format(s=self.s), args).rowcount)
 
     # --- the fold (journal -> outbox) ---
-    def add_records(self, records: list[dict], journal: str | None = None, offset: int = 0) -> None:
-        self.fold_records(records, None if journal is None else self.journal_prefix + journal, offset)
+    def add_records(
+        self, records: list[dict], journal: str | None = None, offset: int = 0, start: int | None = None
+    ) -> bool:
+        return self.fold_records(records, None if journal is None else self.journal_prefix + journal, offset, start)
 
-    def fold_records(self, records: list[dict], offset_key: str | None, offset: int) -> None:
-        """``records`` into the outbox and, in the same transaction, ``offset`` under ``offset_key``."""
+    def fold_records(self, records: list[dict], offset_key: str | None, offset: int, start: int | None = None) -> bool:
+        """``records`` into the outbox and, in the same transaction, ``offset`` under ``offset_key``;
+        nothing (False) when ``start`` is given and the stored offset is no longer it."""
         now = time.time()
 
-        def fold(conn: Any) -> None:
+        def fold(conn: Any) -> bool:
             conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (sql.fold_lock(self.db.schema),))
+            if offset_key is not None and start is not None:
+                found = conn.execute(f"SELECT value FROM {self.s}.meta WHERE key = %s", (offset_key,)).fetchone()
+                if (int(found[0]) if found and found[0] else 0) != start:
+                    return False  # another folder took these lines (the advisory lock orders us)
             if records:
                 self._fold(conn, records, now)
             if offset_key is not None:
                 conn.execute(self._sql["SET_META"], (offset_key, str(offset)))
+            return True
 
-        self.db.run(fold)
+        return bool(self.db.run(fold))
 
     def _fold(self, conn: Any, records: list[dict], now: float) -> None:
         by_email = outbox_fold.group(records)

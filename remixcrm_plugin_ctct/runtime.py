@@ -6,6 +6,7 @@ The path of a client: hooks → intake (validate, map, append to the journal, wa
 (governor, token manager, Constant Contact client) → the row's outcome in the outbox.
 """
 
+import _thread
 import logging
 import os
 import threading
@@ -34,7 +35,8 @@ _lock = threading.Lock()  # short critical sections only: a hook may take it
 _build_lock = threading.Lock()  # held while a Runtime is built (milliseconds): never by a hook
 _runtime: "Runtime | None" = None
 _host: "HostSide | None" = None
-_builder: threading.Thread | None = None  # sender = "thread": builds the runtime off the host's request
+_builder: threading.Event | None = None  # sender = "thread": set once the builder (off the request) is done
+BUILDER_NAME = "remixcrm-ctct-start"
 _generation = 0  # reset() bumps it: a builder started before then builds nothing
 BUILD_AFTER = 0.02  # seconds the builder lets the hook's request finish before it takes the GIL
 
@@ -97,16 +99,20 @@ def wake_threads() -> None:
         return
     with _lock:
         if _runtime is None and _builder is None:
-            builder = threading.Thread(target=_build, args=(_generation,), name="remixcrm-ctct-start", daemon=True)
-            builder.start()  # may raise (no thread to be had): then the next hook tries again
-            _builder = builder
+            done = threading.Event()
+            # not threading.Thread: its start() waits until the new thread has run, and on a busy
+            # machine where every worker takes its first request at once that took 5-9 ms of the
+            # hook. This returns at once; it may raise (no thread to be had): the next hook tries again
+            start_thread(_build, (_generation, done))
+            _builder = done
     rt = _runtime
     if rt is not None:  # built meanwhile
         rt.worker.wake()
 
 
-def _build(generation: int) -> None:
+def _build(generation: int, done: threading.Event) -> None:
     global _builder
+    threading.current_thread().name = BUILDER_NAME  # for thread dumps and py-spy
     try:
         # let the request that started us return first: this thread would otherwise hold the GIL
         # while the hook waits for it
@@ -121,6 +127,10 @@ def _build(generation: int) -> None:
         with _lock:
             if generation == _generation:
                 _builder = None
+        done.set()
+
+
+start_thread = _thread.start_new_thread  # (tests make it fail)
 
 
 def runtime() -> Runtime:
@@ -241,7 +251,7 @@ def reset(timeout: float = 5.0) -> None:
         builder, _builder = _builder, None
         _generation += 1
     if builder is not None:
-        builder.join(timeout)
+        builder.wait(timeout)
     with _build_lock, _lock:  # a builder (or flush) already past its look may have built one meanwhile
         late, _runtime = _runtime, None
     for one in (rt, late):

@@ -100,19 +100,33 @@ def wake_threads() -> None:
     with _lock:
         if _runtime is None and _builder is None:
             done = threading.Event()
-            # not threading.Thread: its start() waits until the new thread has run, and on a busy
-            # machine where every worker takes its first request at once that took 5-9 ms of the
-            # hook. This returns at once; it may raise (no thread to be had): the next hook tries again
-            start_thread(_build, (_generation, done))
+            # not threading.Thread.start() here: it waits until the new thread has run, and on a
+            # busy machine where every worker takes its first request at once that took 5-9 ms of
+            # the hook. This returns at once (a short-lived helper starts the named thread and
+            # does that waiting); it may raise (no thread to be had): the next hook tries again
+            start_thread(_start_builder, (_generation, done))
             _builder = done
     rt = _runtime
     if rt is not None:  # built meanwhile
         rt.worker.wake()
 
 
+def _start_builder(generation: int, done: threading.Event) -> None:
+    """A bare thread (no threading.Thread object: it stays out of threading.enumerate()) that
+    starts the builder as a proper, named thread."""
+    global _builder
+    try:
+        threading.Thread(target=_build, args=(generation, done), name=BUILDER_NAME, daemon=True).start()
+    except Exception as e:  # no thread to be had: the next hook tries again
+        with _lock:
+            if generation == _generation:
+                _builder = None
+        done.set()
+        log.error("could not start the constant contact sender threads (%s); events wait in the journal", e)
+
+
 def _build(generation: int, done: threading.Event) -> None:
     global _builder
-    threading.current_thread().name = BUILDER_NAME  # for thread dumps and py-spy
     try:
         # let the request that started us return first: this thread would otherwise hold the GIL
         # while the hook waits for it

@@ -37,6 +37,7 @@ _runtime: "Runtime | None" = None
 _host: "HostSide | None" = None
 _builder: threading.Event | None = None  # sender = "thread": set once the builder (off the request) is done
 BUILDER_NAME = "remixcrm-ctct-start"
+_start_failed: Exception | None = None  # why the builder could not start (the next hook logs it)
 _generation = 0  # reset() bumps it: a builder started before then builds nothing
 BUILD_AFTER = 0.02  # seconds the builder lets the hook's request finish before it takes the GIL
 
@@ -97,15 +98,22 @@ def wake_threads() -> None:
     if rt is not None:
         rt.worker.wake()
         return
+    global _start_failed
+    failed, _start_failed = _start_failed, None
     with _lock:
         if _runtime is None and _builder is None:
             done = threading.Event()
             # not threading.Thread.start() here: it waits until the new thread has run, and on a
             # busy machine where every worker takes its first request at once that took 5-9 ms of
             # the hook. This returns at once (a short-lived helper starts the named thread and
-            # does that waiting); it may raise (no thread to be had): the next hook tries again
-            start_thread(_start_builder, (_generation, done))
-            _builder = done
+            # does that waiting)
+            try:
+                start_thread(_start_builder, (_generation, done))
+                _builder = done
+            except Exception as e:  # no thread to be had: the next hook tries again
+                failed = failed or e
+    if failed is not None:  # said here, in the host's thread: a bare thread that logs stays in threading.enumerate()
+        log.error("could not start the constant contact sender threads (%s); events wait in the journal", failed)
     rt = _runtime
     if rt is not None:  # built meanwhile
         rt.worker.wake()
@@ -114,15 +122,15 @@ def wake_threads() -> None:
 def _start_builder(generation: int, done: threading.Event) -> None:
     """A bare thread (no threading.Thread object: it stays out of threading.enumerate()) that
     starts the builder as a proper, named thread."""
-    global _builder
+    global _builder, _start_failed
     try:
         threading.Thread(target=_build, args=(generation, done), name=BUILDER_NAME, daemon=True).start()
-    except Exception as e:  # no thread to be had: the next hook tries again
+    except Exception as e:  # no thread to be had: the next hook tries again, and says so
+        _start_failed = e
         with _lock:
             if generation == _generation:
                 _builder = None
         done.set()
-        log.error("could not start the constant contact sender threads (%s); events wait in the journal", e)
 
 
 def _build(generation: int, done: threading.Event) -> None:

@@ -10,7 +10,7 @@ import pytest
 from conftest import pg_sql
 from filelock import FileLock
 
-from remixcrm_plugin_ctct.store import neighbours
+from remixcrm_plugin_ctct.store import neighbours, offsets
 from remixcrm_plugin_ctct.store.journal import Journal
 from remixcrm_plugin_ctct.store.postgres import PgJournals, open_store
 
@@ -54,7 +54,9 @@ def test_a_live_host_folds_a_dead_hosts_journal_under_its_offsets(two_hosts, log
     a.delivered(sent.id, "contact-1", "created")  # line 1 went out before host a died
     assert live.fold_into(b) == 2
     assert clients(b) == ["1", "2", "3"]  # line 1 not again: host a's offset was used
-    assert not path.exists() and a.journal_offset(path.name) == 0  # adopted whole: file and offset gone
+    assert (
+        not path.exists() and a.journal_offset(path.name) == offsets.DONE
+    )  # adopted whole: file gone, offset a tombstone
     assert any("folded 2 event(s) a gone process" in r.getMessage() for r in logs.records)
     again = Journal(path.parent.parent)  # host a restarts on its data dir: nothing is left to fold twice
     assert again.fold_into(a) == 0 and clients(a) == ["1", "2", "3"]

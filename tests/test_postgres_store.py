@@ -8,12 +8,13 @@ import os
 import subprocess
 import sys
 import threading
+import time
 
 import pytest
 from conftest import add_event, pg_sql, terminate_plugin_sessions
 
 from remixcrm_plugin_ctct import payload
-from remixcrm_plugin_ctct.store import owners
+from remixcrm_plugin_ctct.store import offsets, owners
 from remixcrm_plugin_ctct.store.interfaces import StoreUnavailable
 from remixcrm_plugin_ctct.store.postgres import open_store, schema
 from remixcrm_plugin_ctct.store.postgres.tokens import TokenConflict
@@ -110,7 +111,12 @@ def test_journal_offsets_are_per_host(store):
     a.add_records([], "123-abcd.jsonl", 4096)
     assert a.journal_offset("123-abcd.jsonl") == 4096
     assert b.journal_offset("123-abcd.jsonl") == 0  # same file name on another host: not ours
+    assert not b.add_records([], "123-abcd.jsonl", 10, start=4096)  # compared with its own host's offset (0)
+    assert not a.add_records([], "123-abcd.jsonl", 10, start=0)  # compare-and-set: moved on meanwhile
     a.forget_journal("123-abcd.jsonl")
+    assert a.journal_offset("123-abcd.jsonl") == offsets.DONE  # a tombstone: a fold from 0 is refused
+    assert not a.add_records([], "123-abcd.jsonl", 10, start=0)
+    a.purge(0.0, tombstones_before=time.time() + offsets.KEEP)
     assert a.journal_offset("123-abcd.jsonl") == 0
 
 

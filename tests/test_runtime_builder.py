@@ -166,7 +166,9 @@ def test_first_hooks_of_many_host_threads_at_once_build_one_runtime_and_deliver_
         assert len(list((dispatch.config.data_dir() / "journal").glob("*.jsonl"))) == 1
 
 
-def test_a_builder_that_could_not_start_once_does_not_stop_this_process_sending_for_good(pm, write_config, monkeypatch):
+def test_a_builder_that_could_not_start_once_does_not_stop_this_process_sending_for_good(
+    pm, write_config, monkeypatch, logs
+):
     real_start = dispatch.start_thread
     failed = []
 
@@ -181,6 +183,8 @@ def test_a_builder_that_could_not_start_once_does_not_stop_this_process_sending_
         write_config(api_base_url=sandbox.api_base_url)
         pm.hook.on_client_created(client=ADA)  # recorded in the journal; the builder did not start
         assert failed
+        assert "on_client_created failed inside the plugin" not in logs.text  # one clear line instead:
+        assert "could not start the constant contact sender threads (can't start new thread)" in logs.text
         pm.hook.on_client_created(client=BOB)  # the next hook starts one
         assert flush(3), "no sender thread ever starts in this process: a never-started builder is kept"
         assert {c["email_address"].lower() for c in sandbox.members()} >= {"ada@example.com", "bob@example.com"}

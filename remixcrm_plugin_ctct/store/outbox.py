@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 from .. import forksafe
-from . import db, lanes, leases, outbox_fold
+from . import db, lanes, leases, offsets, outbox_fold
 from .interfaces import Row, Summary
 from .newest import consent_in_force
 from .outbox_admin import AdminQueries
@@ -109,7 +109,7 @@ class Outbox(AdminQueries):
         with self._write, db.transaction(self._conn()) as conn:
             if key is not None and start is not None:
                 found = conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
-                if (int(found[0]) if found and found[0] else 0) != start:
+                if offsets.parse(found[0] if found else None) != start:
                     return False
             outbox_fold.fold(conn, records, now)
             if key is not None:
@@ -117,11 +117,10 @@ class Outbox(AdminQueries):
         return True
 
     def journal_offset(self, journal: str) -> int:
-        found = self.get_meta(f"journal:{journal}")
-        return int(found) if found else 0
+        return offsets.parse(self.get_meta(f"journal:{journal}"))
 
     def forget_journal(self, journal: str) -> None:
-        self.set_meta(f"journal:{journal}", None)
+        self.set_meta(f"journal:{journal}", offsets.tombstone(time.time()))  # see store/offsets.py
 
     # --- the sender's path ---
     def claim(self, owner: str, now: float | None = None, lease: float = LEASE_SECONDS) -> Row | None:

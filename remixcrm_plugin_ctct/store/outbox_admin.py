@@ -7,7 +7,7 @@ import sqlite3
 import threading
 import time
 
-from . import db, newest
+from . import db, newest, offsets
 from .interfaces import Outbox, Summary
 
 __all__ = ["AdminQueries", "Summary", "summary", "for_client", "retry", "purge"]
@@ -112,10 +112,17 @@ class AdminQueries:
             if renewed is not None:
                 conn.execute("UPDATE latest SET contact = ? WHERE email_key = ?", (renewed, email_key))
 
-    def purge(self, before: float) -> int:
+    def purge(self, before: float, tombstones_before: float | None = None) -> int:
         """Forget emails and names of rows finished before ``before``, and the newest known
-        state of emails that no row names any more. Returns how many rows."""
+        state of emails that no row names any more; the offsets of deleted journals forgotten
+        before ``tombstones_before`` (:mod:`.offsets`). Returns how many rows."""
         with self._write, db.transaction(self._conn()) as conn:
+            if tombstones_before is not None:
+                conn.execute(
+                    "DELETE FROM meta WHERE key LIKE 'journal:%' AND value LIKE ? "
+                    "AND CAST(substr(value, ?) AS REAL) < ?",
+                    (offsets.FORGOTTEN + "%", len(offsets.FORGOTTEN) + 1, tombstones_before),
+                )
             count = conn.execute(
                 "UPDATE events SET contact = NULL, email_key = NULL WHERE state IN "
                 "('delivered', 'skipped', 'dry_run') AND contact IS NOT NULL AND updated_at < ?",
@@ -146,4 +153,4 @@ def purge(outbox: Outbox, retention_seconds: float, now: float | None = None) ->
     """Forget emails and names of rows delivered more than ``retention_seconds`` ago; the small
     status record (client id, contact id, outcome, time) stays. Returns how many rows."""
     now = time.time() if now is None else now
-    return outbox.purge(now - retention_seconds)
+    return outbox.purge(now - retention_seconds, now - offsets.KEEP)

@@ -4,7 +4,7 @@ host (a base class of :class:`.outbox.PgOutbox`, as :mod:`..outbox_admin` is of 
 import time
 from typing import Any
 
-from .. import newest
+from .. import newest, offsets
 from ..interfaces import Summary
 from ..outbox_admin import ROW_KEYS
 from . import sql
@@ -83,9 +83,15 @@ class AdminQueries:
 
         self.db.run(renew)
 
-    def purge(self, before: float) -> int:
+    def purge(self, before: float, tombstones_before: float | None = None) -> int:
         def purge(conn: Any) -> int:
             conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (sql.fold_lock(self.db.schema),))
+            if tombstones_before is not None:  # offsets of deleted journals (store/offsets.py)
+                conn.execute(
+                    f"DELETE FROM {self.s}.meta WHERE key LIKE 'journal:%%' AND value LIKE %s "
+                    "AND CAST(substr(value, %s) AS double precision) < %s",
+                    (offsets.FORGOTTEN + "%", len(offsets.FORGOTTEN) + 1, tombstones_before),
+                )
             count = conn.execute(
                 f"UPDATE {self.s}.events SET contact = NULL, email_key = NULL WHERE state IN "
                 "('delivered', 'skipped', 'dry_run') AND contact IS NOT NULL AND updated_at < %s",

@@ -11,7 +11,7 @@ folded for it.
 
 import time
 
-from .. import leases, owners
+from .. import leases, offsets, owners
 from ..interfaces import GoneHost
 from .outbox import PgOutbox
 
@@ -72,8 +72,7 @@ class OffsetsOf:
         return self.outbox.fold_records(records, None if journal is None else self.prefix + journal, offset, start)
 
     def journal_offset(self, journal: str) -> int:
-        found = self.outbox.get_meta(self.prefix + journal)
-        return int(found) if found else 0
+        return offsets.parse(self.outbox.get_meta(self.prefix + journal))
 
     def forget_journal(self, journal: str) -> None:
-        self.outbox.set_meta(self.prefix + journal, None)
+        self.outbox.set_meta(self.prefix + journal, offsets.tombstone(time.time()))  # see store/offsets.py

@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .. import lanes, leases, newest, outbox_fold
+from .. import lanes, leases, newest, offsets, outbox_fold
 from ..interfaces import Row
 from ..newest import consent_in_force
 from ..outbox import counter_key
@@ -84,7 +84,7 @@ class PgOutbox(AdminQueries):
             conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (sql.fold_lock(self.db.schema),))
             if offset_key is not None and start is not None:
                 found = conn.execute(f"SELECT value FROM {self.s}.meta WHERE key = %s", (offset_key,)).fetchone()
-                if (int(found[0]) if found and found[0] else 0) != start:
+                if offsets.parse(found[0] if found else None) != start:
                     return False  # another folder took these lines (the advisory lock orders us)
             if records:
                 self._fold(conn, records, now)
@@ -120,11 +120,10 @@ class PgOutbox(AdminQueries):
             cur.executemany(self._sql["UPDATE_PENDING"], updates)
 
     def journal_offset(self, journal: str) -> int:
-        found = self.get_meta(self.journal_prefix + journal)
-        return int(found) if found else 0
+        return offsets.parse(self.get_meta(self.journal_prefix + journal))
 
     def forget_journal(self, journal: str) -> None:
-        self.set_meta(self.journal_prefix + journal, None)
+        self.set_meta(self.journal_prefix + journal, offsets.tombstone(time.time()))  # see store/offsets.py
 
     # --- the sender's path ---
     def claim_many(

@@ -9,7 +9,7 @@ tombstone. The hourly purge drops tombstones older than ``KEEP``.
 
 FORGOTTEN = "-1:"  # the tombstone's prefix; then the time it was written (seconds since the epoch)
 KEEP = 3600.0  # seconds a tombstone is kept: far longer than any fold in flight
-DONE = 1 << 62  # what a tombstone reads as: everything folded (a reader finds nothing to do)
+DONE = 1 << 40  # what a tombstone reads as: everything folded (a reader finds nothing to do; lseek takes it)
 
 
 def tombstone(now: float) -> str:

@@ -55,8 +55,8 @@ class Runtime:
         journal: Journal | None = None,
         host: "HostSide | None" = None,
     ):
-        """``host``: what this process's hooks already used in ``sender = "process"`` mode (its
-        journal and starter are taken over: one journal per process)."""
+        """``host``: what this process's hooks already used (:func:`host_side`: its journal and
+        starter are taken over, one journal per process)."""
         self.data_dir = data_dir
         if where is None:
             where = config.state_location(config.config_path())
@@ -93,12 +93,11 @@ def wake_threads() -> None:
     first time, a thread of ours builds them (opening the store, starting the workers takes
     milliseconds, and a store another process is writing may make it wait): never the host's
     request, whose hook has already recorded the event in the journal."""
-    global _builder
+    global _builder, _start_failed
     rt = _runtime
     if rt is not None:
         rt.worker.wake()
         return
-    global _start_failed
     failed, _start_failed = _start_failed, None
     with _lock:
         if _runtime is None and _builder is None:
@@ -172,17 +171,14 @@ def runtime() -> Runtime:
 
 
 def host_side() -> HostSide:
-    """The hook's view with ``sender = "process"`` (the full runtime's parts once it exists)."""
+    """The hook's view, in either mode: made first, before any runtime (:func:`runtime` takes its
+    journal and starter over)."""
     global _host
     if _host is None:
         with _lock:
             if _host is None:
-                rt = _runtime
-                if rt is not None:
-                    _host = HostSide(rt.journal, rt.starter)
-                else:
-                    data_dir = config.data_dir()
-                    _host = HostSide(Journal(data_dir), SenderStarter(data_dir))
+                data_dir = config.data_dir()
+                _host = HostSide(Journal(data_dir), SenderStarter(data_dir))
     return _host
 
 

@@ -84,6 +84,23 @@ def test_a_second_event_waits_while_the_first_for_that_email_is_in_flight(tmp_pa
     assert box.claim("b").client_id == "2"
 
 
+def test_the_rows_an_import_took_are_marked_delivered_with_one_commit(tmp_path):
+    box = Outbox(tmp_path)
+    for n in range(3):
+        add_event(box, contact(n), "e")
+    rows = box.claim_many("me", 3)
+    statements: list[str] = []
+    box._conn().set_trace_callback(statements.append)  # this thread's connection: the one delivered_many uses
+    box.delivered_many([(row.id, f"cid-{row.client_id}", "imported") for row in rows], now=50.0)
+    box.delivered_many([])  # nothing pushed: nothing written
+    box._conn().set_trace_callback(None)
+    assert statements.count("COMMIT") == 1, statements
+    for n in range(3):
+        (record,) = box.for_client(str(n))
+        assert (record["state"], record["contact_id"], record["outcome"]) == ("delivered", f"cid-{n}", "imported")
+    assert box.summary().counts == {"delivered": 3} and box.claim("me") is None
+
+
 def test_a_retried_row_merges_with_a_newer_pending_one(tmp_path):
     box = Outbox(tmp_path)
     add_event(box, contact(1, "x@example.com", first_name="Old", job_title="CEO"), "e")

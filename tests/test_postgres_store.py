@@ -137,6 +137,19 @@ def test_counters_meta_and_admin_queries_are_shared(store):
     assert a.purge(before=11.0) == 1 and a.known_emails() == [] and a.rows()[0]["contact"] is None
 
 
+def test_the_rows_an_import_took_are_marked_delivered_together_for_every_host(store):
+    a, _, _ = store("host-a")
+    b, _, _ = store("host-b")
+    for n in range(3):
+        add_event(a, contact(f"c{n}@x.com", str(n)), "client_created", now=100.0)
+    rows = a.claim_many("owner-a", 3)
+    a.delivered_many([(row.id, f"cid-{row.client_id}", "imported") for row in rows], now=200.0)
+    a.delivered_many([])
+    assert b.summary().counts == {"delivered": 3} and b.claim_many("owner-b", 3) == []
+    found = {r["client_id"]: (r["contact_id"], r["outcome"]) for n in range(3) for r in b.for_client(str(n))}
+    assert found == {str(n): (f"cid-{n}", "imported") for n in range(3)}
+
+
 def test_token_writes_are_compare_and_set(store):
     _, tokens_a, _ = store("host-a")
     _, tokens_b, _ = store("host-b")

@@ -122,14 +122,25 @@ class Delivery(MemorySends):
         retry = [(row, r.error) for row, r in zip(mine, results, strict=True) if r.error and _transient(r)]
         if retry:  # failed together (the API is down, the activity failed): one line, one time
             self._retry([row for row, _ in retry], who, str(retry[0][1]), retry[0][1].retry_after)
+        imported = []  # marked together: one commit for the batch, not one per contact
         for n, (row, contact, result) in enumerate(zip(mine, contacts, results, strict=True)):
             if _transient(result):
+                continue
+            if result.error is None and result.status == IMPORTED:
+                imported.append((row.id, result.contact_id, result.outcome or result.status))
                 continue
             named = f"client {payload.shown(row.client_id)} ({payload.mask_email(contact.email)})"
             pause = self._apply(row, named, contact, result, settings)
             if pause is not None:
+                self._imported(imported)
                 return pause, [r for r, res in zip(mine[n:], results[n:], strict=True) if not _transient(res)]
+        self._imported(imported)
         return None, []
+
+    def _imported(self, done: list[tuple[int, str | None, str]]) -> None:
+        if done:
+            self._said.pop("forbidden", None)  # privileges work (again): a new 403 is news
+            self.outbox.delivered_many(done)
 
     def _apply(
         self, row: Row, who: str, contact: payload.Contact, result: Result, settings: config.Settings

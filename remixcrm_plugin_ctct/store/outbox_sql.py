@@ -87,3 +87,8 @@ INSERT INTO events (email_key, client_id, other_clients, event, contact, state, 
 VALUES (?, ?, ?, ?, ?, 'pending', ?, ?, ?)
 """
 SET_META = "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value"
+
+DELIVERED = (
+    "UPDATE events SET state = 'delivered', contact_id = ?, outcome = ?, last_error = NULL, "
+    "lease_owner = NULL, lease_until = NULL, updated_at = ? WHERE id = ?"
+)

@@ -17,6 +17,7 @@ outbox's semantics (see :mod:`..outbox`), made safe for many writers on many mac
 import hashlib
 import json
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -200,11 +201,21 @@ class PgOutbox(AdminQueries):
         return row._replace(contact=contact)
 
     def delivered(self, row_id: int, contact_id: str | None, outcome: str, now: float | None = None) -> None:
-        self._x(
-            "UPDATE {s}.events SET state = 'delivered', contact_id = %s, outcome = %s, last_error = NULL, "
-            "lease_owner = NULL, lease_until = NULL, updated_at = %s WHERE id = %s",
-            (contact_id, outcome, time.time() if now is None else now, row_id),
-        )
+        self._x(sql.DELIVERED, (contact_id, outcome, time.time() if now is None else now, row_id))
+
+    def delivered_many(self, done: Sequence[tuple[int, str | None, str]], now: float | None = None) -> None:
+        """Rows pushed together, ``(row_id, contact_id, outcome)`` each: one transaction, and one
+        round trip (psycopg pipelines ``executemany``) instead of one per row."""
+        if not done:
+            return
+        at = time.time() if now is None else now
+        statement = sql.DELIVERED.format(s=self.s)
+
+        def mark(conn: Any) -> None:
+            with conn.cursor() as cur:
+                cur.executemany(statement, [(contact_id, outcome, at, row_id) for row_id, contact_id, outcome in done])
+
+        self.db.run(mark)
 
     def finished(self, row_id: int, state: str, outcome: str, now: float | None = None) -> None:
         self._x(

@@ -69,6 +69,10 @@ UPDATE {s}.events SET client_id = %s, event = coalesce(%s, event), other_clients
   created_at = least(created_at, %s), updated_at = %s
 WHERE id = %s
 """
+DELIVERED = (
+    "UPDATE {s}.events SET state = 'delivered', contact_id = %s, outcome = %s, last_error = NULL, "
+    "lease_owner = NULL, lease_until = NULL, updated_at = %s WHERE id = %s"
+)
 SET_META = "INSERT INTO {s}.meta (key, value) VALUES (%s, %s) ON CONFLICT (key) DO UPDATE SET value = excluded.value"
 BUMP = """
 INSERT INTO {s}.meta (key, value) VALUES (%s, '1')

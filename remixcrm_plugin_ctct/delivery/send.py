@@ -127,20 +127,16 @@ class Delivery(MemorySends):
             if _transient(result):
                 continue
             if result.error is None and result.status == IMPORTED:
+                self._said.pop("forbidden", None)  # privileges work (again): a new 403 is news
                 imported.append((row.id, result.contact_id, result.outcome or result.status))
                 continue
             named = f"client {payload.shown(row.client_id)} ({payload.mask_email(contact.email)})"
             pause = self._apply(row, named, contact, result, settings)
             if pause is not None:
-                self._imported(imported)
+                self.outbox.delivered_many(imported)
                 return pause, [r for r, res in zip(mine[n:], results[n:], strict=True) if not _transient(res)]
-        self._imported(imported)
+        self.outbox.delivered_many(imported)
         return None, []
-
-    def _imported(self, done: list[tuple[int, str | None, str]]) -> None:
-        if done:
-            self._said.pop("forbidden", None)  # privileges work (again): a new 403 is news
-            self.outbox.delivered_many(done)
 
     def _apply(
         self, row: Row, who: str, contact: payload.Contact, result: Result, settings: config.Settings

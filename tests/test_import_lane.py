@@ -4,6 +4,7 @@ fate reaches each client's row."""
 
 import json
 import re
+import sqlite3
 import threading
 import time
 
@@ -15,6 +16,7 @@ from remixcrm_plugin_ctct import flush, runtime
 from remixcrm_plugin_ctct.admin import cli
 from remixcrm_plugin_ctct.delivery.worker import WINDOW_ROUND_EVERY
 from remixcrm_plugin_ctct.sandbox import Sandbox
+from remixcrm_plugin_ctct.store.outbox import Outbox
 
 API = "https://api.cc.email/v3"
 IMPORT_URL = f"{API}/activities/contacts_json_import"
@@ -294,3 +296,26 @@ def test_a_hooks_wake_reaches_a_worker_held_by_a_pause_while_rows_wait_for_the_w
     pm.hook.on_client_created(client={"id": 1, "email": "yes@example.com", "email_opt_in": True})
     assert wait_until(lambda: [c["email"] for c in sandbox.calls] == ["yes@example.com"], 10, interval=0.01)
     assert time.monotonic() - started < 0.5, "the hook's wake was ignored: the pause lifted only on its 1 s look"
+
+
+def test_a_store_error_on_a_later_row_never_undoes_what_the_import_already_took(pm, write_config, mocked, monkeypatch):
+    # the import takes rows 1 and 3 and refuses row 2; recording row 2's fate fails once (a full
+    # disk): the contacts Constant Contact took stay delivered, never imported again
+    write_config(unknown_consent=None)
+    errors = ["line 2 (import_data[1]): 'two@example.com' is not a valid email address"]
+    _mock_import(mocked, {"activity_id": "act-1", "state": "completed", "activity_errors": errors})
+    real_dead, failed = Outbox.dead, []
+
+    def dead(self, row_id, error, now=None):
+        if not failed:
+            failed.append(row_id)
+            raise sqlite3.OperationalError("database or disk is full")
+        return real_dead(self, row_id, error, now)
+
+    monkeypatch.setattr(Outbox, "dead", dead)
+    for n, name in enumerate(["one", "two", "three"], 1):
+        pm.hook.on_client_created(client={"id": n, "email": f"{name}@example.com"})
+    flush(5)
+    states = {r["client_id"]: r["state"] for r in runtime.runtime().outbox.rows()}
+    assert failed and states["1"] == states["3"] == "delivered", states
+    assert states["2"] != "delivered"

@@ -122,20 +122,21 @@ class Delivery(MemorySends):
         retry = [(row, r.error) for row, r in zip(mine, results, strict=True) if r.error and _transient(r)]
         if retry:  # failed together (the API is down, the activity failed): one line, one time
             self._retry([row for row, _ in retry], who, str(retry[0][1]), retry[0][1].retry_after)
-        imported = []  # marked together: one commit for the batch, not one per contact
+        # the contacts the import took are marked first, together (one commit, not one each): a
+        # later row's failure, even a store error, cannot leave them to be imported again
+        imported = [(row, r) for row, r in zip(mine, results, strict=True) if r.error is None and r.status == IMPORTED]
+        if imported:
+            self._said.pop("forbidden", None)  # privileges work (again): a new 403 is news
+            self.outbox.delivered_many([(row.id, r.contact_id, r.outcome or r.status) for row, r in imported])
+        taken = {row.id for row, _ in imported}
         for n, (row, contact, result) in enumerate(zip(mine, contacts, results, strict=True)):
-            if _transient(result):
-                continue
-            if result.error is None and result.status == IMPORTED:
-                self._said.pop("forbidden", None)  # privileges work (again): a new 403 is news
-                imported.append((row.id, result.contact_id, result.outcome or result.status))
+            if _transient(result) or row.id in taken:
                 continue
             named = f"client {payload.shown(row.client_id)} ({payload.mask_email(contact.email)})"
             pause = self._apply(row, named, contact, result, settings)
             if pause is not None:
-                self.outbox.delivered_many(imported)
-                return pause, [r for r, res in zip(mine[n:], results[n:], strict=True) if not _transient(res)]
-        self.outbox.delivered_many(imported)
+                left = zip(mine[n:], results[n:], strict=True)
+                return pause, [r for r, res in left if not _transient(res) and r.id not in taken]
         return None, []
 
     def _apply(

@@ -19,14 +19,17 @@ from collections.abc import Callable
 
 from .. import forksafe
 from ..config import Settings
-from ..store.interfaces import TokenStore
+from ..store.interfaces import TokenConflict, TokenStore
 from ..store.tokens import TokenState, fingerprint
-from . import oauth
+from . import client, oauth
 
 log = logging.getLogger("remixcrm_plugin_ctct")
 
 PROACTIVE_MARGIN = 300.0  # refresh when the token expires within 5 minutes
 MIN_REFRESH_INTERVAL = 1.0  # never more than one token-endpoint call per second
+# the longest another holder's token call can be out: its lock may be lost meanwhile (its
+# connection dropped), and a refresh token it spent is then refused to us while its pair is coming
+IN_FLIGHT = client.CONNECT_TIMEOUT + client.READ_TIMEOUT + 5.0
 REAUTH_FIX = (
     "run `remixcrm-ctct login`, or paste a new access and refresh token in Settings → Integrations → Email Marketing"
 )
@@ -80,6 +83,8 @@ class TokenManager:
         self.store, self._clock, self._sleep = store, clock, sleep
         self._lock = threading.Lock()
         self._announced: str | None = None
+        self._my_call = 0.0  # the last refresh attempt this process recorded in the store
+        self._foreign: tuple[float, float] = (0.0, float("-inf"))  # another's attempt, when first seen here
         forksafe.after_fork_in_child(self._after_fork)
 
     def __repr__(self) -> str:
@@ -115,11 +120,17 @@ class TokenManager:
             if not refresh_token or not settings.client_id:
                 missing = "refresh_token" if not refresh_token else "client_id"
                 raise self._reauth(f"the access token is expired or unknown and there is no {missing} to refresh it")
+            if state.last_refresh_call not in (0.0, self._my_call, self._foreign[0]):
+                # another process's attempt: maybe still out if it is recent (its clock, not ours:
+                # the window is counted from when we first saw it, so a skewed clock cannot stretch it)
+                recent = self._clock() - state.last_refresh_call < IN_FLIGHT
+                self._foreign = (state.last_refresh_call, time.monotonic() if recent else float("-inf"))
             wait = state.last_refresh_call + MIN_REFRESH_INTERVAL - self._clock()
             if wait > 0:
                 self._sleep(wait)
             state = state.with_(last_refresh_call=self._clock())
             self.store.write(state)  # the attempt counts even if this process dies mid-call
+            self._my_call = state.last_refresh_call
             try:
                 tokens = oauth.refresh(settings.token_url, refresh_token, settings.client_id, settings.client_secret)
             except oauth.OAuthError as e:
@@ -128,8 +139,19 @@ class TokenManager:
                 latest = self.store.read()  # rotated by someone who did not take the lock (a login)?
                 if latest and latest.refresh_token != refresh_token and latest.access_token:
                     return latest.access_token
+                if time.monotonic() < self._foreign[1] + IN_FLIGHT:
+                    # another host's call with this refresh token may still be out (its lock was lost
+                    # mid-call): its new pair is coming; declaring it dead would ask for a needless login
+                    raise TokenUnavailable(
+                        f"token refresh refused ({e.error}) while another process's refresh may still be under way"
+                    ) from None
                 reason = f"Constant Contact refused the refresh token ({e})"
-                self.store.write(state.with_(needs_reauth=reason, reauth_credentials=_credentials(settings, state)))
+                try:
+                    self.store.write(state.with_(needs_reauth=reason, reauth_credentials=_credentials(settings, state)))
+                except TokenConflict:
+                    latest = self.store.read()
+                    if latest and latest.refresh_token != refresh_token and latest.access_token:
+                        return latest.access_token  # a new pair landed meanwhile
                 raise self._reauth(reason) from None
             new = state.with_(
                 access_token=tokens.access_token,
@@ -139,10 +161,29 @@ class TokenManager:
                 needs_reauth=None,
                 reauth_credentials="",
             )
-            self.store.write(new)  # saved before the new access token is used: never lose a rotated pair
+            kept = self._keep(new, refresh_token)  # saved before the new access token is used
         self._announced = None
+        if kept is not new:
+            return kept.access_token or tokens.access_token
         log.info("access token refreshed; it expires at %s", describe_expiry(new.expires_at))
         return tokens.access_token
+
+    def _keep(self, new: TokenState, spent: str) -> TokenState:
+        """Store the pair a refresh with ``spent`` returned: never lose a rotated pair. If another
+        process wrote meanwhile (its refresh overlapped ours when our lock was lost), ours still wins
+        unless the store now holds a different refresh token (a login, a pair pasted in Settings)."""
+        for _ in range(5):
+            try:
+                self.store.write(new)
+                return new
+            except TokenConflict:
+                latest = self.store.read()
+                if latest is not None and latest.refresh_token not in (spent, new.refresh_token):
+                    return latest
+                if latest is not None:  # keep the newest attempt time: the one-call-a-second rule
+                    new = new.with_(last_refresh_call=max(new.last_refresh_call, latest.last_refresh_call))
+        self.store.write(new)  # still changing: one last try, raising TokenConflict if it fails
+        return new
 
     def save_login(self, settings: Settings, tokens: oauth.Tokens) -> TokenState:
         """Store the tokens a login produced; they win over the config's current pair."""

@@ -150,8 +150,13 @@ class Budget(Protocol):
     def read(self) -> BudgetState: ...
 
 
+class TokenConflict(RuntimeError):
+    """The tokens changed since this thread read them: it must read again (never overwrite)."""
+
+
 class TokenStore(Protocol):
-    """The plugin's own copy of the OAuth tokens (rotating refresh tokens are single-use)."""
+    """The plugin's own copy of the OAuth tokens (rotating refresh tokens are single-use).
+    ``write`` may raise :class:`TokenConflict` (a store shared by hosts compares and sets)."""
 
     def read(self) -> "TokenState | None": ...
     def write(self, state: "TokenState") -> None: ...

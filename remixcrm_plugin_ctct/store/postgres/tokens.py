@@ -16,12 +16,11 @@ from contextlib import contextmanager
 from dataclasses import asdict
 from typing import Any
 
+from ..interfaces import TokenConflict
 from ..tokens import LOCK_TIMEOUT, TokenState
 from .connect import Database, transaction_lock
 
-
-class TokenConflict(RuntimeError):
-    """The tokens changed since this thread read them: it must read again (never overwrite)."""
+__all__ = ["PgTokenStore", "TokenConflict"]
 
 
 class PgTokenStore:

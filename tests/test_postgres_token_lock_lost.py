@@ -1,0 +1,120 @@
+"""A refresh that outlives its lock: the lock's connection dies while the token call is out.
+
+Rotating refresh tokens are single-use. Host A takes the token lock and calls the token endpoint;
+while the call is out, A's lock connection is dropped (PostgreSQL restarted, an admin's
+pg_terminate_backend, idle_in_transaction_session_timeout, a network blip), so the server lets go
+of the lock. Host B takes it, reads the pair A has not replaced yet and refreshes with the refresh
+token A just spent: invalid_grant. The valid pair A received must survive, and nobody may be told
+to log in again while it exists.
+"""
+
+import pytest
+from conftest import pg_sql
+
+from remixcrm_plugin_ctct import config
+from remixcrm_plugin_ctct.ctct import oauth, token_manager
+from remixcrm_plugin_ctct.ctct.token_manager import NeedsReauth, TokenManager, TokenUnavailable
+from remixcrm_plugin_ctct.store.postgres import open_store
+
+SETTINGS = config.Settings(
+    list_id="00000000-0000-0000-0000-000000000001",
+    access_token="access-0",
+    refresh_token="refresh-0",
+    client_id="app-key",
+    client_secret="app-secret",
+)
+
+
+class RotatingAuthz:
+    """Constant Contact's rotating refresh tokens: each refresh expires every earlier one."""
+
+    def __init__(self):
+        self.valid, self.n, self.calls, self.invalid_grants = "refresh-0", 0, 0, 0
+        self.during_call = None  # runs after the server rotated, before the answer reaches the caller
+
+    def refresh(self, token_url, refresh_token, client_id, client_secret):
+        self.calls += 1
+        if refresh_token != self.valid:
+            self.invalid_grants += 1
+            raise oauth.OAuthError("invalid_grant", "The refresh token is invalid or expired.", 400)
+        self.n += 1
+        self.valid = f"refresh-{self.n}"
+        tokens = oauth.Tokens(f"access-{self.n}", self.valid, 4_000_000_000.0, 86400.0)
+        during, self.during_call = self.during_call, None
+        if during is not None:
+            during()
+        return tokens
+
+
+def drop_lock_connection(url: str, name: str) -> None:
+    """The server ends the session holding the token lock (the one idle inside a transaction)."""
+    (ended,) = pg_sql(
+        url,
+        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+        "WHERE application_name = %s AND state = 'idle in transaction'",
+        (f"remixcrm-ctct {name}",),
+    )[0]
+    assert ended == 1
+
+
+@pytest.fixture
+def hosts(pg_schema, tmp_path, monkeypatch):
+    url, name = pg_schema
+    authz = RotatingAuthz()
+    monkeypatch.setattr(oauth, "refresh", authz.refresh)
+    opened = []
+
+    def host(data_dir: str) -> TokenManager:
+        box, tokens, _ = open_store(url, name, tmp_path / data_dir)
+        opened.append(box)
+        return TokenManager(tokens, sleep=lambda s: None)
+
+    yield url, name, authz, host
+    for box in opened:
+        box.close()
+
+
+def test_a_refresh_that_outlives_its_lock_keeps_the_new_pair_and_asks_nobody_to_log_in(hosts):
+    url, name, authz, host = hosts
+    a, b = host("host-a"), host("host-b")
+    outcome_b = []
+
+    def host_b_refreshes_meanwhile():
+        drop_lock_connection(url, name)
+        try:
+            outcome_b.append(b.access_token(SETTINGS))
+        except (NeedsReauth, TokenUnavailable) as e:
+            outcome_b.append(e)
+
+    authz.during_call = host_b_refreshes_meanwhile
+    assert a.access_token(SETTINGS) == "access-1"
+    assert authz.invalid_grants == 1  # b spent a's refresh token again: the race happened
+    # b was not told to log in again: a valid pair exists
+    assert not isinstance(outcome_b[0], NeedsReauth), outcome_b
+    # and the pair a received is the stored one, usable by every host
+    state = b.store.read()
+    assert state.refresh_token == authz.valid == "refresh-1"
+    assert state.needs_reauth is None
+    assert b.access_token(SETTINGS) == "access-1"
+
+
+def test_a_refresh_token_spent_by_a_host_that_then_died_still_asks_for_a_login(hosts, monkeypatch):
+    url, name, authz, host = hosts
+    a, b = host("host-a"), host("host-b")
+    outcome_b = []
+
+    def host_a_dies_and_b_refreshes():
+        drop_lock_connection(url, name)
+        try:
+            b.access_token(SETTINGS)
+        except (NeedsReauth, TokenUnavailable) as e:
+            outcome_b.append(e)
+        raise SystemExit  # a is gone before it could store its pair: that pair is lost for good
+
+    authz.during_call = host_a_dies_and_b_refreshes
+    with pytest.raises(SystemExit):
+        a.access_token(SETTINGS)
+    assert isinstance(outcome_b[0], TokenUnavailable)  # a's call might still have been under way
+    monkeypatch.setattr(token_manager, "IN_FLIGHT", 0.0)  # ... until it cannot be any more
+    with pytest.raises(NeedsReauth):
+        b.access_token(SETTINGS)

@@ -8,6 +8,8 @@ token A just spent: invalid_grant. The valid pair A received must survive, and n
 to log in again while it exists.
 """
 
+import time
+
 import pytest
 from conftest import pg_sql
 
@@ -64,10 +66,12 @@ def hosts(pg_schema, tmp_path, monkeypatch):
     monkeypatch.setattr(oauth, "refresh", authz.refresh)
     opened = []
 
-    def host(data_dir: str) -> TokenManager:
+    def host(data_dir: str, clock=time.time) -> TokenManager:
         box, tokens, _ = open_store(url, name, tmp_path / data_dir)
         opened.append(box)
-        return TokenManager(tokens, sleep=lambda s: None)
+        manager = TokenManager(tokens, clock=clock, sleep=lambda s: manager.slept.append(s))
+        manager.slept = []
+        return manager
 
     yield url, name, authz, host
     for box in opened:
@@ -118,3 +122,12 @@ def test_a_refresh_token_spent_by_a_host_that_then_died_still_asks_for_a_login(h
     monkeypatch.setattr(token_manager, "IN_FLIGHT", 0.0)  # ... until it cannot be any more
     with pytest.raises(NeedsReauth):
         b.access_token(SETTINGS)
+
+
+def test_a_host_whose_clock_runs_ahead_never_makes_another_wait_with_the_lock_held(hosts):
+    _, _, authz, host = hosts
+    ahead = host("host-a", clock=lambda: time.time() + 3600)  # its clock is an hour fast
+    b = host("host-b")
+    assert ahead.access_token(SETTINGS) == "access-1"  # its attempt is stamped an hour ahead
+    assert b.after_unauthorized(SETTINGS, "access-1") == "access-2"  # a 401 on host b
+    assert all(s <= 1.0 for s in b.slept), b.slept  # the one-call-a-second rule waits a second at most

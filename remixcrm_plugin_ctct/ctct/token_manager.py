@@ -125,7 +125,8 @@ class TokenManager:
                 # the window is counted from when we first saw it, so a skewed clock cannot stretch it)
                 recent = self._clock() - state.last_refresh_call < IN_FLIGHT
                 self._foreign = (state.last_refresh_call, time.monotonic() if recent else float("-inf"))
-            wait = state.last_refresh_call + MIN_REFRESH_INTERVAL - self._clock()
+            # at most one interval: the last attempt may carry another host's clock, running ahead
+            wait = min(MIN_REFRESH_INTERVAL, state.last_refresh_call + MIN_REFRESH_INTERVAL - self._clock())
             if wait > 0:
                 self._sleep(wait)
             state = state.with_(last_refresh_call=self._clock())

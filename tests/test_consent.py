@@ -158,3 +158,37 @@ def test_consent_already_pushed_is_not_reused_by_a_later_event_without_consent(p
     pm.hook.on_lead_converted(lead={"id": 9}, client={"id": 2, "email": "Ada@example.com", "first_name": "Ada"})
     assert drained()
     assert permission(sandbox, "ada@example.com") == "unsubscribed"
+
+
+def test_an_opt_out_after_a_waiting_consent_is_not_undone_by_a_mirror_a_minute_old(pm, write_config, sandbox):
+    """Bo gave consent in RemixCRM an hour ago; the push waited (the daily quota, retries, the
+    sender down). Bo has since unsubscribed through a link in a mail, just after the mirror's last
+    pass: the mirror, trusted for a minute, does not know yet. sign_up_form would re-subscribe Bo
+    on the strength of a consent the person has withdrawn since."""
+    sandbox.api.seed_contact("bo@example.com")
+    guarded(write_config, sandbox)
+    rt = dispatch.runtime()
+    pm.hook.on_client_created(client={"id": 1, "email": "al@example.com", "email_opt_in": True})
+    assert drained()  # the mirror is synced: trusted for a minute
+    rt.outbox.set_meta("quota_paused_until", "9999999999")  # Bo's push waits
+    pm.hook.on_client_created(client={"id": 2, "email": "Bo@Example.com", "email_opt_in": True})
+    rt.journal.fold_into(rt.outbox)
+    conn = rt.outbox.connections.get()
+    with rt.outbox.write_lock:  # the consent is an hour old
+        conn.execute("UPDATE events SET created_at = created_at - 3600 WHERE client_id = '2'")
+    sandbox.api.unsubscribe("bo@example.com")  # after the consent, after the mirror's pass
+    rt.outbox.set_meta("quota_paused_until", None)
+    rt.worker.pauses.lift()
+    assert drained()
+    assert permission(sandbox, "bo@example.com") == "unsubscribed"
+    assert [c for c in sandbox.calls if c.get("email") == "bo@example.com"] == []
+    (row,) = outbox_admin.for_client(rt.outbox, "2")
+    assert row["state"] == "skipped" and "unsubscribed" in row["outcome"]
+
+
+def test_a_prompt_consent_costs_no_lookup(pm, write_config, sandbox):
+    guarded(write_config, sandbox)
+    pm.hook.on_client_created(client={"id": 1, "email": "al@example.com", "email_opt_in": True})
+    pm.hook.on_client_created(client={"id": 2, "email": "cy@example.com", "email_opt_in": True})
+    assert drained()
+    assert [r for r in sandbox.seen if "email=" in r.query] == []

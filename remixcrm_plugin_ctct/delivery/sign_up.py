@@ -71,7 +71,9 @@ class SignUp:
                 # them (sign_up_form would re-subscribe or restore), and knowing costs no lookup;
                 # except someone who opted in again in RemixCRM *after* unsubscribing
                 given = consent_at if contact.email_opt_in is True else None
-                why = self.suppression.why_not([contact.email], settings, call, given).get(contact.email.lower())
+                why = self.suppression.why_not([contact.email], settings, call, given, self.clock()).get(
+                    contact.email.lower()
+                )
                 if why is not None:
                     return Result("skipped", outcome=why)
             verdict = None

@@ -32,11 +32,19 @@ class SuppressionCheck:
         self.mirror = mirror
 
     def why_not(
-        self, emails: Iterable[str], settings: config.Settings, call: Callable, consent_at: float | None = None
+        self,
+        emails: Iterable[str],
+        settings: config.Settings,
+        call: Callable,
+        consent_at: float | None = None,
+        now: float | None = None,
     ) -> dict[str, str]:
         """{lower-cased email: why it is not sent} for those of ``emails`` that are suppressed.
         ``consent_at``: when the person gave the consent this push carries (``email_opt_in =
         True``); an opt-out *older* than that consent was overruled by the person themselves.
+        A consent older than the mirror's trust (``MIRROR_MAX_AGE``: the push waited) is checked
+        against Constant Contact itself, one lookup each: an opt-out after it, but after the
+        mirror's last pass, is otherwise unknown, and sign_up_form would re-subscribe the person.
         Raises the mirror sync's ApiError (the send fails as its own request would have)."""
         if self.mirror is None:
             return {}
@@ -51,6 +59,10 @@ class SuppressionCheck:
             # the import has no lookup of its own: sent unchecked, it would revive deleted contacts
             log.warning("cannot read the suppression mirror (%s); looking each contact up instead", e)
             known = _looked_up(emails, call)
+        else:
+            now = time.time() if now is None else now
+            if consent_at is not None and now - consent_at > MIRROR_MAX_AGE:
+                known.update(_looked_up(emails, call))  # today's truth; the mirror's facts stay too
         found = {}
         for key, suppression in known.items():
             if suppression.reason == "deleted":

@@ -131,3 +131,24 @@ def test_a_host_whose_clock_runs_ahead_never_makes_another_wait_with_the_lock_he
     assert ahead.access_token(SETTINGS) == "access-1"  # its attempt is stamped an hour ahead
     assert b.after_unauthorized(SETTINGS, "access-1") == "access-2"  # a 401 on host b
     assert all(s <= 1.0 for s in b.slept), b.slept  # the one-call-a-second rule waits a second at most
+
+
+def test_a_frozen_holder_of_the_token_lock_lets_go_within_its_bound(pg_schema, tmp_path, monkeypatch):
+    """A process frozen while it holds the token lock (SIGSTOP, a paused VM, a deadlock) keeps its
+    connection open: its kernel still answers keepalives. Its transaction must not hold the lock
+    for ever, or no host could refresh the token again (every send stops within 24 h)."""
+    url, name = pg_schema
+    box_a, tokens_a, _ = open_store(url, name, tmp_path / "host-a")
+    box_b, tokens_b, _ = open_store(url, name, tmp_path / "host-b")
+    try:
+        monkeypatch.setattr("remixcrm_plugin_ctct.store.postgres.tokens.LOCK_HOLD", 0.5)
+        frozen = tokens_a.lock()
+        frozen.__enter__()  # and never leaves: the process froze
+        monkeypatch.setattr("remixcrm_plugin_ctct.store.postgres.tokens.LOCK_HOLD", 60.0)
+        started = time.monotonic()
+        with tokens_b.lock():  # waits at most LOCK_TIMEOUT (60 s) for the lock
+            pass
+        assert time.monotonic() - started < 30
+    finally:
+        box_a.close()
+        box_b.close()

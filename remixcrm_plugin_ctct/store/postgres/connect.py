@@ -157,10 +157,13 @@ class Database:
 
 
 @contextmanager
-def transaction_lock(db: Database, key: str, timeout: float) -> Iterator[None]:
+def transaction_lock(db: Database, key: str, timeout: float, hold: float) -> Iterator[None]:
     """Hold ``pg_advisory_xact_lock(key)`` for the block, in a transaction of its own connection
     (released by COMMIT, or by the server if this process dies: never a session lock, which
-    would strand behind PgBouncer's transaction pooling). Waits at most ``timeout`` seconds."""
+    would strand behind PgBouncer's transaction pooling). Waits at most ``timeout`` seconds; the
+    server ends the transaction once it has sat idle ``hold`` seconds (the connection sits idle
+    through the whole block): a holder that froze — SIGSTOP, a paused VM, a deadlock — keeps its
+    socket open and its kernel answers keepalives, so nothing else would ever let go."""
     conn = db.connect()
     psycopg = _driver(db)
     try:
@@ -168,6 +171,7 @@ def transaction_lock(db: Database, key: str, timeout: float) -> Iterator[None]:
         tx.__enter__()
         try:
             conn.execute(f"SET LOCAL lock_timeout = '{int(timeout * 1000)}ms'")
+            conn.execute(f"SET LOCAL idle_in_transaction_session_timeout = '{max(1, int(hold * 1000))}ms'")
             conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (key,))
         except psycopg.Error as e:
             tx.__exit__(None, None, None)

@@ -22,6 +22,10 @@ from .connect import Database, transaction_lock
 
 __all__ = ["PgTokenStore", "TokenConflict"]
 
+# seconds the token lock may be held: a refresh takes one token call (connect + read timeouts,
+# about 13 s) and a second's wait; a holder frozen longer loses the lock (see ctct/token_manager.py)
+LOCK_HOLD = 60.0
+
 
 class PgTokenStore:
     def __init__(self, db: Database):
@@ -34,7 +38,7 @@ class PgTokenStore:
 
     @contextmanager
     def lock(self) -> Iterator[None]:
-        with transaction_lock(self.db, f"remixcrm_ctct:tokens:{self.db.schema}", LOCK_TIMEOUT):
+        with transaction_lock(self.db, f"remixcrm_ctct:tokens:{self.db.schema}", LOCK_TIMEOUT, LOCK_HOLD):
             yield
 
     def read(self) -> TokenState | None:

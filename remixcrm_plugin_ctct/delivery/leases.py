@@ -3,7 +3,7 @@ waiting for another process, a slow API) never lets another process take a row m
 
 import logging
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 
 from ..store.interfaces import Outbox
@@ -12,8 +12,10 @@ log = logging.getLogger("remixcrm_plugin_ctct")
 
 
 class LeaseKeeper:
-    def __init__(self, outbox: Outbox):
+    def __init__(self, outbox: Outbox, also: Callable[[], Iterable[int]] = tuple):
+        """``also``: more rows to keep (pushed, their outcome not recorded yet: :mod:`.unrecorded`)."""
         self.outbox = outbox
+        self.also = also
         self._cond = threading.Condition()
         self._ids: set[int] = set()
         self._thread: threading.Thread | None = None  # the keeper in office; any other one leaves
@@ -57,7 +59,7 @@ class LeaseKeeper:
                 self._cond.wait_for(lambda: self._thread is not me, timeout=every)
                 if self._thread is not me:
                     return
-                ids = sorted(self._ids)
+                ids = sorted(self._ids.union(self.also()))
             if ids:
                 try:
                     self.outbox.renew(owner, ids, self.outbox.lease_seconds)

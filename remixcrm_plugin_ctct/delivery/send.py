@@ -25,6 +25,7 @@ from .pauses import Pause
 from .send_memory import MemorySends
 from .sign_up import QuotaUsedUp, Result, SignUp
 from .suppression import Mirror, SuppressionCheck
+from .unrecorded import Unrecorded
 
 log = logging.getLogger("remixcrm_plugin_ctct")
 
@@ -53,6 +54,8 @@ class Delivery(MemorySends):
         self.importing = Importing(self.calls, suppression, clock, custom_fields)
         self._quota_said = False
         self._said: dict = {}  # causes already logged as ERROR (setdefault: one thread wins)
+        # pushes made whose outcome the outbox could not record yet: recorded later, never sent again
+        self.unrecorded = Unrecorded()
 
     def signature(self) -> tuple:
         """What, when changed, may have fixed a pause: the config file, the token store."""
@@ -127,7 +130,7 @@ class Delivery(MemorySends):
         imported = [(row, r) for row, r in zip(mine, results, strict=True) if r.error is None and r.status == IMPORTED]
         if imported:
             self._said.pop("forbidden", None)  # privileges work (again): a new 403 is news
-            self.outbox.delivered_many([(row.id, r.contact_id, r.outcome or r.status) for row, r in imported])
+            self._delivered([(row.id, r.contact_id, r.outcome or r.status) for row, r in imported], who, many=True)
         taken = {row.id for row, _ in imported}
         for n, (row, contact, result) in enumerate(zip(mine, contacts, results, strict=True)):
             if _transient(result) or row.id in taken:
@@ -151,7 +154,7 @@ class Delivery(MemorySends):
             return None
         if result.error is None:
             self._said.pop("forbidden", None)  # privileges work (again): a new 403 is news
-            self.outbox.delivered(row.id, result.contact_id, result.outcome or result.status)
+            self._delivered([(row.id, result.contact_id, result.outcome or result.status)], who)
             if result.status != IMPORTED:  # an import says it once for all its contacts
                 log.info(
                     "%s %s contact %s in list %s (%s)",
@@ -184,6 +187,24 @@ class Delivery(MemorySends):
             "%s not sent, given up: Constant Contact answered %s.%s", who, err, f" Fix: {err.fix}" if err.fix else ""
         )
         return None
+
+    def _delivered(self, done: list[tuple[int, str | None, str]], who: str, many: bool = False) -> None:
+        """Mark rows Constant Contact took as delivered. The push happened whatever the outbox
+        says now: if it cannot record that (a full disk), the rows stay leased to us and are
+        recorded later (:mod:`.unrecorded`), never sent again."""
+        try:
+            if many:
+                self.outbox.delivered_many(done)
+            else:
+                self.outbox.delivered(*done[0])
+        except Exception as e:
+            self.unrecorded.add(done)
+            log.error(
+                "%s reached Constant Contact, but the outbox could not record it (%s); it is recorded as soon as "
+                "the outbox takes writes again, and not sent again (fix the disk: full or read-only?)",
+                who,
+                e,
+            )
 
     def _retry(self, rows: list[Row], who: str, error: str, retry_after: str | None) -> None:
         """Back to pending, all at one time (so rows that failed together go out together again),

@@ -81,7 +81,9 @@ class Steps:
                 log.exception(
                     "an import of %d row(s) hit an unexpected error; tried again in %.0f s", len(rows), ERROR_RETRY
                 )
-                for row_id in self.outbox.renew(owner, ids):  # only rows not already filed
+                pushed = getattr(self.sender, "unrecorded", None)  # pushed, to be recorded: never sent again
+                kept = set() if pushed is None else pushed.ids()
+                for row_id in self.outbox.renew(owner, ids) - kept:  # only rows not already filed
                     self.outbox.retry_later(
                         row_id, time.time() + ERROR_RETRY, "unexpected error in the plugin (see the log)"
                     )

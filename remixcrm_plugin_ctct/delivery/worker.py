@@ -59,6 +59,9 @@ class Worker:
         self.pacer = FoldPacer(journal) if journal is not None else None
         self.housekeeper = housekeeper or Housekeeper(outbox)
         self.workers, self.exit_budget, self.memory_limit = workers, exit_budget, memory_limit
+        # pushes whose outcome the outbox could not record yet (delivery.unrecorded); None for a
+        # sender that keeps no such list
+        self.unrecorded = getattr(sender, "unrecorded", None)
         self._atexit_registered = False
         self._reset()
         # in a forked child every lock, condition, thread and the owner id are made anew: a parent
@@ -71,7 +74,7 @@ class Worker:
         self._wake = threading.Event()
         self.memory = MemoryLane(self.memory_limit)
         self.inflight = InFlight()
-        self.leases = LeaseKeeper(self.outbox)
+        self.leases = LeaseKeeper(self.outbox, also=self._unrecorded_ids)
         self.pauses = PauseSwitch(self.sender.shared_pause)
         self._threads: list[threading.Thread] = []
         self.stopping = threading.Event()
@@ -185,11 +188,27 @@ class Worker:
             if t is not threading.current_thread():
                 t.join(max(0.0, deadline - time.monotonic()))
         try:
-            released = self.outbox.release(self.owner)
+            self._record_unrecorded()
+        except Exception:  # still not: those stay leased, and go out again with the next run
+            log.error(
+                "exiting: %d event(s) reached Constant Contact but the outbox could not record it; "
+                "the next run sends them again",
+                len(self.unrecorded or ()),
+            )
+        try:
+            released = self.outbox.release(self.owner, keep=self._unrecorded_ids())
         except Exception:
             released = 0
         self._closed = True  # its outbox may be closed and its data dir gone: nothing more at exit
         return released + self.memory_left()
+
+    def _unrecorded_ids(self) -> set[int]:
+        return set() if self.unrecorded is None else self.unrecorded.ids()
+
+    def _record_unrecorded(self) -> None:
+        """Mark delivered what was pushed but not recorded (raises while the outbox cannot)."""
+        if self.unrecorded is not None and len(self.unrecorded):
+            self.unrecorded.record(self.outbox)
 
     def memory_left(self) -> int:
         return len(self.memory) + self.inflight.memory
@@ -224,7 +243,7 @@ class Worker:
                 busy = self._step()
             except (OSError, sqlite3.Error) as e:  # the disk, not a bug: memory events still go out
                 self.steps.outbox_trouble(e)
-                busy = bool(len(self.memory))
+                busy = bool(len(self.memory)) or bool(self._unrecorded_ids())
                 self._wait(self.memory.wait_for(IDLE_POLL))
             except Exception:  # never let a worker die silently; the row's lease will expire
                 log.exception("the outbox sender hit an unexpected error; it carries on")
@@ -238,7 +257,7 @@ class Worker:
 
     def _leave_if_idle(self) -> bool:
         with self._lock:
-            if self._wake.is_set() or len(self.memory) or self.stopping.is_set():
+            if self._wake.is_set() or len(self.memory) or self.stopping.is_set() or self._unrecorded_ids():
                 return False  # an event arrived meanwhile
             self._threads.remove(threading.current_thread())
             if not self._threads:
@@ -267,6 +286,8 @@ class Worker:
             if wait > 0:  # only the import window is awaited: a hook's wake is no reason for a round
                 self._wait(wait)
                 return True
+        # before any claim: a row pushed whose outcome could not be recorded is recorded, never sent again
+        self._record_unrecorded()  # raises while the outbox cannot take it: _run waits, memory events go on
         self._round_at, self._window_until = time.monotonic(), None
         with self.inflight.step():  # before the claim, so flush() never sees a row in between
             folding = self.pacer is not None and not self._exiting and not self.folds_paused

@@ -20,7 +20,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from pathlib import Path
 
 from .. import forksafe
@@ -265,10 +265,11 @@ class Outbox(AdminQueries):
                     )
                     conn.execute("DELETE FROM events WHERE id = ?", (row_id,))
 
-    def release(self, owner: str) -> int:
+    def release(self, owner: str, keep: Collection[int] = ()) -> int:
         """Hand back every row this owner still leases (a process exiting), without counting
         the attempt. Returns how many."""
         rows = self._query("SELECT id FROM events WHERE state = 'sending' AND lease_owner = ?", (owner,))
+        rows = [row for row in rows if row[0] not in keep]
         for (row_id,) in rows:
             self.retry_later(row_id, time.time(), None, count_attempt=False)
         return len(rows)

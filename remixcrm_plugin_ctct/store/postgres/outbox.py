@@ -17,7 +17,7 @@ outbox's semantics (see :mod:`..outbox`), made safe for many writers on many mac
 import hashlib
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -268,8 +268,9 @@ class PgOutbox(AdminQueries):
 
         self.db.run(retry)
 
-    def release(self, owner: str) -> int:
+    def release(self, owner: str, keep: Collection[int] = ()) -> int:
         rows = self._q("SELECT id FROM {s}.events WHERE state = 'sending' AND lease_owner = %s", (owner,))
+        rows = [row for row in rows if row[0] not in keep]
         for (row_id,) in rows:
             self.retry_later(row_id, time.time(), None, count_attempt=False)
         return len(rows)

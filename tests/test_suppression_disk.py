@@ -55,3 +55,17 @@ def test_a_mirror_that_cannot_be_updated_is_still_read():
     found = SuppressionCheck(StaleButReadable()).why_not(["gone@example.com", "new@example.com"], SETTINGS, call)
     assert found == {"gone@example.com": SUPPRESSED_DELETED}
     assert call.asked == []  # what the mirror holds is used: no lookup per contact
+
+
+def test_a_disk_that_stays_unusable_is_warned_about_once_a_minute_not_once_per_send(caplog):
+    """Review (field): with a read-only data dir every event kept in memory logged two WARNINGs
+    of its own (20,000 lines for a lane of 10,000), where the contract is one line a minute."""
+    check, now = SuppressionCheck(FullDisk()), [1000.0]
+    check.clock = lambda: now[0]
+    for _ in range(50):
+        assert check.why_not(["gone@example.com"], SETTINGS, Lookups()) == {"gone@example.com": SUPPRESSED_DELETED}
+    said = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(said) == 2, said  # "cannot update" and "cannot read", once each
+    now[0] += 61  # a minute later, still broken: said again
+    check.why_not(["gone@example.com"], SETTINGS, Lookups())
+    assert len([r for r in caplog.records if r.levelname == "WARNING"]) == 4

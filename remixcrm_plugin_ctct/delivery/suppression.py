@@ -14,6 +14,7 @@ from .mirror import classify
 log = logging.getLogger("remixcrm_plugin_ctct")
 
 MIRROR_MAX_AGE = 60.0  # seconds a mirror sync is trusted before the next send brings it up to date
+DISK_WARN_EVERY = 60.0  # seconds between warnings about a mirror the disk keeps us from using (not one per send)
 SUPPRESSED_UNSUBSCRIBED = f"{consent.UNSUBSCRIBED} (suppression mirror)"
 SUPPRESSED_DELETED = f"{consent.DELETED} (suppression mirror; restore_deleted = true restores)"
 
@@ -30,6 +31,8 @@ class Mirror(Protocol):
 class SuppressionCheck:
     def __init__(self, mirror: Mirror | None = None):
         self.mirror = mirror
+        self.clock: Callable[[], float] = time.monotonic
+        self._warned_at: dict[str, float] = {}  # what was said -> when (a full disk fails every send)
 
     def why_not(
         self,
@@ -52,12 +55,12 @@ class SuppressionCheck:
         try:
             self.mirror.refresh(call, max_age=MIRROR_MAX_AGE)
         except (OSError, sqlite3.Error) as e:  # the disk (full, read-only): what it holds still counts
-            log.warning("cannot update the suppression mirror (%s); using what it holds", e)
+            self._warn("cannot update the suppression mirror (%s); using what it holds", e)
         try:
             known = self.mirror.filter(emails)
         except (OSError, sqlite3.Error) as e:
             # the import has no lookup of its own: sent unchecked, it would revive deleted contacts
-            log.warning("cannot read the suppression mirror (%s); looking each contact up instead", e)
+            self._warn("cannot read the suppression mirror (%s); looking each contact up instead", e)
             known = _looked_up(emails, call)
         else:
             now = time.time() if now is None else now
@@ -71,6 +74,13 @@ class SuppressionCheck:
             elif consent_at is None or suppression.at >= consent_at:
                 found[key] = SUPPRESSED_UNSUBSCRIBED
         return found
+
+    def _warn(self, text: str, error: Exception) -> None:
+        """One WARNING per kind a minute: while the disk stays full or read-only, every send meets it."""
+        now = self.clock()
+        if now - self._warned_at.get(text, float("-inf")) >= DISK_WARN_EVERY:
+            self._warned_at[text] = now  # (two threads at once may both say it: harmless)
+            log.warning(text, error)
 
 
 def _looked_up(emails: list[str], call: Callable) -> dict[str, Any]:

@@ -168,9 +168,19 @@ def an_id(raw, lead_of: str | None = None) -> str:
 def opt_in_from(value) -> tuple[bool | None, bool]:
     """``email_opt_in`` as (True | False | None for unknown, understood). Booleans; the numbers
     1/0; the words true/false, yes/no, y/n, on/off, t/f, 1/0 (any case, stripped); None or ""
-    mean unknown. Anything else is not understood and is unknown: never read as consent."""
+    mean unknown. Anything else is not understood and is unknown: never read as consent.
+    A NumPy scalar (a host whose records pass through pandas) counts as its plain value:
+    ``numpy.bool_(False)`` is a "no", and read as unknown it would be imported."""
     if value is True or value is False or value is None:
         return value, True
+    if type(value).__module__ == "numpy":
+        try:
+            plain = value.item()
+        except Exception:
+            return None, False
+        if type(plain) in (bool, int, float):
+            return opt_in_from(plain)
+        return None, False
     if isinstance(value, (bytes, bytearray)):
         value = bytes(value).decode("latin-1")
     if isinstance(value, str):

@@ -169,6 +169,32 @@ def test_an_email_opt_in_that_means_neither_is_unknown_with_one_warning(caplog, 
     assert f"email_opt_in is a {type(opt_in).__name__} " in message and "set it to true or false" in message
 
 
+class _NumpyBool:
+    """What pandas hands over for a boolean column: numpy.bool_ is no bool and no numbers.Number."""
+
+    __module__ = "numpy"
+
+    def __init__(self, value):
+        self.value = value
+
+    def item(self):
+        return self.value
+
+    def __bool__(self):
+        return self.value
+
+
+_NumpyBool.__name__ = "bool_"
+
+
+@pytest.mark.parametrize("plain, kept", [(False, False), (True, True), (0, False), (1.0, True), (2, None)])
+def test_a_numpy_scalar_counts_as_its_plain_value(caplog, plain, kept):
+    """A "no" from a pandas-backed host must stay a no: read as unknown, it would be imported."""
+    caplog.set_level(logging.WARNING)
+    assert contact_from_client({**FULL, "email_opt_in": _NumpyBool(plain)}).email_opt_in is kept
+    assert len(caplog.records) == (1 if kept is None else 0)
+
+
 def test_a_declined_client_without_a_valid_email_is_skipped_as_declined_whatever_the_spelling():
     result = contact_from_client({"id": 8, "email": "nope", "email_opt_in": "no"})
     assert isinstance(result, Skipped) and result.level == logging.INFO and "declined" in result.reason

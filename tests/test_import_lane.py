@@ -319,3 +319,30 @@ def test_a_store_error_on_a_later_row_never_undoes_what_the_import_already_took(
     states = {r["client_id"]: r["state"] for r in runtime.runtime().outbox.rows()}
     assert failed and states["1"] == states["3"] == "delivered", states
     assert states["2"] != "delivered"
+
+
+def test_a_shared_store_out_of_reach_during_an_import_is_retried_like_a_push(
+    pm, write_config, sandbox, monkeypatch, logs
+):
+    """The tokens live in the shared store: out of reach (PostgreSQL restarting), the import is
+    retried with that reason, as a single push would be, not logged as a bug in the plugin."""
+    from remixcrm_plugin_ctct.delivery import retry_policy
+    from remixcrm_plugin_ctct.delivery.importing import Importing
+    from remixcrm_plugin_ctct.store.interfaces import StoreUnavailable
+
+    monkeypatch.setattr(retry_policy, "BASE_DELAY", 0.01)
+    real_send, failed = Importing.send, []
+
+    def send(self, *args, **kwargs):
+        if not failed:
+            failed.append(1)
+            raise StoreUnavailable("postgresql://db/remixcrm: server closed the connection")
+        return real_send(self, *args, **kwargs)
+
+    monkeypatch.setattr(Importing, "send", send)
+    default_lanes(write_config, sandbox)
+    pm.hook.on_client_created(client={"id": 1, "email": "later@example.com"})
+    assert flush(30, retries=True)
+    assert failed and permission(sandbox, "later@example.com") == "implicit"
+    assert not [r for r in logs.records if "unexpected error" in r.getMessage()]
+    assert any("server closed the connection" in r.getMessage() for r in logs.records)

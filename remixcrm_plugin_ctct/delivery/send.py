@@ -115,7 +115,7 @@ class Delivery(MemorySends):
             results = self.importing.send(contacts, settings, wait) if mine else []
         except NeedsReauth:
             return self._pause_until_changed("Constant Contact needs re-authorisation"), mine
-        except TokenUnavailable as e:
+        except (TokenUnavailable, StoreUnavailable) as e:  # as for one push: retried, no traceback
             self._retry(mine, who, str(e), None)
             return None, []
         except QuotaUsedUp:

@@ -92,6 +92,28 @@ def test_a_lease_of_a_host_that_died_expires_and_another_host_takes_the_row(stor
     assert b.take("owner-b", again) is not None
 
 
+def test_a_host_whose_clock_runs_ahead_never_takes_back_a_row_another_host_is_sending(store):
+    """Leases last seconds and are renewed every few: judged on each host's own clock, a host half a
+    minute fast (a VM without NTP) would take rows still being sent elsewhere and send them twice.
+    They are written and compared on the database server's clock."""
+    a, _, _ = store("host-a")
+    b, _, _ = store("host-b")
+    b.clock = lambda: time.time() + 30
+    add_event(a, contact("x@example.com"), "client_created")
+    (row,) = a.claim_many("owner-a", 4)
+    pg_sql(a.db.url, f'UPDATE "{a.db.schema}".owners SET machine = %s', ("another-machine",))  # pids unknowable
+    b._leases_checked_at = float("-inf")
+    assert b.claim_many("owner-b", 4, now=b.clock()) == []
+    assert b.due_count(now=b.clock()) == 0
+    assert b.next_due_at() > b.clock()  # the lease's end, told on b's own clock
+    assert a.take("owner-a", row) is not None  # still a's to send
+    # a lease that really ran out is taken back by the fast host all the same
+    pg_sql(a.db.url, f'UPDATE "{a.db.schema}".events SET lease_until = lease_until - 3600')
+    b._leases_checked_at = float("-inf")
+    (again,) = b.claim_many("owner-b", 4, now=b.clock())
+    assert again.id == row.id
+
+
 def test_a_dead_process_on_this_machine_loses_its_leases_at_once(store):
     a, _, _ = store("host-a")
     add_event(a, contact("y@example.com"), "client_created")

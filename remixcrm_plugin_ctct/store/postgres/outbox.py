@@ -33,6 +33,7 @@ LEASE_SECONDS = 10.0
 LIVE_HOLDER_GRACE = 60.0  # an expired lease still keeps its email's newer row waiting this long (unless reclaimed)
 LEASE_CHECK_EVERY = 2.0  # seconds between looks for expired leases
 HOST_SEEN_EVERY = 60.0  # seconds between notes that this host is active (for `check`)
+SERVER_CLOCK_EVERY = 60.0  # seconds between readings of the database server's clock (see _server_skew)
 
 
 class PgOutbox(AdminQueries):
@@ -49,6 +50,8 @@ class PgOutbox(AdminQueries):
         self.journal_prefix = "journal:" + hashlib.sha256(self.host.encode()).hexdigest()[:16] + ":"
         self._leases_checked_at = float("-inf")
         self._seen_at = float("-inf")
+        self.clock = time.time  # this host's clock (a test sets one that runs ahead)
+        self._skew, self._skew_read_at = 0.0, float("-inf")
 
     def __repr__(self) -> str:
         return f"PgOutbox({self.db.where!r})"
@@ -69,6 +72,18 @@ class PgOutbox(AdminQueries):
 
     def _x(self, statement: str, args: Any = ()) -> int:
         return self.db.run(lambda c: c.execute(statement.format(s=self.s), args).rowcount)
+
+    def _server_skew(self) -> float:
+        """Seconds the database server's clock is ahead of this host's. Leases are written and
+        compared on the server's clock: a lease lasts seconds and is renewed every few, so a host
+        whose clock ran a few seconds ahead of another's would take back rows that host is still
+        sending, and send them twice. Read once a minute; the round trip's midpoint is the host's time."""
+        mono = time.monotonic()
+        if mono - self._skew_read_at >= SERVER_CLOCK_EVERY:
+            before = self.clock()
+            server = self._q("SELECT extract(epoch FROM clock_timestamp())::double precision")[0][0]
+            self._skew, self._skew_read_at = float(server) - (before + self.clock()) / 2, mono
+        return self._skew
 
     # --- the fold (journal -> outbox) ---
     def add_records(
@@ -137,8 +152,10 @@ class PgOutbox(AdminQueries):
         unknown_consent: str = "implicit",
     ) -> list[Row]:
         """Up to ``limit`` rows (of one lane, or of any), as :meth:`..outbox.Outbox.claim_many`."""
-        now = time.time() if now is None else now
-        args: dict = {"owner": owner, "until": now + lease, "now": now, "limit": limit, "grace": LIVE_HOLDER_GRACE}
+        now = self.clock() if now is None else now
+        lease_now = now + self._server_skew()  # leases on the server's clock
+        args: dict = {"owner": owner, "until": lease_now + lease, "now": now, "lease_now": lease_now, "limit": limit}
+        args["grace"] = LIVE_HOLDER_GRACE
         args |= lanes.sql_args(unknown_consent)
         only = "" if lane is None else f" AND {'' if lane == lanes.IMPORT else 'NOT '}{self._sql['IMPORT_SQL']}"
         check = now - self._leases_checked_at >= LEASE_CHECK_EVERY  # rare (a host died): not on every claim
@@ -182,17 +199,17 @@ class PgOutbox(AdminQueries):
         ids = list(row_ids)
         if not ids:
             return set()
-        now = time.time() if now is None else now
+        now = self.clock() if now is None else now
         found = self._q(
             "UPDATE {s}.events SET lease_until = %s WHERE state = 'sending' AND lease_owner = %s "
             "AND id = ANY(%s) RETURNING id",
-            (now + lease, owner, ids),
+            (now + self._server_skew() + lease, owner, ids),
         )
         return {r[0] for r in found}
 
     def take(self, owner: str, row: Row, lease: float = LEASE_SECONDS, now: float | None = None) -> Row | None:
-        now = time.time() if now is None else now
-        found = self._q(sql.TAKE, (now + lease, row.id, owner))
+        now = self.clock() if now is None else now
+        found = self._q(sql.TAKE, (now + self._server_skew() + lease, row.id, owner))
         if not found:
             return None
         if not found[0][0]:
@@ -276,13 +293,13 @@ class PgOutbox(AdminQueries):
         return len(rows)
 
     def next_due_at(self) -> float | None:
-        return self._q(sql.NEXT_DUE)[0][0]
+        return self._q(sql.NEXT_DUE, (self._server_skew(),))[0][0]  # a lease's end, on this host's clock
 
     def due_count(self, now: float | None = None) -> int:
         """Rows workable now: due ones, and leased ones whose lease ran out (a host died, or a
         claim's answer was lost with its connection)."""
-        now = time.time() if now is None else now
-        return self._q(sql.DUE_COUNT, (now, now))[0][0]
+        now = self.clock() if now is None else now
+        return self._q(sql.DUE_COUNT, (now, now + self._server_skew()))[0][0]
 
     def pending_count(self) -> int:
         return self._q("SELECT count(*) FROM {s}.events WHERE state IN ('pending', 'sending')")[0][0]

@@ -10,7 +10,7 @@ WITH picked AS (
   SELECT e.id FROM {s}.events e
   WHERE {where}{lane}
     AND NOT EXISTS (SELECT 1 FROM {s}.events x WHERE x.state = 'sending' AND x.email_key = e.email_key
-                    AND x.lease_until >= %(now)s - %(grace)s AND x.id <> e.id)
+                    AND x.lease_until >= %(lease_now)s - %(grace)s AND x.id <> e.id)
   ORDER BY {order} LIMIT %(limit)s
   FOR UPDATE OF e SKIP LOCKED)
 UPDATE {s}.events SET state = 'sending', lease_owner = %(owner)s, lease_until = %(until)s,
@@ -22,11 +22,12 @@ RETURNING events.id, events.client_id, events.event, events.contact, events.atte
 """
 # a leased row is taken back when its holder (on this machine) is provably gone, or its lease
 # expired (the outbox passes no live holders: a lease is renewed every few seconds while its
-# send runs, and holders on other machines cannot be asked whether they live)
+# send runs, and holders on other machines cannot be asked whether they live). lease_until and
+# lease_now are on the database server's clock (outbox._server_skew), whatever each host's says
 RECLAIMABLE = """
 e.state = 'sending' AND (e.lease_owner = ANY(%(dead)s::text[])
-                         OR (e.lease_until < %(now)s AND NOT e.lease_owner = ANY(%(alive)s::text[]))
-                         OR e.lease_until < %(now)s - %(grace)s)
+                         OR (e.lease_until < %(lease_now)s AND NOT e.lease_owner = ANY(%(alive)s::text[]))
+                         OR e.lease_until < %(lease_now)s - %(grace)s)
 """
 DUE = "e.state = 'pending' AND e.next_attempt_at <= %(now)s"
 TAKE = """
@@ -44,9 +45,10 @@ DELETE FROM {s}.owners o WHERE NOT EXISTS
   (SELECT 1 FROM {s}.events e WHERE e.state = 'sending' AND e.lease_owner = o.owner)
 """
 # an expired lease is due now: with no pids to ask across machines, its expiry is the only signal
+# (lease_until is on the server's clock: the parameter is the server's lead over this host's)
 NEXT_DUE = """
 SELECT least((SELECT min(next_attempt_at) FROM {s}.events WHERE state = 'pending'),
-             (SELECT min(lease_until) FROM {s}.events WHERE state = 'sending'))
+             (SELECT min(lease_until) FROM {s}.events WHERE state = 'sending') - %s)
 """
 DUE_COUNT = """
 SELECT count(*) FROM {s}.events

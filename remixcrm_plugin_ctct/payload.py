@@ -173,7 +173,9 @@ def opt_in_from(value) -> tuple[bool | None, bool]:
     ``numpy.bool_(False)`` is a "no", and read as unknown it would be imported."""
     if value is True or value is False or value is None:
         return value, True
-    if type(value).__module__ == "numpy":
+    if type(value).__module__ == "numpy" and not isinstance(value, (str, bytes)):  # numpy.str_ is a str
+        if getattr(getattr(value, "dtype", None), "kind", "b") not in "biuf":
+            return None, False  # a date, a duration (its .item() may be a plain int), an object
         try:
             plain = value.item()
         except Exception:

@@ -300,3 +300,35 @@ def test_we_send_only_fields_the_vendor_schema_defines_within_its_limits():
     for body_key, (_, limit) in payload.TEXT_FIELDS.items():
         assert props[body_key]["maxLength"] == limit, body_key
     assert props["list_memberships"]["items"]["format"] == "uuid"
+
+
+class _NumpyStr(str):
+    """numpy.str_: a str subclass from module numpy (what a string array's element is)."""
+
+    __module__ = "numpy"
+
+    def item(self):
+        return str(self)
+
+
+class _NumpyDatetime:
+    """numpy.datetime64 / timedelta64 in nanoseconds: ``.item()`` is a plain int, not a date."""
+
+    __module__ = "numpy"
+
+    class dtype:  # as numpy spells it
+        kind = "M"
+
+    def item(self):
+        return 1
+
+
+@pytest.mark.parametrize("word, kept", [("no", False), ("false", False), ("yes", True), ("0", False)])
+def test_a_numpy_string_is_read_as_the_word_it_holds(word, kept):
+    """numpy.str_ is a str: "no" from a string array stays a no (read as unknown, it would be imported)."""
+    assert contact_from_client({**FULL, "email_opt_in": _NumpyStr(word)}).email_opt_in is kept
+
+
+def test_a_numpy_date_whose_item_is_one_is_no_consent():
+    """datetime64(1, "ns").item() is the int 1: a date is not a yes."""
+    assert contact_from_client({**FULL, "email_opt_in": _NumpyDatetime()}).email_opt_in is None

@@ -85,6 +85,7 @@ class TokenManager:
         self._announced: str | None = None
         self._my_call = 0.0  # the last refresh attempt this process recorded in the store
         self._foreign: tuple[float, float] = (0.0, float("-inf"))  # another's attempt, when first seen here
+        self._refused: tuple[str, float] = ("", float("-inf"))  # a refresh token refused, when first (monotonic)
         forksafe.after_fork_in_child(self._after_fork)
 
     def __repr__(self) -> str:
@@ -140,7 +141,7 @@ class TokenManager:
                 latest = self.store.read()  # rotated by someone who did not take the lock (a login)?
                 if latest and latest.refresh_token != refresh_token and latest.access_token:
                     return latest.access_token
-                if time.monotonic() < self._foreign[1] + IN_FLIGHT:
+                if time.monotonic() < self._foreign[1] + IN_FLIGHT and self._excused(refresh_token):
                     # another host's call with this refresh token may still be out (its lock was lost
                     # mid-call): its new pair is coming; declaring it dead would ask for a needless login
                     raise TokenUnavailable(
@@ -168,6 +169,17 @@ class TokenManager:
             return kept.access_token or tokens.access_token
         log.info("access token refreshed; it expires at %s", describe_expiry(new.expires_at))
         return tokens.access_token
+
+    def _excused(self, refresh_token: str) -> bool:
+        """Whether a refusal of ``refresh_token`` may still be temporary: for IN_FLIGHT from its
+        *first* refusal here. A call that could bring the new pair spent the token before that
+        refusal, so it has answered by then; counted from each new attempt of another process
+        instead, processes trying in turn would excuse each other for ever, and nobody would say
+        the token is dead (no login asked for; the events die after max_age_hours)."""
+        mark, now = fingerprint(refresh_token), time.monotonic()
+        if self._refused[0] != mark:
+            self._refused = (mark, now)
+        return now < self._refused[1] + IN_FLIGHT
 
     def _keep(self, new: TokenState, spent: str) -> TokenState:
         """Store the pair a refresh with ``spent`` returned: never lose a rotated pair. If another

@@ -8,6 +8,7 @@ token A just spent: invalid_grant. The valid pair A received must survive, and n
 to log in again while it exists.
 """
 
+import threading
 import time
 
 import pytest
@@ -152,3 +153,49 @@ def test_a_frozen_holder_of_the_token_lock_lets_go_within_its_bound(pg_schema, t
     finally:
         box_a.close()
         box_b.close()
+
+
+def test_a_host_refused_as_another_spent_the_token_after_its_lock_was_lost_asks_nobody_to_log_in(hosts, monkeypatch):
+    """The other order: a's lock is lost before its request reaches Constant Contact; b takes the
+    lock and spends the refresh token first, so a is refused while b's new pair is still on its
+    way. b's attempt is in the store when a reads it after the refusal: a must wait for that pair,
+    not declare the token dead (an ERROR, every host paused, a login asked for)."""
+    url, name, authz, host = hosts
+    a, b = host("host-a"), host("host-b")
+    a_calling, b_spent, a_done = threading.Event(), threading.Event(), threading.Event()
+    real = authz.refresh
+
+    def refresh(token_url, refresh_token, client_id, client_secret):
+        if threading.current_thread().name == "host-a":
+            a_calling.set()
+            assert b_spent.wait(30)  # a's request reaches Constant Contact after b's
+            return real(token_url, refresh_token, client_id, client_secret)
+        tokens = real(token_url, refresh_token, client_id, client_secret)
+        b_spent.set()
+        assert a_done.wait(30)  # b's answer is still on its way while a is refused
+        return tokens
+
+    monkeypatch.setattr(oauth, "refresh", refresh)
+    outcome = {}
+
+    def run(who, manager):
+        try:
+            outcome[who] = manager.after_unauthorized(SETTINGS, "access-0")
+        except (NeedsReauth, TokenUnavailable) as e:
+            outcome[who] = e
+        finally:
+            if who == "host-a":
+                a_done.set()
+
+    ta = threading.Thread(target=run, args=("host-a", a), name="host-a")
+    ta.start()
+    assert a_calling.wait(30)
+    drop_lock_connection(url, name)
+    tb = threading.Thread(target=run, args=("host-b", b), name="host-b")
+    tb.start()
+    ta.join(60)
+    tb.join(60)
+    assert outcome["host-b"] == "access-1"
+    assert not isinstance(outcome["host-a"], NeedsReauth), outcome
+    state = a.store.read()
+    assert state.refresh_token == "refresh-1" and state.needs_reauth is None

@@ -141,6 +141,10 @@ class TokenManager:
                 latest = self.store.read()  # rotated by someone who did not take the lock (a login)?
                 if latest and latest.refresh_token != refresh_token and latest.access_token:
                     return latest.access_token
+                if latest and latest.last_refresh_call not in (0.0, self._my_call, self._foreign[0]):
+                    # another process's attempt stamped after ours (our lock was lost before our
+                    # request arrived): it may have spent the token first, its pair still coming
+                    self._foreign = (latest.last_refresh_call, time.monotonic())
                 if time.monotonic() < self._foreign[1] + IN_FLIGHT and self._excused(refresh_token):
                     # another host's call with this refresh token may still be out (its lock was lost
                     # mid-call): its new pair is coming; declaring it dead would ask for a needless login

@@ -174,9 +174,10 @@ def opt_in_from(value) -> tuple[bool | None, bool]:
     if value is True or value is False or value is None:
         return value, True
     if type(value).__module__ == "numpy" and not isinstance(value, (str, bytes)):  # numpy.str_ is a str
-        if getattr(getattr(value, "dtype", None), "kind", "b") not in "biuf":
-            return None, False  # a date, a duration (its .item() may be a plain int), an object
         try:
+            kind = getattr(getattr(value, "dtype", None), "kind", "b")
+            if not isinstance(kind, str) or kind not in "biuf":
+                return None, False  # a date, a duration (its .item() may be a plain int), an object
             plain = value.item()
         except Exception:
             return None, False

@@ -200,8 +200,8 @@ class Delivery(MemorySends):
         except Exception as e:
             self.unrecorded.add(done)
             log.error(
-                "%s reached Constant Contact, but the outbox could not record it (%s); it is recorded as soon as "
-                "the outbox takes writes again, and not sent again (fix the disk: full or read-only?)",
+                "%s reached Constant Contact, but the outbox could not record it (%s); this process records it as "
+                "soon as the outbox takes writes again, without sending it again (fix the disk: full or read-only?)",
                 who,
                 e,
             )

@@ -404,6 +404,44 @@ def test_a_slow_read_never_holds_up_other_threads(write_config):
     assert watcher.current().status == config.ACTIVE and watcher.signature() not in (before, during)
 
 
+def test_a_signature_taken_while_a_fix_is_read_waits_for_it_to_land(write_config):
+    """A pause taken while another thread reads the fixed config, and a flush() looking at that
+    pause, both saw the same "being read" signature and called the pause settled: flush()
+    returned with the events unsent (tests/test_config.py's broken-config cases, 1 run in 10)."""
+    reading, release, waiting = threading.Event(), threading.Event(), threading.Event()
+
+    def slow_load(path):
+        if slow:
+            reading.set()
+            release.wait(10)
+        return config.load(path)
+
+    slow = []
+    watcher = config.ConfigWatcher(load=slow_load)
+    write_config(provider="mailchimp")
+    assert watcher.current().status == config.INACTIVE
+    slow.append(True)
+    write_config()  # the fix
+    threading.Thread(target=watcher.current, daemon=True).start()
+    assert reading.wait(5)
+    seen = watcher.signature(wait=0)  # a pause taken now, on the previous reading
+    real_wait = watcher._landed.wait
+
+    def wait(timeout=None):
+        waiting.set()
+        return real_wait(timeout)
+
+    watcher._landed.wait = wait
+    later = []
+    looker = threading.Thread(target=lambda: later.append(watcher.signature(wait=10)), daemon=True)
+    looker.start()
+    assert waiting.wait(5)  # it waits for the reading under way...
+    release.set()
+    looker.join(5)
+    assert later and later[0] != seen  # ...and sees it land: the pause lifts, flush() does not settle
+    assert watcher.current().status == config.ACTIVE
+
+
 def test_a_pause_on_a_broken_config_lifts_when_the_fix_lands_just_after_the_reading():
     from types import SimpleNamespace
 

@@ -5,6 +5,7 @@ restart. No lock is held while reading: other threads keep the last reading unti
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -14,6 +15,12 @@ from .locate import config_file
 from .settings import INACTIVE, INVALID, LoadedConfig
 
 log = logging.getLogger("remixcrm_plugin_ctct")
+
+BEING_READ = "being read"  # the last item of a signature taken while another thread reads a change
+# seconds signature() waits for a reading under way to land (the sender's side only: the hook
+# never waits, it takes current()). Without the wait, a pause taken while a fix was being read,
+# and a flush() looking at it, saw the same "being read" signature twice and called it settled
+SIGNATURE_WAIT = 0.5
 
 
 class ConfigWatcher:
@@ -30,6 +37,7 @@ class ConfigWatcher:
     def __init__(self, load: Callable[[Path], LoadedConfig] = loading.load) -> None:
         self._load = load
         self._lock = threading.Lock()  # guards the fields below; never held while the file is read
+        self._landed = threading.Condition(self._lock)  # a reading landed (or was given up)
         forksafe.after_fork_in_child(self._after_fork)  # an at-fork hook only: nothing starts
         self._snapshot: tuple[tuple, LoadedConfig] | None = None
         self._announced: tuple | None = None
@@ -56,7 +64,7 @@ class ConfigWatcher:
                 # another thread is reading the change: its predecessor serves meanwhile, under a
                 # signature of its own, so that a pause taken on it (or a flush() looking at such
                 # a pause) never mistakes "being read" for "unchanged"
-                return (*snapshot[0], "being read"), snapshot[1]
+                return (*snapshot[0], BEING_READ), snapshot[1]
             token = object() if self._reader is None else None  # else: nothing read yet, read alongside
             if token is not None:
                 self._reader = token
@@ -68,6 +76,7 @@ class ConfigWatcher:
             with self._lock:
                 if token is not None and self._reader is token:
                     self._reader = None
+                    self._landed.notify_all()
                 if loaded is not None and generation == self._generation:
                     self._announce(loaded)
                     self._snapshot = (key, loaded)
@@ -79,14 +88,24 @@ class ConfigWatcher:
             self._snapshot, self._announced, self._reader = None, None, None
             self._generation += 1
 
-    def signature(self) -> tuple:
+    def signature(self, wait: float = SIGNATURE_WAIT) -> tuple:
         """Changes when the file does, when another thread starts reading the change, and when
-        that reading lands (a pause taken on the previous reading lifts once the new one is in)."""
-        return self._current()[0]
+        that reading lands (a pause taken on the previous reading lifts once the new one is in).
+        While another thread reads a change, waits up to ``wait`` seconds for it to land: the
+        same "being read" signature seen twice would look like "unchanged"."""
+        key = self._current()[0]
+        if key[-1] != BEING_READ or wait <= 0:
+            return key
+        deadline = time.monotonic() + wait
+        with self._lock:
+            while self._reader is not None and (left := deadline - time.monotonic()) > 0:
+                self._landed.wait(left)
+        return self._current()[0]  # the reading that landed, or still "being read" (a slow disk)
 
     def _after_fork(self) -> None:
         # a parent thread may have held the lock, or been reading, at the fork: neither exists here
         self._lock = threading.Lock()
+        self._landed = threading.Condition(self._lock)
         self._reader = None
 
     def _announce(self, loaded: LoadedConfig) -> None:

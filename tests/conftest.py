@@ -130,6 +130,14 @@ def render_config(provider: str | None = "constant_contact", **values: config.to
 
 
 RAW = config.Raw  # TOML text written as it is
+# the settings of a token manager test: an access token to replace and a refresh token to spend
+REFRESHABLE = config.Settings(
+    list_id="00000000-0000-0000-0000-000000000001",
+    access_token="access-0",
+    refresh_token="refresh-0",
+    client_id="app-key",
+    client_secret="app-secret",
+)
 
 
 @pytest.fixture

@@ -12,20 +12,13 @@ import threading
 import time
 
 import pytest
-from conftest import pg_sql
+from conftest import REFRESHABLE, pg_sql
 
-from remixcrm_plugin_ctct import config
 from remixcrm_plugin_ctct.ctct import oauth, token_manager
 from remixcrm_plugin_ctct.ctct.token_manager import NeedsReauth, TokenManager, TokenUnavailable
 from remixcrm_plugin_ctct.store.postgres import open_store
 
-SETTINGS = config.Settings(
-    list_id="00000000-0000-0000-0000-000000000001",
-    access_token="access-0",
-    refresh_token="refresh-0",
-    client_id="app-key",
-    client_secret="app-secret",
-)
+SETTINGS = REFRESHABLE
 
 
 class RotatingAuthz:

@@ -10,18 +10,13 @@ token is dead: no "needs re-authorisation", and the events die after max_age_hou
 
 import types
 
-from remixcrm_plugin_ctct import config
+from conftest import REFRESHABLE
+
 from remixcrm_plugin_ctct.ctct import oauth, token_manager
 from remixcrm_plugin_ctct.ctct.token_manager import NeedsReauth, TokenManager, TokenUnavailable
 from remixcrm_plugin_ctct.store.tokens import TokenStore
 
-SETTINGS = config.Settings(
-    list_id="00000000-0000-0000-0000-000000000001",
-    access_token="access-0",
-    refresh_token="refresh-0",
-    client_id="app-key",
-    client_secret="app-secret",
-)
+SETTINGS = REFRESHABLE
 
 
 def test_a_dead_refresh_token_is_declared_dead_even_while_processes_keep_trying_in_turn(tmp_path, monkeypatch):

@@ -87,6 +87,7 @@ class ConfigWatcher:
         with self._lock:
             self._snapshot, self._announced, self._reader = None, None, None
             self._generation += 1
+            self._landed.notify_all()  # a signature() waiting for the dropped reading reads afresh
 
     def signature(self, wait: float = SIGNATURE_WAIT) -> tuple:
         """Changes when the file does, when another thread starts reading the change, and when

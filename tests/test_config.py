@@ -463,6 +463,53 @@ def test_a_pause_on_a_broken_config_lifts_when_the_fix_lands_just_after_the_read
     assert pause is not None and pause.over(0.0)  # a signature taken after the reading would wait forever
 
 
+def test_an_event_kept_in_memory_is_not_paused_for_good_by_a_fix_read_meanwhile(write_config):
+    """The memory lane (the outbox not writable) read the config, then took the pause's signature.
+    While another thread read the fix, the config it got was the previous, broken reading, and the
+    signature waited for the fix to land and took it in: the pause never lifted (until some other
+    change), the event stayed in memory and was lost at exit, and flush() called that settled."""
+    from types import SimpleNamespace
+
+    from remixcrm_plugin_ctct.delivery.memory_lane import MemoryEvent
+    from remixcrm_plugin_ctct.delivery.pauses import Pause
+    from remixcrm_plugin_ctct.delivery.send import Delivery
+    from remixcrm_plugin_ctct.delivery.sign_up import Result
+
+    reading, release = threading.Event(), threading.Event()
+
+    def slow_load(path):
+        if slow:
+            reading.set()
+            release.wait(10)
+        return config.load(path)
+
+    slow = []
+    watcher = config.ConfigWatcher(load=slow_load)
+    write_config(provider="mailchimp")
+    assert watcher.current().status == config.INACTIVE
+    slow.append(True)
+    write_config()  # the fix
+    reader = threading.Thread(target=watcher.current, daemon=True)  # another thread reads it
+    reader.start()
+    assert reading.wait(5)
+    real_wait = watcher._landed.wait
+
+    def wait(timeout=None):
+        release.set()  # the reading lands while this thread waits for it
+        return real_wait(timeout)
+
+    watcher._landed.wait = wait
+    tokens = SimpleNamespace(store=SimpleNamespace(signature=lambda: None))
+    delivery = Delivery(SimpleNamespace(), tokens, None, watcher)
+    delivery.sign_up = SimpleNamespace(send=lambda *args, **kwargs: Result("skipped", outcome="stub"))
+    record = {"client_id": "1", "email": "a@example.com", "fields": {}, "event": "client_created", "at": 1.0}
+    outcome = delivery.work_memory(MemoryEvent(record))
+    reader.join(5)
+    assert watcher.current().status == config.ACTIVE
+    if isinstance(outcome, Pause):
+        assert outcome.over(0.0), "the fix has landed, yet the pause holds"
+
+
 # --- config_toml(): the one writer of config.toml text (demo, sandbox, benches, these tests) ---
 
 

@@ -510,6 +510,47 @@ def test_an_event_kept_in_memory_is_not_paused_for_good_by_a_fix_read_meanwhile(
         assert outcome.over(0.0), "the fix has landed, yet the pause holds"
 
 
+@pytest.mark.parametrize("answer", ["needs re-authorisation", "401", "403"])
+def test_a_config_fix_landing_while_a_send_fails_lifts_the_pause_it_causes(write_config, answer):
+    """A send that fails for the tokens or the account (a refused refresh, a 401 even after a
+    refresh, a 403) pauses until the config or the tokens change. The pause's signature was taken
+    after the send: a fix to the config (new tokens pasted in Settings) landing during the send,
+    or being read by another thread meanwhile (signature() waits for that reading), was taken in
+    and never lifted the pause; flush() called it settled."""
+    from types import SimpleNamespace
+
+    from remixcrm_plugin_ctct.ctct.client import ApiError
+    from remixcrm_plugin_ctct.ctct.token_manager import NeedsReauth
+    from remixcrm_plugin_ctct.delivery.send import Delivery
+    from remixcrm_plugin_ctct.delivery.sign_up import Result
+
+    write_config()
+    loaded = config.ConfigWatcher().current()
+    assert loaded.status == config.ACTIVE
+    version = [0]
+
+    class Watcher:
+        def current(self):
+            return loaded
+
+        def signature(self):
+            return version[0]
+
+    def send(*args, **kwargs):
+        version[0] += 1  # the fix lands while this send learns that the old tokens are no good
+        if answer == "needs re-authorisation":
+            raise NeedsReauth("refused")
+        return Result("failed", error=ApiError(int(answer), "unauthorized", "no"))
+
+    tokens = SimpleNamespace(store=SimpleNamespace(signature=lambda: None))
+    delivery = Delivery(SimpleNamespace(), tokens, None, Watcher())
+    delivery.sign_up = SimpleNamespace(send=send)
+    contact = {"email": "a@example.com", "fields": {}, "email_opt_in": True}
+    row = SimpleNamespace(id=1, client_id="1", contact=contact, event="client_created", created_at=1.0)
+    pause = delivery.work_row(row)
+    assert pause is not None and pause.changed is not None and pause.changed()
+
+
 # --- config_toml(): the one writer of config.toml text (demo, sandbox, benches, these tests) ---
 
 

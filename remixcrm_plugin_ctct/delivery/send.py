@@ -81,13 +81,13 @@ class Delivery(MemorySends):
         try:
             result = self.sign_up.send(contact, settings, consent_at=row.created_at)
         except NeedsReauth:
-            return self._pause_until_changed("Constant Contact needs re-authorisation")
+            return self._pause_until_changed("Constant Contact needs re-authorisation", before=seen)
         except (TokenUnavailable, StoreUnavailable) as e:  # (the shared store holds the tokens)
             self._retry([row], who, str(e), None)
             return None
         except QuotaUsedUp:
             return self._quota("the daily quota counted here is used up")
-        return self._apply(row, who, contact, result, settings)
+        return self._apply(row, who, contact, result, settings, seen)
 
     def import_policy(self) -> tuple[str, float] | None:
         """(unknown_consent, import_window_seconds) while the config is active, else None."""
@@ -114,7 +114,7 @@ class Delivery(MemorySends):
         try:
             results = self.importing.send(contacts, settings, wait) if mine else []
         except NeedsReauth:
-            return self._pause_until_changed("Constant Contact needs re-authorisation"), mine
+            return self._pause_until_changed("Constant Contact needs re-authorisation", before=seen), mine
         except (TokenUnavailable, StoreUnavailable) as e:  # as for one push: retried, no traceback
             self._retry(mine, who, str(e), None)
             return None, []
@@ -136,16 +136,23 @@ class Delivery(MemorySends):
             if _transient(result) or row.id in taken:
                 continue
             named = f"client {payload.shown(row.client_id)} ({payload.mask_email(contact.email)})"
-            pause = self._apply(row, named, contact, result, settings)
+            pause = self._apply(row, named, contact, result, settings, seen)
             if pause is not None:
                 left = zip(mine[n:], results[n:], strict=True)
                 return pause, [r for r, res in left if not _transient(res) and r.id not in taken]
         return None, []
 
     def _apply(
-        self, row: Row, who: str, contact: payload.Contact, result: Result, settings: config.Settings
+        self,
+        row: Row,
+        who: str,
+        contact: payload.Contact,
+        result: Result,
+        settings: config.Settings,
+        before: tuple | None = None,
     ) -> Pause | None:
-        """Record the fate of ``row`` as ``result`` says; or return a Pause, leaving the row leased."""
+        """Record the fate of ``row`` as ``result`` says; or return a Pause, leaving the row leased
+        (``before``: the signature taken before the config was read for the send)."""
         if result.status in ("skipped", "dry_run"):
             outcome = result.outcome or ""
             self.outbox.finished(row.id, result.status, outcome)  # exact, for `status --client`
@@ -179,9 +186,9 @@ class Delivery(MemorySends):
                 err,
                 api_client.FIXES[401],
             )
-            return self._pause_until_changed("a refused access token", str(err))
+            return self._pause_until_changed("a refused access token", str(err), before)
         if decision.action == retry_policy.FORBIDDEN:
-            return self._forbidden_pause(err)
+            return self._forbidden_pause(err, before)
         self.outbox.dead(row.id, str(err))
         log.error(
             "%s not sent, given up: Constant Contact answered %s.%s", who, err, f" Fix: {err.fix}" if err.fix else ""
@@ -233,7 +240,7 @@ class Delivery(MemorySends):
         if waiting:
             log.warning("%s not sent yet: %s; attempt %d, next in %.0f s", who, error, attempts, when - now)
 
-    def _forbidden_pause(self, e: api_client.ApiError) -> Pause:
+    def _forbidden_pause(self, e: api_client.ApiError, before: tuple | None = None) -> Pause:
         """403: missing scope or privilege, or a deactivated app. Not the event's fault, and no
         other request would fare better: pause (the event stays pending, its attempt uncounted)
         until the config or tokens change, or, as privileges can be fixed in Constant Contact's
@@ -250,7 +257,7 @@ class Delivery(MemorySends):
             )
         else:
             log.info("constant contact still refuses our requests (%s); sending stays paused", e)
-        seen = self.signature()
+        seen = self._seen_after_send(before)
         return Pause(
             "Constant Contact's 403 (missing scope or privilege)",
             until=self.clock() + recheck,
@@ -274,9 +281,18 @@ class Delivery(MemorySends):
             return None
         return Pause("the daily quota", until=float(raw))
 
-    def _pause_until_changed(self, reason: str, error: str | None = None) -> Pause:
-        seen = self.signature()
+    def _pause_until_changed(self, reason: str, error: str | None = None, before: tuple | None = None) -> Pause:
+        seen = self._seen_after_send(before)
         return Pause(reason, changed=lambda: self.signature() != seen, error=error)
+
+    def _seen_after_send(self, before: tuple | None) -> tuple:
+        """The signature a pause caused by a send waits to change: the config's from ``before`` the
+        send (a fix landing during the send, or read by another thread meanwhile, which
+        signature() waits for, must lift the pause); the tokens' from now (the send itself may
+        have rewritten them: a refresh, needs_reauth)."""
+        if before is None:
+            return self.signature()
+        return before[0], self.tokens.store.signature()
 
 
 def _contact(row: Row) -> payload.Contact:

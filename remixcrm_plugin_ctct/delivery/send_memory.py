@@ -31,10 +31,10 @@ class MemorySends:
     def signature(self) -> tuple:
         raise NotImplementedError
 
-    def _pause_until_changed(self, reason: str, error: str | None = None) -> Pause:
+    def _pause_until_changed(self, reason: str, error: str | None = None, before: tuple | None = None) -> Pause:
         raise NotImplementedError
 
-    def _forbidden_pause(self, e: api_client.ApiError) -> Pause:
+    def _forbidden_pause(self, e: api_client.ApiError, before: tuple | None = None) -> Pause:
         raise NotImplementedError
 
     def work_memory(self, item: MemoryEvent) -> Pause | float | None:
@@ -61,7 +61,7 @@ class MemorySends:
             else:
                 result = self.sign_up.send(contact, settings, consent_at=_number(record.get("at")))
         except NeedsReauth:
-            return self._pause_until_changed("Constant Contact needs re-authorisation")
+            return self._pause_until_changed("Constant Contact needs re-authorisation", before=seen)
         except (TokenUnavailable, OSError) as e:  # OSError: the token store's disk
             return self._memory_retry(item, who, str(e), None)
         except QuotaUsedUp:
@@ -93,9 +93,9 @@ class MemorySends:
                 err,
                 api_client.FIXES[401],
             )
-            return self._pause_until_changed("a refused access token")
+            return self._pause_until_changed("a refused access token", before=seen)
         if decision.action == retry_policy.FORBIDDEN:
-            return self._forbidden_pause(err)
+            return self._forbidden_pause(err, seen)
         log.error(
             "%s not sent, given up: Constant Contact answered %s.%s", who, err, f" Fix: {err.fix}" if err.fix else ""
         )

@@ -170,10 +170,18 @@ def opt_in_from(value) -> tuple[bool | None, bool]:
     1/0; the words true/false, yes/no, y/n, on/off, t/f, 1/0 (any case, stripped); None or ""
     mean unknown. Anything else is not understood and is unknown: never read as consent.
     A NumPy scalar (a host whose records pass through pandas) counts as its plain value:
-    ``numpy.bool_(False)`` is a "no", and read as unknown it would be imported."""
+    ``numpy.bool_(False)`` is a "no", and read as unknown it would be imported. Never raises."""
+    try:
+        return _opt_in(value)
+    except Exception:  # a hostile object (its class, module or isinstance() raise): never consent
+        return None, False
+
+
+def _opt_in(value) -> tuple[bool | None, bool]:
     if value is True or value is False or value is None:
         return value, True
-    if type(value).__module__ == "numpy" and not isinstance(value, (str, bytes)):  # numpy.str_ is a str
+    module = type(value).__module__  # an exact str: a module object equal to everything is no NumPy
+    if type(module) is str and module == "numpy" and not isinstance(value, (str, bytes)):  # numpy.str_ is a str
         try:
             kind = getattr(getattr(value, "dtype", None), "kind", "b")
             if not isinstance(kind, str) or kind not in "biuf":
@@ -182,7 +190,7 @@ def opt_in_from(value) -> tuple[bool | None, bool]:
         except Exception:
             return None, False
         if type(plain) in (bool, int, float):
-            return opt_in_from(plain)
+            return _opt_in(plain)
         return None, False
     if isinstance(value, (bytes, bytearray)):
         value = bytes(value).decode("latin-1")

@@ -332,3 +332,54 @@ def test_a_numpy_string_is_read_as_the_word_it_holds(word, kept):
 def test_a_numpy_date_whose_item_is_one_is_no_consent():
     """datetime64(1, "ns").item() is the int 1: a date is not a yes."""
     assert contact_from_client({**FULL, "email_opt_in": _NumpyDatetime()}).email_opt_in is None
+
+
+class _RaisingEquality:
+    def __eq__(self, other):
+        raise RuntimeError("no comparing me")
+
+    __hash__ = object.__hash__
+
+
+class _ModuleRaises(type):
+    @property
+    def __module__(cls):
+        raise RuntimeError("no module for you")
+
+
+class _OddModule:
+    __module__ = _RaisingEquality()  # type: ignore[assignment]
+
+
+class _NoModule(metaclass=_ModuleRaises):
+    pass
+
+
+class _EqualToEverything:
+    def __eq__(self, other):
+        return True
+
+    __hash__ = object.__hash__
+
+
+class _PosesAsNumpy:
+    __module__ = _EqualToEverything()  # type: ignore[assignment]
+
+    def item(self):
+        return True
+
+
+class _ClassRaises:
+    @property  # type: ignore[misc]
+    def __class__(self):
+        raise RuntimeError("isinstance() asks for this, and raises")
+
+
+@pytest.mark.parametrize("hostile", [_OddModule, _NoModule, _PosesAsNumpy, _ClassRaises], ids=lambda c: c.__qualname__)
+def test_an_object_whose_class_lies_about_its_module_is_unknown_consent(hostile):
+    """The NumPy check read ``type(value).__module__`` outside any guard: a class whose module
+    compares by raising, or cannot be read, raised out of the hook (the event was dropped), and
+    one whose module equals everything was taken for NumPy and its ``item()`` read as consent.
+    (isinstance() itself raises for an object whose ``__class__`` does.)"""
+    assert payload.opt_in_from(hostile()) == (None, False)
+    assert contact_from_client({**FULL, "email_opt_in": hostile()}).email_opt_in is None

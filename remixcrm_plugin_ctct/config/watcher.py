@@ -20,7 +20,7 @@ BEING_READ = "being read"  # the last item of a signature taken while another th
 # seconds signature() waits for a reading under way to land (the sender's side only: the hook
 # never waits, it takes current()). Without the wait, a pause taken while a fix was being read,
 # and a flush() looking at it, saw the same "being read" signature twice and called it settled
-SIGNATURE_WAIT = 0.5
+SIGNATURE_WAIT = 0.25  # a reading takes milliseconds; kept short: exit (2 s) may wait on it once
 
 
 class ConfigWatcher:

@@ -404,11 +404,10 @@ def test_a_slow_read_never_holds_up_other_threads(write_config):
     assert watcher.current().status == config.ACTIVE and watcher.signature() not in (before, during)
 
 
-def test_a_signature_taken_while_a_fix_is_read_waits_for_it_to_land(write_config):
-    """A pause taken while another thread reads the fixed config, and a flush() looking at that
-    pause, both saw the same "being read" signature and called the pause settled: flush()
-    returned with the events unsent (tests/test_config.py's broken-config cases, 1 run in 10)."""
-    reading, release, waiting = threading.Event(), threading.Event(), threading.Event()
+def _a_fix_being_read(write_config):
+    """A watcher that read a config without our section; then the fix is written, and another
+    thread's reading of it is held until ``release`` is set. Returns (watcher, release, reader)."""
+    reading, release = threading.Event(), threading.Event()
 
     def slow_load(path):
         if slow:
@@ -422,8 +421,18 @@ def test_a_signature_taken_while_a_fix_is_read_waits_for_it_to_land(write_config
     assert watcher.current().status == config.INACTIVE
     slow.append(True)
     write_config()  # the fix
-    threading.Thread(target=watcher.current, daemon=True).start()
+    reader = threading.Thread(target=watcher.current, daemon=True)
+    reader.start()
     assert reading.wait(5)
+    return watcher, release, reader
+
+
+def test_a_signature_taken_while_a_fix_is_read_waits_for_it_to_land(write_config):
+    """A pause taken while another thread reads the fixed config, and a flush() looking at that
+    pause, both saw the same "being read" signature and called the pause settled: flush()
+    returned with the events unsent (tests/test_config.py's broken-config cases, 1 run in 10)."""
+    waiting = threading.Event()
+    watcher, release, _ = _a_fix_being_read(write_config)
     seen = watcher.signature(wait=0)  # a pause taken now, on the previous reading
     real_wait = watcher._landed.wait
 
@@ -475,23 +484,7 @@ def test_an_event_kept_in_memory_is_not_paused_for_good_by_a_fix_read_meanwhile(
     from remixcrm_plugin_ctct.delivery.send import Delivery
     from remixcrm_plugin_ctct.delivery.sign_up import Result
 
-    reading, release = threading.Event(), threading.Event()
-
-    def slow_load(path):
-        if slow:
-            reading.set()
-            release.wait(10)
-        return config.load(path)
-
-    slow = []
-    watcher = config.ConfigWatcher(load=slow_load)
-    write_config(provider="mailchimp")
-    assert watcher.current().status == config.INACTIVE
-    slow.append(True)
-    write_config()  # the fix
-    reader = threading.Thread(target=watcher.current, daemon=True)  # another thread reads it
-    reader.start()
-    assert reading.wait(5)
+    watcher, release, reader = _a_fix_being_read(write_config)
     real_wait = watcher._landed.wait
 
     def wait(timeout=None):

@@ -87,6 +87,21 @@ def test_flush_gives_up_at_its_timeout(parts):
     assert sender.flush(5)
 
 
+def test_flush_waits_on_while_a_pause_cannot_tell_whether_its_cause_was_fixed(parts):
+    """A pause waits for the tokens to change; the shared store that holds them is out of reach
+    (PostgreSQL restarting): flush() cannot tell, so it is not settled, and never raises."""
+    from remixcrm_plugin_ctct.delivery.pauses import Pause
+    from remixcrm_plugin_ctct.store.interfaces import StoreUnavailable
+
+    outbox, recorder, sender = parts
+
+    def changed():
+        raise StoreUnavailable("postgresql://db/remixcrm: server closed the connection")
+
+    sender.pauses.hold(Pause("Constant Contact needs re-authorisation", changed=changed))
+    assert sender.flush(0.05) is False
+
+
 def test_an_unexpected_error_is_logged_and_the_worker_carries_on(parts, caplog):
     outbox, recorder, sender = parts
     calls = []

@@ -149,7 +149,11 @@ class Worker:
         if busy:
             return None
         pause = self.pauses.current  # read once: a worker may clear it meanwhile
-        if pause is not None and not pause.over(time.time()):
+        try:
+            held = pause is not None and not pause.over(time.time())
+        except StoreUnavailable:  # the shared store holding the tokens is out of reach: cannot tell yet
+            return None
+        if held:
             return True if self.inflight.unchanged(ticks) else None  # nothing due can go until the cause is fixed
         if self.memory.due_count(time.time() if until is None else until):
             return None

@@ -71,7 +71,7 @@ class Delivery(MemorySends):
         loaded = self.watcher.current()
         settings = loaded.settings
         if loaded.status != config.ACTIVE or settings is None:
-            return Pause(f"the config ({loaded.status})", changed=lambda: self.signature() != seen)
+            return self._config_pause(loaded.status, seen)
         contact = _contact(row)
         if lanes.lane_of(contact.email_opt_in, row.event, settings.unknown_consent) == lanes.IMPORT:
             # its newest state moved it to the import lane after the claim (or unknown_consent changed)
@@ -81,7 +81,7 @@ class Delivery(MemorySends):
         try:
             result = self.sign_up.send(contact, settings, consent_at=row.created_at)
         except NeedsReauth:
-            return self._pause_until_changed("Constant Contact needs re-authorisation", before=seen)
+            return self._pause_until_changed("Constant Contact needs re-authorisation", seen)
         except (TokenUnavailable, StoreUnavailable) as e:  # (the shared store holds the tokens)
             self._retry([row], who, str(e), None)
             return None
@@ -101,7 +101,7 @@ class Delivery(MemorySends):
         loaded = self.watcher.current()
         settings = loaded.settings
         if loaded.status != config.ACTIVE or settings is None:
-            return Pause(f"the config ({loaded.status})", changed=lambda: self.signature() != seen), rows
+            return self._config_pause(loaded.status, seen), rows
         mine, contacts = [], []
         for row in rows:
             contact = _contact(row)
@@ -114,7 +114,7 @@ class Delivery(MemorySends):
         try:
             results = self.importing.send(contacts, settings, wait) if mine else []
         except NeedsReauth:
-            return self._pause_until_changed("Constant Contact needs re-authorisation", before=seen), mine
+            return self._pause_until_changed("Constant Contact needs re-authorisation", seen), mine
         except (TokenUnavailable, StoreUnavailable) as e:  # as for one push: retried, no traceback
             self._retry(mine, who, str(e), None)
             return None, []
@@ -149,7 +149,7 @@ class Delivery(MemorySends):
         contact: payload.Contact,
         result: Result,
         settings: config.Settings,
-        before: tuple | None = None,
+        before: tuple,
     ) -> Pause | None:
         """Record the fate of ``row`` as ``result`` says; or return a Pause, leaving the row leased
         (``before``: the signature taken before the config was read for the send)."""
@@ -186,7 +186,7 @@ class Delivery(MemorySends):
                 err,
                 api_client.FIXES[401],
             )
-            return self._pause_until_changed("a refused access token", str(err), before)
+            return self._pause_until_changed("a refused access token", before, str(err))
         if decision.action == retry_policy.FORBIDDEN:
             return self._forbidden_pause(err, before)
         self.outbox.dead(row.id, str(err))
@@ -240,7 +240,7 @@ class Delivery(MemorySends):
         if waiting:
             log.warning("%s not sent yet: %s; attempt %d, next in %.0f s", who, error, attempts, when - now)
 
-    def _forbidden_pause(self, e: api_client.ApiError, before: tuple | None = None) -> Pause:
+    def _forbidden_pause(self, e: api_client.ApiError, before: tuple) -> Pause:
         """403: missing scope or privilege, or a deactivated app. Not the event's fault, and no
         other request would fare better: pause (the event stays pending, its attempt uncounted)
         until the config or tokens change, or, as privileges can be fixed in Constant Contact's
@@ -281,17 +281,15 @@ class Delivery(MemorySends):
             return None
         return Pause("the daily quota", until=float(raw))
 
-    def _pause_until_changed(self, reason: str, error: str | None = None, before: tuple | None = None) -> Pause:
+    def _pause_until_changed(self, reason: str, before: tuple, error: str | None = None) -> Pause:
         seen = self._seen_after_send(before)
         return Pause(reason, changed=lambda: self.signature() != seen, error=error)
 
-    def _seen_after_send(self, before: tuple | None) -> tuple:
+    def _seen_after_send(self, before: tuple) -> tuple:
         """The signature a pause caused by a send waits to change: the config's from ``before`` the
         send (a fix landing during the send, or read by another thread meanwhile, which
         signature() waits for, must lift the pause); the tokens' from now (the send itself may
         have rewritten them: a refresh, needs_reauth)."""
-        if before is None:
-            return self.signature()
         return before[0], self.tokens.store.signature()
 
 

@@ -31,11 +31,17 @@ class MemorySends:
     def signature(self) -> tuple:
         raise NotImplementedError
 
-    def _pause_until_changed(self, reason: str, error: str | None = None, before: tuple | None = None) -> Pause:
+    def _pause_until_changed(self, reason: str, before: tuple, error: str | None = None) -> Pause:
         raise NotImplementedError
 
-    def _forbidden_pause(self, e: api_client.ApiError, before: tuple | None = None) -> Pause:
+    def _forbidden_pause(self, e: api_client.ApiError, before: tuple) -> Pause:
         raise NotImplementedError
+
+    def _config_pause(self, status: str, seen: tuple) -> Pause:
+        """Held until the config or the tokens change from ``seen``, the signature taken *before*
+        the config was read: taken after, a fix landing in between (another thread's reading,
+        which signature() waits for) would be "seen" and never lift the pause."""
+        return Pause(f"the config ({status})", changed=lambda: self.signature() != seen)
 
     def work_memory(self, item: MemoryEvent) -> Pause | float | None:
         """One event of the memory lane (``memory_lane.MemoryEvent``), decided as a row would be;
@@ -53,7 +59,7 @@ class MemorySends:
         loaded = self.watcher.current()
         settings = loaded.settings
         if loaded.status != config.ACTIVE or settings is None:
-            return Pause(f"the config ({loaded.status})", changed=lambda: self.signature() != seen)
+            return self._config_pause(loaded.status, seen)
         lane = lanes.lane_of(contact.email_opt_in, str(record.get("event")), settings.unknown_consent)
         try:
             if lane == lanes.IMPORT:  # an import of one: its activity is polled right here
@@ -61,7 +67,7 @@ class MemorySends:
             else:
                 result = self.sign_up.send(contact, settings, consent_at=_number(record.get("at")))
         except NeedsReauth:
-            return self._pause_until_changed("Constant Contact needs re-authorisation", before=seen)
+            return self._pause_until_changed("Constant Contact needs re-authorisation", seen)
         except (TokenUnavailable, OSError) as e:  # OSError: the token store's disk
             return self._memory_retry(item, who, str(e), None)
         except QuotaUsedUp:
@@ -93,7 +99,7 @@ class MemorySends:
                 err,
                 api_client.FIXES[401],
             )
-            return self._pause_until_changed("a refused access token", before=seen)
+            return self._pause_until_changed("a refused access token", seen)
         if decision.action == retry_policy.FORBIDDEN:
             return self._forbidden_pause(err, seen)
         log.error(

@@ -35,9 +35,16 @@ class Sender(Protocol):
 
 class Steps:
     def __init__(
-        self, outbox: Outbox, sender: Sender, pauses: PauseSwitch, leases: LeaseKeeper, stopping: threading.Event
+        self,
+        outbox: Outbox,
+        sender: Sender,
+        pauses: PauseSwitch,
+        leases: LeaseKeeper,
+        stopping: threading.Event,
+        unrecorded_ids: Callable[[], set[int]] = set,
     ):
         self.outbox, self.sender, self.pauses, self.leases, self.stopping = outbox, sender, pauses, leases, stopping
+        self.unrecorded_ids = unrecorded_ids  # rows pushed whose outcome waits to be recorded (delivery.unrecorded)
         self._trouble_logged_at = float("-inf")
 
     def rows(self, owner: str, rows: list[Row]) -> None:
@@ -81,8 +88,7 @@ class Steps:
                 log.exception(
                     "an import of %d row(s) hit an unexpected error; tried again in %.0f s", len(rows), ERROR_RETRY
                 )
-                pushed = getattr(self.sender, "unrecorded", None)  # pushed, to be recorded: never sent again
-                kept = set() if pushed is None else pushed.ids()
+                kept = self.unrecorded_ids()  # pushed, to be recorded: never sent again
                 for row_id in self.outbox.renew(owner, ids) - kept:  # only rows not already filed
                     self.outbox.retry_later(
                         row_id, time.time() + ERROR_RETRY, "unexpected error in the plugin (see the log)"

@@ -78,7 +78,7 @@ class Worker:
         self.pauses = PauseSwitch(self.sender.shared_pause)
         self._threads: list[threading.Thread] = []
         self.stopping = threading.Event()
-        self.steps = Steps(self.outbox, self.sender, self.pauses, self.leases, self.stopping)
+        self.steps = Steps(self.outbox, self.sender, self.pauses, self.leases, self.stopping, self._unrecorded_ids)
         self._pid = os.getpid()
         self._next_due: float | None = 0.0  # when the outbox next has a row to send (None: empty)
         self._woken_at = -FOLD_QUIET

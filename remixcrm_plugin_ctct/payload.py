@@ -182,13 +182,10 @@ def _opt_in(value) -> tuple[bool | None, bool]:
         return value, True
     module = type(value).__module__  # an exact str: a module object equal to everything is no NumPy
     if type(module) is str and module == "numpy" and not isinstance(value, (str, bytes)):  # numpy.str_ is a str
-        try:
-            kind = getattr(getattr(value, "dtype", None), "kind", "b")
-            if not isinstance(kind, str) or kind not in "biuf":
-                return None, False  # a date, a duration (its .item() may be a plain int), an object
-            plain = value.item()
-        except Exception:
-            return None, False
+        kind = getattr(getattr(value, "dtype", None), "kind", "b")  # (what raises here: opt_in_from says unknown)
+        if not isinstance(kind, str) or kind not in "biuf":
+            return None, False  # a date, a duration (its .item() may be a plain int), an object
+        plain = value.item()
         if type(plain) in (bool, int, float):
             return _opt_in(plain)
         return None, False
